@@ -1,0 +1,83 @@
+"""Merge and unmerge as attention-like linear maps (DESIGN §1.2).
+
+With destination features ``D`` and tile tokens ``X``, ``A = softmax(tau * cos(D, X))`` over
+destinations, shape ``(k, S)``. Merge is ``M @ X`` with ``M = A / rowsum(A)`` (each destination
+a weighted mean of the tokens it absorbs); unmerge is ``A^T @ Y`` (each token a convex mix of
+destinations). Both are batched matmuls over batch x tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from toma_export.core.tiles import TileLayout
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` ``(..., k)`` of ``x`` ``(..., S, C)`` -> ``(..., k, C)``."""
+    return torch.gather(x, -2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+
+def merge_weights(tiles: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``A`` ``(B, T, k, S)`` from tile features ``(B, T, S, C)`` and destinations ``(B, T, k)``.
+
+    Softmax in fp32 (``temperature`` x cosine reaches 1e3); returned in the features' dtype.
+    """
+    xn = F.normalize(tiles.float(), dim=-1)
+    logits = temperature * (gather_tokens(xn, idx) @ xn.transpose(-1, -2))
+    return logits.softmax(dim=-2).to(tiles.dtype)
+
+
+@dataclass(frozen=True)
+class MergeMap:
+    """One site's merge/unmerge for a fixed layout: ``N`` tokens <-> ``T*k + R`` merged tokens.
+
+    Merged order: tile destinations (tile-major), then the unmerged border tokens.
+    """
+
+    layout: TileLayout
+    idx: torch.Tensor  # destinations, (B, T, k) tile-local
+    weights: torch.Tensor  # A, (B, T, k, S)
+
+    @classmethod
+    def build(
+        cls, layout: TileLayout, features: torch.Tensor, idx: torch.Tensor, temperature: float
+    ) -> MergeMap:
+        tiles, _ = layout.split(features)
+        return cls(layout, idx, merge_weights(tiles, idx, temperature))
+
+    def positions(self) -> torch.Tensor:
+        """Grid index of each merged token ``(B, M)`` (see :func:`merged_positions`)."""
+        return merged_positions(self.layout, self.idx)
+
+    @property
+    def num_merged(self) -> int:
+        b, t, k, s = self.weights.shape
+        return t * k + self.layout.num_rest
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        tiles, rest = self.layout.split(x)
+        a = self.weights.to(x.dtype)
+        m = a / a.sum(dim=-1, keepdim=True)
+        merged = (m @ tiles).flatten(1, 2)
+        return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        b, t, k, s = self.weights.shape
+        ym, rest = y[:, : t * k], y[:, t * k :]
+        tiles = self.weights.to(y.dtype).transpose(-1, -2) @ ym.reshape(b, t, k, y.shape[-1])
+        return self.layout.join(tiles, rest)
+
+
+def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:
+    """Grid index ``(B, T*k + R)`` of each merged token: its destination's, border tokens their own.
+
+    Used to gather RoPE rows: a merged token takes its destination's position (gather, not mean).
+    """
+    tile_index, rest_index = (t.to(idx.device) for t in layout.token_index)
+    b = idx.shape[0]
+    dest = torch.gather(tile_index.expand(b, -1, -1), -1, idx).flatten(1)
+    return torch.cat([dest, rest_index.expand(b, -1)], dim=1)

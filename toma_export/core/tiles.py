@@ -1,0 +1,119 @@
+"""Tile layouts: how a latent token grid is cut into non-overlapping tiles for local merging.
+
+Selection and merge run inside tiles (DESIGN §1.3) while attention stays global. Cutting the
+grid is a reshape/permute (no gather, no scatter), so it exports to static ONNX graphs.
+
+Grids that tiles do not divide: the largest tile-divisible top-left region is tiled and the
+leftover border (the right columns beside it, then the bottom rows) is carried through unmerged
+("rest" tokens). ``remainder="error"`` refuses such grids instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from toma_export.errors import ToMAConfigError
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """A row-major ``h x w`` token grid cut into ``th x tw`` tiles plus an unmerged border."""
+
+    h: int
+    w: int
+    th: int
+    tw: int
+
+    @classmethod
+    def create(cls, h: int, w: int, tile: tuple[int, int], remainder: str = "keep") -> TileLayout:
+        th, tw = tile
+        if th < 1 or tw < 1:
+            raise ToMAConfigError(f"tile={tile}: tile sides must be >= 1; use e.g. tile=(4, 4).")
+        if remainder == "error" and (h % th or w % tw):
+            raise ToMAConfigError(
+                f"tile={tile} does not divide the {h}x{w} token grid and remainder='error'. "
+                f"Pick a tile that divides it, or set remainder='keep' to leave the border tokens unmerged."
+            )
+        return cls(h, w, th, tw)
+
+    @property
+    def tiles_y(self) -> int:
+        return self.h // self.th
+
+    @property
+    def tiles_x(self) -> int:
+        return self.w // self.tw
+
+    @property
+    def num_tiles(self) -> int:
+        return self.tiles_y * self.tiles_x
+
+    @property
+    def tile_size(self) -> int:
+        return self.th * self.tw
+
+    @property
+    def num_tokens(self) -> int:
+        return self.h * self.w
+
+    @property
+    def num_rest(self) -> int:
+        return self.num_tokens - self.num_tiles * self.tile_size
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, N, C)`` -> tiles ``(B, T, S, C)`` and border ``(B, R, C)``."""
+        b, n, c = x.shape
+        if n != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} tokens for a {self.h}x{self.w} grid, got {n}")
+        mh, mw = self.tiles_y * self.th, self.tiles_x * self.tw
+        grid = x.reshape(b, self.h, self.w, c)
+        main = grid[:, :mh, :mw] if self.num_rest else grid
+        tiles = (
+            main.reshape(b, self.tiles_y, self.th, self.tiles_x, self.tw, c)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(b, self.num_tiles, self.tile_size, c)
+        )
+        if not self.num_rest:
+            return tiles, x[:, :0]
+        right = grid[:, :mh, mw:].reshape(b, -1, c)
+        bottom = grid[:, mh:].reshape(b, -1, c)
+        return tiles, torch.cat([right, bottom], dim=1)
+
+    def join(self, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`split`."""
+        b, _, _, c = tiles.shape
+        mh, mw = self.tiles_y * self.th, self.tiles_x * self.tw
+        main = (
+            tiles.reshape(b, self.tiles_y, self.tiles_x, self.th, self.tw, c)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(b, mh, mw, c)
+        )
+        if not self.num_rest:
+            return main.reshape(b, self.num_tokens, c)
+        n_right = mh * (self.w - mw)
+        right = rest[:, :n_right].reshape(b, mh, self.w - mw, c)
+        bottom = rest[:, n_right:].reshape(b, self.h - mh, self.w, c)
+        top = torch.cat([main, right], dim=2)
+        return torch.cat([top, bottom], dim=1).reshape(b, self.num_tokens, c)
+
+    @cached_property
+    def token_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``."""
+        ids = torch.arange(self.num_tokens, dtype=torch.float64).reshape(1, -1, 1)
+        tiles, rest = self.split(ids)
+        return tiles[0, :, :, 0].long(), rest[0, :, 0].long()
+
+
+def grid_for_tokens(n: int, latent_h: int, latent_w: int) -> tuple[int, int] | None:
+    """Grid of a UNet level with ``n`` tokens, given the latent size.
+
+    Each UNet downsample is a stride-2 conv with padding 1, so sides go ``ceil(side / 2)``.
+    Returns ``None`` when no level of the latent has ``n`` tokens.
+    """
+    h, w = latent_h, latent_w
+    while h * w > n:
+        h, w = -(-h // 2), -(-w // 2)
+    return (h, w) if h * w == n else None
