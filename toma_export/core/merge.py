@@ -8,7 +8,7 @@ destinations). Both are batched matmuls over batch x tiles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +40,22 @@ class MergeMap:
 
     layout: TileLayout
     idx: torch.Tensor  # destinations, (B, T, k) tile-local
-    weights: torch.Tensor  # A, (B, T, k, S)
+    weights: torch.Tensor  # A, (B, T, k, S): unmerge map (columns sum to 1)
+    merge_matrix: torch.Tensor | None = field(default=None, repr=False)  # M = A / rowsum(A), derived
+    # (features, their tiles, their border) when built from features: merging them skips a re-split
+    source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.merge_matrix is None:
+            object.__setattr__(self, "merge_matrix", self.weights / self.weights.sum(dim=-1, keepdim=True))
 
     @classmethod
     def build(
         cls, layout: TileLayout, features: torch.Tensor, idx: torch.Tensor, temperature: float
     ) -> MergeMap:
-        tiles, _ = layout.split(features)
-        return cls(layout, idx, merge_weights(tiles, idx, temperature))
+        """Weights from ``features`` ``(B, N, C)`` and shared destinations ``idx``."""
+        tiles, rest = layout.split(features)
+        return cls(layout, idx, merge_weights(tiles, idx, temperature), source=(features, tiles, rest))
 
     def positions(self) -> torch.Tensor:
         """Grid index of each merged token ``(B, M)`` (see :func:`merged_positions`)."""
@@ -59,10 +67,12 @@ class MergeMap:
         return t * k + self.layout.num_rest
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
-        tiles, rest = self.layout.split(x)
-        a = self.weights.to(x.dtype)
-        m = a / a.sum(dim=-1, keepdim=True)
-        merged = (m @ tiles).flatten(1, 2)
+        if self.source is not None and x is self.source[0]:
+            tiles, rest = self.source[1], self.source[2]  # the features the map came from: split once
+        else:
+            tiles, rest = self.layout.split(x)
+        assert self.merge_matrix is not None
+        merged = (self.merge_matrix.to(x.dtype) @ tiles).flatten(1, 2)
         return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from toma_export.config import ToMAConfig
 from toma_export.eager.flux import FluxPatch
-from toma_export.eager.state import ToMAState
+from toma_export.eager.merge_state import ToMAState
 from toma_export.eager.unet import UNetPatch
 from toma_export.errors import ToMAError, UnsupportedModelError
 from toma_export.models.registry import model_family

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from toma_export.baselines.todo import downsample_index
 from toma_export.config import ToMAConfig
 from toma_export.eager.sites import Merger, merger_for
-from toma_export.eager.state import ToMAState
+from toma_export.eager.merge_state import ToMAState
 from toma_export.errors import UnsupportedModelError
 
 

@@ -12,7 +12,7 @@ from typing import Hashable, Protocol
 import torch
 
 from toma_export.baselines.bipartite import bipartite_match
-from toma_export.eager.state import ToMAState
+from toma_export.eager.merge_state import ToMAState
 
 
 class Merger(Protocol):

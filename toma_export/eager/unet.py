@@ -16,7 +16,7 @@ from toma_export.baselines.todo import downsample_tokens
 from toma_export.config import ToMAConfig
 from toma_export.core.tiles import grid_for_tokens
 from toma_export.eager.sites import Merger, merger_for
-from toma_export.eager.state import ToMAState
+from toma_export.eager.merge_state import ToMAState
 from toma_export.errors import UnsupportedModelError
 
 SITE_KINDS = ("attn1", "attn2", "ff")
@@ -116,7 +116,18 @@ class UNetPatch:
         self.handles: list[Any] = []
         self._tomesd = False
 
+    def validate(self) -> None:
+        """Refuse, before patching, a tile that cannot divide the model's native grids (remainder='error')."""
+        size = getattr(self.unet.config, "sample_size", None)
+        if self.config.remainder != "error" or not self.config.active or not isinstance(size, int):
+            return
+        side, factor = size, 1
+        while factor <= self.max_downsample:
+            self.state.layout_for(side, side)  # raises ToMAConfigError naming `tile` and the fix
+            side, factor = -(-side // 2), factor * 2
+
     def install(self) -> None:
+        self.validate()
         self.handles.append(self.unet.register_forward_pre_hook(self._begin, with_kwargs=True))
         self.handles.append(self.unet.register_forward_hook(self._end))
         if not self.config.active:

@@ -1,0 +1,41 @@
+"""Plain-loop oracles for the vectorised maths (tests only): slow, obvious, float64."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+
+def cosine_matrix(x: torch.Tensor) -> list[list[float]]:
+    """Cosine similarity of the rows of ``x`` (S, C) as nested Python floats."""
+    rows = x.double().tolist()
+    norms = [math.sqrt(sum(v * v for v in r)) or 1.0 for r in rows]
+    return [[sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)] for ri, ni in zip(rows, norms)]
+
+
+def greedy_facility_location(sim: list[list[float]], k: int) -> list[int]:
+    """Textbook greedy on F(A) = sum_i max(-1, max_{j in A} sim[i][j]); ties to the lowest index."""
+    n = len(sim)
+    best = [-1.0] * n
+    chosen: list[int] = []
+    for _ in range(k):
+        gains = []
+        for j in range(n):
+            if j in chosen:
+                gains.append(-1.0)
+                continue
+            gains.append(sum(max(0.0, sim[i][j] - best[i]) for i in range(n)))
+        j = max(range(n), key=lambda c: (gains[c], -c))
+        chosen.append(j)
+        best = [max(best[i], sim[i][j]) for i in range(n)]
+    return chosen
+
+
+def objective(sim: list[list[float]], chosen: list[int]) -> float:
+    return sum(max(sim[i][j] for j in chosen) + 1.0 for i in range(len(sim)))
+
+
+def brute_force_optimum(sim: list[list[float]], k: int) -> float:
+    return max(objective(sim, list(c)) for c in itertools.combinations(range(len(sim)), k))
