@@ -1,0 +1,142 @@
+"""``ToMADenoiser``: stands in for ``pipe.unet`` / ``pipe.transformer`` and runs an engine per step.
+
+The pipeline calls it exactly as it calls the diffusers model (same signature, same outputs).
+It owns the destination state: on scheduled steps the engine selects destinations in-graph and
+returns them; on the others the wrapper feeds the previous ones back, so selection does not run.
+A new generation is detected by the pipeline's timestep schedule restarting (the timestep rises
+again), which needs no change to the pipeline; ``reset()`` forces it.
+
+Attributes the pipeline reads from the model (``config``, ``add_embedding``, ``cache_context``,
+...) come from a weightless meta-device copy of the original, so no second set of weights is held.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+
+class StepRunner(Protocol):
+    """One denoiser step on an engine.
+
+    ``inputs``: the model's tensor inputs by name (nested dicts flattened with ``.``).
+    ``destinations``: the previous step's destination tensors (empty on the first step).
+    ``recompute``: whether this step selects anew. Returns the model output and the destinations
+    to keep.
+    """
+
+    def __call__(
+        self, inputs: dict[str, torch.Tensor], destinations: Sequence[torch.Tensor], recompute: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+@dataclass
+class DestinationSchedule:
+    """Per-generation step counter and the destinations carried between steps."""
+
+    recompute_every: int
+    step: int = 0
+    selections: int = 0
+    destinations: list[torch.Tensor] = field(default_factory=list)
+    last_timestep: float | None = None
+
+    def reset(self) -> None:
+        self.step, self.destinations, self.last_timestep = 0, [], None
+
+    def observe_timestep(self, t: float | None) -> None:
+        """Diffusers schedules run timesteps downwards: one that does not decrease starts a generation."""
+        if t is not None and self.last_timestep is not None and t >= self.last_timestep:
+            self.reset()
+        self.last_timestep = t
+
+    @property
+    def recompute(self) -> bool:
+        return not self.destinations or self.step % self.recompute_every == 0
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(value, torch.Tensor):
+        out[prefix] = value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+
+
+def _meta_shell(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's class rebuilt from its config on the meta device: attributes without weights."""
+    with torch.device("meta"):
+        return type(model).from_config(model.config)  # type: ignore[attr-defined]
+
+
+class ToMADenoiser(torch.nn.Module):
+    """Drop-in replacement for a diffusers UNet/transformer that runs a :class:`StepRunner`."""
+
+    def __init__(
+        self,
+        runner: StepRunner,
+        model: torch.nn.Module,
+        *,
+        recompute_every: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        output_class: Callable[..., Any] | None = None,
+    ):
+        super().__init__()
+        self.runner = runner
+        self.schedule = DestinationSchedule(recompute_every)
+        object.__setattr__(self, "_shell", model if model.device.type == "meta" else _meta_shell(model))
+        self._signature = inspect.signature(type(self._shell).forward)
+        self._dtype = dtype
+        self._device = torch.device(device)
+        self._output_class = output_class
+
+    # What pipelines read off the model ------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self._shell.config  # type: ignore[attr-defined]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_shell"), name)
+
+    def reset(self) -> None:
+        """Start a new generation (also detected automatically from the timestep schedule)."""
+        self.schedule.reset()
+
+    # The step -------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self._signature.bind(self._shell, *args, **kwargs)
+        return_dict = bound.arguments.pop("return_dict", True)
+        inputs: dict[str, torch.Tensor] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            _flatten(name, value, inputs)
+        t = inputs.get("timestep")
+        self.schedule.observe_timestep(float(t.flatten()[0]) if t is not None and t.device.type == "cpu" else None)
+        recompute = self.schedule.recompute
+        out, dests = self.runner(inputs, self.schedule.destinations, recompute)
+        if recompute:
+            self.schedule.selections += 1
+        self.schedule.destinations = dests
+        self.schedule.step += 1
+        if not return_dict:
+            return (out,)
+        if self._output_class is None:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            cls = UNet2DConditionOutput if hasattr(self.config, "down_block_types") else Transformer2DModelOutput
+            return cls(sample=out)
+        return self._output_class(sample=out)
