@@ -1,0 +1,131 @@
+"""ONNX export of a (rewritten) exported program.
+
+The toma custom ops are lowered before translation: merge/unmerge always to standard ATen ops
+(so to Gather/MatMul/Softmax...), selection either unrolled (``selection="unrolled"``: the fixed
+trip count becomes k copies of ArgMax/Where/...) or kept as one ``toma::FacilityLocation`` plugin
+node (``selection="plugin"``) for TensorRT. The graph is then cleaned and constant-folded, and
+weights go to one external-data file when the model is large.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from toma_export.errors import ToMAError
+
+Selection = Literal["unrolled", "plugin"]
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to an external file
+WEIGHTS_FILE = "weights.bin"
+
+
+def register_plugin_schema() -> None:
+    """Declare ``toma::FacilityLocation`` to ONNX (idempotent), so graphs holding it check and export."""
+    from onnx import defs
+
+    from plugins import contract as c
+
+    if defs.has(c.ONNX_OP_TYPE, c.ONNX_DOMAIN):
+        return
+    param = defs.OpSchema.FormalParameter
+    defs.register_schema(
+        defs.OpSchema(
+            c.ONNX_OP_TYPE,
+            c.ONNX_DOMAIN,
+            c.ONNX_DOMAIN_VERSION,
+            doc="Greedy facility-location destinations per tile (toma-export selection plugin).",
+            inputs=[param(c.ONNX_INPUT_NAME, "T")],
+            outputs=[param(c.ONNX_OUTPUT_NAME, "tensor(int32)")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "tile features (B, T, S, C)")],
+            attributes=[defs.OpSchema.Attribute(c.ONNX_ATTR_K, defs.OpSchema.AttrType.INT, "destinations per tile")],
+        )
+    )
+
+
+def _plugin_translation() -> Callable[..., Any]:
+    """Translation of ``toma::facility_location`` to the plugin node (int32 out, cast to int64)."""
+    import onnxscript
+    from onnxscript import opset18 as op
+
+    from plugins import contract
+
+    register_plugin_schema()
+    toma = onnxscript.values.Opset(contract.ONNX_DOMAIN, contract.ONNX_DOMAIN_VERSION)
+
+    def facility_location_plugin(features: Any, k: int) -> Any:
+        return op.Cast(toma.FacilityLocation(features, k=k), to=7)  # INT64, as the torch op returns
+
+    return facility_location_plugin
+
+
+def lower_toma_ops(ep: torch.export.ExportedProgram, selection: Selection) -> torch.export.ExportedProgram:
+    """Decompose the toma custom ops to ATen, keeping selection opaque when it is to be a plugin."""
+    from toma_export.graph import decompositions
+
+    table = dict(decompositions())
+    if selection == "plugin":
+        table.pop(torch.ops.toma.facility_location.default, None)
+    return ep.run_decompositions(table)
+
+
+def export_onnx(
+    ep: torch.export.ExportedProgram,
+    path: str | Path,
+    *,
+    selection: Selection = "unrolled",
+    opset: int = 18,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``ep`` as ONNX at ``path`` (plus ``weights.bin`` beside it when external)."""
+    import onnx
+
+    if selection not in ("unrolled", "plugin"):
+        raise ToMAError(f"selection={selection!r}: use 'unrolled' (standard ops) or 'plugin' (TensorRT node).")
+    path = Path(path)
+    lowered = lower_toma_ops(ep, selection)
+    table = {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
+    program = torch.onnx.export(
+        lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
+    )
+    if program is None:
+        raise ToMAError("the ONNX exporter returned no program")
+    model = program.model_proto
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    model = cleanup(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(path))
+    return path
+
+
+def cleanup(model: Any) -> Any:
+    """Fold constants and drop dead nodes (onnx-graphsurgeon); plugin nodes pass through untouched."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    try:
+        graph.fold_constants(error_ok=True)
+    except Exception:  # folding needs onnxruntime to evaluate subgraphs; keep the unfolded graph if not
+        pass
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(f for f in model.functions if f.domain != "" and f.name not in {g.name for g in out.functions})
+    return out
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes on disk of an ONNX model and its external data."""
+    total = path.stat().st_size
+    data = path.parent / WEIGHTS_FILE
+    return total + (data.stat().st_size if data.exists() else 0)
