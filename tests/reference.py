@@ -15,8 +15,12 @@ def cosine_matrix(x: torch.Tensor) -> list[list[float]]:
     return [[sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)] for ri, ni in zip(rows, norms)]
 
 
-def greedy_facility_location(sim: list[list[float]], k: int) -> list[int]:
-    """Textbook greedy on F(A) = sum_i max(-1, max_{j in A} sim[i][j]); ties to the lowest index."""
+def greedy_facility_location(sim: list[list[float]], k: int, tie_step: float = 1e-4) -> list[int]:
+    """Textbook greedy on F(A) = sum_i max(-1, max_{j in A} sim[i][j]).
+
+    Candidate ``j``'s gain is handicapped by ``tie_step * j`` (the project's tie rule), then the
+    lowest index among equal scores wins.
+    """
     n = len(sim)
     best = [-1.0] * n
     chosen: list[int] = []
@@ -27,6 +31,7 @@ def greedy_facility_location(sim: list[list[float]], k: int) -> list[int]:
                 gains.append(-1.0)
                 continue
             gains.append(sum(max(0.0, sim[i][j] - best[i]) for i in range(n)))
+        gains = [g - tie_step * j for j, g in enumerate(gains)]
         j = max(range(n), key=lambda c: (gains[c], -c))
         chosen.append(j)
         best = [max(best[i], sim[i][j]) for i in range(n)]
