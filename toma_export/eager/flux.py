@@ -35,7 +35,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 def joint_attention(
-    attn: torch.nn.Module,
+    attn: Any,
     img: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
     txt: torch.Tensor | None = None,
@@ -182,7 +182,7 @@ def _single_forward(
     return hidden_states[:, :text_len], hidden_states[:, text_len:]
 
 
-def _swap(block: torch.nn.Module, forward: Any, site: FluxSite) -> None:
+def _swap(block: Any, forward: Any, site: FluxSite) -> None:
     parent = type(block)
     block.__class__ = type(f"ToMA{parent.__name__}", (parent,), {"forward": forward, "_toma_parent": parent})
     block._toma_site = site
@@ -216,13 +216,13 @@ def image_grid(img_ids: torch.Tensor) -> tuple[int, int] | None:
 class FluxPatch:
     """ToMA (or a baseline) on every double- and single-stream block of a Flux transformer."""
 
-    def __init__(self, model: torch.nn.Module, config: ToMAConfig):
+    def __init__(self, model: Any, config: ToMAConfig):
         self.model = model
         self.config = config
         self.state = ToMAState(config)
         self.grid: list[tuple[int, int] | None] = [None]
         self._grid_key: tuple | None = None
-        self.blocks: list[torch.nn.Module] = []
+        self.blocks: list[Any] = []
         self.handles: list[Any] = []
 
     def install(self) -> None:

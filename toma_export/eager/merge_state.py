@@ -9,7 +9,7 @@ weights are rebuilt per site from that site's own features unless ``share_weight
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Any, Hashable
 
 import torch
 
@@ -33,7 +33,7 @@ class ToMAState:
     latent_hw: tuple[int, int] | None = None
     selections: int = 0  # how many times selection ran; tests count reuse with it
     groups: dict[Hashable, _Group] = field(default_factory=dict)
-    blocks: dict[Hashable, object] = field(default_factory=dict)  # per-block caches (CA-ToMe pairs)
+    blocks: dict[Hashable, Any] = field(default_factory=dict)  # per-block caches (CA-ToMe pairs)
     _seen: set[Hashable] = field(default_factory=set)
 
     # -- the denoising loop -------------------------------------------------------------

@@ -22,7 +22,7 @@ from toma_export.errors import UnsupportedModelError
 SITE_KINDS = ("attn1", "attn2", "ff")
 
 
-def auto_max_downsample(unet: torch.nn.Module) -> int:
+def auto_max_downsample(unet: Any) -> int:
     """Downsampling factor of the UNet's highest-resolution level that has attention."""
     for i, kind in enumerate(unet.config.down_block_types):
         if "CrossAttn" in kind or "Attn" in kind:
@@ -107,7 +107,7 @@ class UNetBlockSites:
 class UNetPatch:
     """ToMA (or ToDo, CA-ToMe) on every transformer block of a UNet; ToMeSD via ``tomesd``."""
 
-    def __init__(self, unet: torch.nn.Module, config: ToMAConfig):
+    def __init__(self, unet: Any, config: ToMAConfig):
         self.unet = unet
         self.config = config
         self.state = ToMAState(config)

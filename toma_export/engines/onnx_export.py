@@ -85,7 +85,9 @@ def export_onnx(
         raise ToMAError(f"selection={selection!r}: use 'unrolled' (standard ops) or 'plugin' (TensorRT node).")
     path = Path(path)
     lowered = lower_toma_ops(ep, selection)
-    table = {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
+    table: dict[Any, Any] | None = (
+        {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
+    )
     program = torch.onnx.export(
         lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
     )

@@ -40,7 +40,7 @@ def example_inputs(
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
-    cfg = model.config
+    cfg: Any = model.config
     if model_family(model) == "unet":
         if height % VAE_FACTOR or width % VAE_FACTOR:
             raise ValueError(f"height and width must be multiples of {VAE_FACTOR} pixels, got {height}x{width}")

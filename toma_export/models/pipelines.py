@@ -16,14 +16,14 @@ from toma_export.errors import UnsupportedModelError
 from toma_export.models.registry import EMBEDDED_MODELS, load_model, model_family
 
 
-def tiny_vae(*, flux: bool = False, seed: int = 0) -> torch.nn.Module:
+def tiny_vae(*, flux: bool = False, seed: int = 0) -> Any:
     """A random AutoencoderKL with the real 8x factor (4 levels) at toy width."""
     from diffusers import AutoencoderKL
 
     extra: dict[str, Any] = dict(shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False) if flux else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return AutoencoderKL(
+        vae: Any = AutoencoderKL(
             block_out_channels=(8, 16, 32, 32),
             in_channels=3,
             out_channels=3,
@@ -32,7 +32,8 @@ def tiny_vae(*, flux: bool = False, seed: int = 0) -> torch.nn.Module:
             latent_channels=4,
             norm_num_groups=8,
             **extra,
-        ).eval()
+        )
+        return vae.eval()
 
 
 def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any:
@@ -49,7 +50,7 @@ def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any
         path = Path(model)
         if (path / "model_index.json").exists():
             return DiffusionPipeline.from_pretrained(path, local_files_only=True)
-    denoiser = model if isinstance(model, torch.nn.Module) else load_model(model, seed=seed)
+    denoiser: Any = model if isinstance(model, torch.nn.Module) else load_model(model, seed=seed)
     family = model_family(denoiser)
     if family == "flux":
         if denoiser.config.in_channels != 16:

@@ -100,7 +100,8 @@ def _unet(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
 
-        return UNet2DConditionModel(**cfg)
+        model: Any = UNet2DConditionModel(**cfg)  # diffusers' ModelMixin is untyped for mypy
+        return model
 
     return build
 
@@ -109,7 +110,8 @@ def _flux(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
         from diffusers import FluxTransformer2DModel
 
-        return FluxTransformer2DModel(**cfg)
+        model: Any = FluxTransformer2DModel(**cfg)
+        return model
 
     return build
 
