@@ -3,6 +3,7 @@
 from toma_export.config import METHODS, ToMAConfig
 from toma_export.eager import apply, remove, reset, state
 from toma_export.errors import ToMAConfigError, ToMAError, UnsupportedModelError
+from toma_export.graph import rewrite
 
 __version__ = "0.1.0"
 
@@ -16,5 +17,6 @@ __all__ = [
     "apply",
     "remove",
     "reset",
+    "rewrite",
     "state",
 ]

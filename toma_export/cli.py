@@ -15,7 +15,12 @@ from toma_export import __version__
 from toma_export.errors import ToMAError
 
 # Modules that each define ``register(subparsers)``; imported lazily when the parser is built.
-_STAGES: tuple[str, ...] = ("toma_export.demo",)
+_STAGES: tuple[str, ...] = (
+    "toma_export.demo",
+    "toma_export.graph.inspect",
+    "toma_export.engines.commands",
+    "toma_export.engines.tensorrt.compare",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,21 @@
 ``toma::facility_location`` is the selection step as one opaque node: graph passes insert it,
 exporters lower it (unrolled standard ONNX ops, or a ``toma`` plugin node), and plugins (Triton,
 TensorRT) implement it. Its eager kernel is :func:`toma_export.core.selection.facility_location`.
+
+``toma::merge_weights`` / ``merge`` / ``unmerge`` / ``merged_positions`` / ``gather_positions``
+are what the graph pass (``toma_export.graph``) inserts at merge sites; each eager kernel is the
+core maths (``toma_export.core``), and ``toma_export.graph.decompositions()`` lowers all of them
+to standard ATen ops for exporters.
 """
 
 from __future__ import annotations
 
 import torch
 
+from toma_export.core.merge import MergeMap
+from toma_export.core.merge import merged_positions as _merged_positions
 from toma_export.core.selection import facility_location as _facility_location
+from toma_export.core.tiles import TileLayout
 
 
 @torch.library.custom_op("toma::facility_location", mutates_args=())
@@ -21,3 +29,131 @@ def facility_location(features: torch.Tensor, k: int) -> torch.Tensor:
 @facility_location.register_fake
 def _(features: torch.Tensor, k: int) -> torch.Tensor:
     return features.new_empty((*features.shape[:-2], k), dtype=torch.long)
+
+
+# --- merge / unmerge ------------------------------------------------------------------------------
+# A site merges the image tokens ``x[:, offset : offset + h*w]`` of a token sequence; tokens before
+# and after that span (e.g. Flux's text tokens) pass through untouched. Layout arguments are plain
+# ints so the ops stay shape-static. Eager kernels call the core maths (one place per fact); the
+# fake kernels only state output shapes; ``toma_export.graph.decompositions`` lowers them to ATen.
+
+
+def _layout(h: int, w: int, th: int, tw: int) -> TileLayout:
+    return TileLayout(h, w, th, tw)
+
+
+def _span(x: torch.Tensor, offset: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return x[:, :offset], x[:, offset : offset + n], x[:, offset + n :]
+
+
+def merge_weights_impl(
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int, temperature: float
+) -> torch.Tensor:
+    layout = _layout(h, w, th, tw)
+    _, img, _ = _span(x, offset, layout.num_tokens)
+    return MergeMap.build(layout, img, idx, temperature).weights
+
+
+def merge_impl(x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+    layout = _layout(h, w, th, tw)
+    head, img, tail = _span(x, offset, layout.num_tokens)
+    merged = MergeMap(layout, weights.new_empty(0), weights).merge(img)
+    return torch.cat([head, merged, tail], dim=1) if head.shape[1] or tail.shape[1] else merged
+
+
+def unmerge_impl(y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+    layout = _layout(h, w, th, tw)
+    mm = MergeMap(layout, weights.new_empty(0), weights)
+    head, img, tail = _span(y, offset, mm.num_merged)
+    out = mm.unmerge(img)
+    return torch.cat([head, out, tail], dim=1) if head.shape[1] or tail.shape[1] else out
+
+
+def merged_positions_impl(idx: torch.Tensor, h: int, w: int, th: int, tw: int) -> torch.Tensor:
+    return _merged_positions(_layout(h, w, th, tw), idx)
+
+
+def gather_positions_impl(table: torch.Tensor, positions: torch.Tensor, dim: int, offset: int, n: int) -> torch.Tensor:
+    """Rows of a positional table (RoPE cos/sin) for a merged sequence, per batch element.
+
+    ``table`` has size 1 at dim 0 (broadcast over the batch) and the unmerged sequence length at
+    ``dim``; the image span ``[offset, offset + n)`` is replaced by rows ``offset + positions``
+    (a gather: merged tokens take their destination's position), the rest is kept.
+    """
+    b = positions.shape[0]
+    s = table.shape[dim]
+    dev = positions.device
+    head = torch.arange(offset, device=dev).expand(b, -1)
+    tail = torch.arange(offset + n, s, device=dev).expand(b, -1)
+    index = torch.cat([head, positions + offset, tail], dim=1)  # (B, S')
+    view = [1] * table.ndim
+    view[0], view[dim] = b, index.shape[1]
+    full = list(table.shape)
+    full[0], full[dim] = b, index.shape[1]
+    return torch.gather(table.expand(b, *table.shape[1:]), dim, index.reshape(view).expand(full))
+
+
+@torch.library.custom_op("toma::merge_weights", mutates_args=())
+def merge_weights(
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int, temperature: float
+) -> torch.Tensor:
+    """Merge weights ``A`` ``(B, T, k, S)`` of the image span of ``x`` for destinations ``idx``."""
+    return merge_weights_impl(x, idx, h, w, th, tw, offset, temperature)
+
+
+@merge_weights.register_fake
+def _(x, idx, h, w, th, tw, offset, temperature):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw)
+    return x.new_empty((x.shape[0], layout.num_tiles, idx.shape[-1], layout.tile_size))
+
+
+@torch.library.custom_op("toma::merge", mutates_args=())
+def merge(x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+    """``x`` with its image span merged: ``(B, offset + T*k + R + tail, C)``."""
+    return merge_impl(x, weights, h, w, th, tw, offset)
+
+
+@merge.register_fake
+def _(x, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw)
+    merged = weights.shape[1] * weights.shape[2] + layout.num_rest
+    return x.new_empty((x.shape[0], x.shape[1] - layout.num_tokens + merged, x.shape[2]))
+
+
+@torch.library.custom_op("toma::unmerge", mutates_args=())
+def unmerge(y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+    """Inverse map of :func:`merge` (``A^T @ Y`` on the merged span)."""
+    return unmerge_impl(y, weights, h, w, th, tw, offset)
+
+
+@unmerge.register_fake
+def _(y, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw)
+    merged = weights.shape[1] * weights.shape[2] + layout.num_rest
+    return y.new_empty((y.shape[0], y.shape[1] - merged + layout.num_tokens, y.shape[2]))
+
+
+@torch.library.custom_op("toma::merged_positions", mutates_args=())
+def merged_positions(idx: torch.Tensor, h: int, w: int, th: int, tw: int) -> torch.Tensor:
+    """Grid index ``(B, T*k + R)`` of each merged token (its destination's)."""
+    return merged_positions_impl(idx, h, w, th, tw)
+
+
+@merged_positions.register_fake
+def _(idx, h, w, th, tw):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw)
+    return idx.new_empty((idx.shape[0], idx.shape[1] * idx.shape[2] + layout.num_rest))
+
+
+@torch.library.custom_op("toma::gather_positions", mutates_args=())
+def gather_positions(table: torch.Tensor, positions: torch.Tensor, dim: int, offset: int, n: int) -> torch.Tensor:
+    """Per-batch rows of a positional table for a merged sequence (see :func:`gather_positions_impl`)."""
+    return gather_positions_impl(table, positions, dim, offset, n)
+
+
+@gather_positions.register_fake
+def _(table, positions, dim, offset, n):  # type: ignore[no-untyped-def]
+    shape = list(table.shape)
+    shape[0] = positions.shape[0]
+    shape[dim] = shape[dim] - n + positions.shape[1]
+    return table.new_empty(shape)

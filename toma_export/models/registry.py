@@ -178,3 +178,24 @@ def model_family(model: torch.nn.Module) -> str:
         f"{type(model).__name__} is not supported: toma-export patches diffusers UNet2DConditionModel "
         "(SDXL/SD1.5) and FluxTransformer2DModel, or pipelines holding one as .unet/.transformer."
     )
+
+
+def model_shell(name_or_path: str | Path) -> torch.nn.Module:
+    """The model's architecture on the meta device: its config and attributes, no weights or memory."""
+    import diffusers
+
+    key = str(name_or_path)
+    with torch.device("meta"):
+        if key in EMBEDDED_MODELS:
+            return EMBEDDED_MODELS[key][2]()
+        path = Path(key)
+        if (path / "model_index.json").exists():
+            path = next((path / s for s in ("unet", "transformer") if (path / s / "config.json").exists()), path)
+        import json
+
+        config = json.loads((path / "config.json").read_text())
+        cls = getattr(diffusers, config.get("_class_name", ""), None)
+        if cls is None:
+            raise UnsupportedModelError(f"{path} holds no diffusers model class toma-export knows.")
+        shell: Any = cls.from_config(config)
+        return shell

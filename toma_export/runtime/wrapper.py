@@ -22,14 +22,14 @@ import torch
 class StepRunner(Protocol):
     """One denoiser step on an engine.
 
-    ``inputs``: the model's tensor inputs by name (nested dicts flattened with ``.``).
+    ``inputs``: the model's keyword arguments as the pipeline passed them (``None`` ones dropped).
     ``destinations``: the previous step's destination tensors (empty on the first step).
     ``recompute``: whether this step selects anew. Returns the model output and the destinations
     to keep.
     """
 
     def __call__(
-        self, inputs: dict[str, torch.Tensor], destinations: Sequence[torch.Tensor], recompute: bool
+        self, inputs: dict[str, Any], destinations: Sequence[torch.Tensor], recompute: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
 
 
@@ -55,14 +55,6 @@ class DestinationSchedule:
     @property
     def recompute(self) -> bool:
         return not self.destinations or self.step % self.recompute_every == 0
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, torch.Tensor]) -> None:
-    if isinstance(value, torch.Tensor):
-        out[prefix] = value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
 
 
 def _meta_shell(model: torch.nn.Module) -> torch.nn.Module:
@@ -120,11 +112,10 @@ class ToMADenoiser(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         bound = self._signature.bind(self._shell, *args, **kwargs)
         return_dict = bound.arguments.pop("return_dict", True)
-        inputs: dict[str, torch.Tensor] = {}
-        for name, value in list(bound.arguments.items())[1:]:
-            _flatten(name, value, inputs)
+        inputs = {k: v for k, v in list(bound.arguments.items())[1:] if v is not None}
         t = inputs.get("timestep")
-        self.schedule.observe_timestep(float(t.flatten()[0]) if t is not None and t.device.type == "cpu" else None)
+        on_cpu = isinstance(t, torch.Tensor) and t.device.type == "cpu"
+        self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu else None)  # type: ignore[union-attr]
         recompute = self.schedule.recompute
         out, dests = self.runner(inputs, self.schedule.destinations, recompute)
         if recompute:

@@ -1,0 +1,106 @@
+"""Load an artifact folder into a step runner for :class:`toma_export.runtime.ToMADenoiser`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest
+from toma_export.engines.signature import flatten_inputs
+from toma_export.errors import ToMAError
+
+Variant = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+def _named(engine: Any) -> Variant:
+    return lambda flat: engine(dict(zip(engine.input_names, flat)))
+
+
+def _open_variant(folder: Path, backend: str, file: str) -> Variant:
+    path = folder / file
+    if backend == "onnxruntime":
+        from toma_export.engines.onnxruntime import OrtEngine
+
+        return _named(OrtEngine(path))
+    if backend == "inductor":
+        from torch._inductor import aoti_load_package
+
+        runner = aoti_load_package(str(path))
+        return lambda flat: list(runner(*flat))
+    if backend == "tensorrt":
+        from toma_export.engines.tensorrt import TrtEngine
+
+        return _named(TrtEngine(path))
+    raise ArtifactError(f"{folder}: backend {backend!r} is not one this runtime can load.")
+
+
+class ShapeMismatchError(ToMAError):
+    """Inputs whose shapes differ from the ones the artifact was built for."""
+
+
+@dataclass
+class ProgramRunner:
+    """Runs the artifact's variants as a :class:`~toma_export.runtime.StepRunner`."""
+
+    variants: dict[str, Variant]
+    input_spec: str
+    input_shapes: list[list[int]]
+    num_groups: int
+    shapes: dict[str, Any]
+    selections: int = 0
+
+    def flatten(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        flat = flatten_inputs(inputs, self.input_spec)
+        got = [list(t.shape) for t in flat]
+        if got != self.input_shapes:
+            raise ShapeMismatchError(
+                f"inputs of shapes {got} do not fit this artifact, built for batch {self.shapes['batch']} at "
+                f"{self.shapes['height']}x{self.shapes['width']} (input shapes {self.input_shapes}). "
+                "Build an artifact for this batch size and resolution (toma-export build --batch/--height/--width)."
+            )
+        return flat
+
+    def __call__(
+        self, inputs: dict[str, Any], destinations: Sequence[torch.Tensor], recompute: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        flat = self.flatten(inputs)
+        if "single" in self.variants:
+            return self.variants["single"](flat)[0], []
+        if recompute or len(destinations) != self.num_groups:
+            out = self.variants["select"](flat)
+            self.selections += 1
+            return out[0], list(out[len(out) - self.num_groups :])
+        return self.variants["reuse"](flat + list(destinations))[0], list(destinations)
+
+
+@dataclass
+class LoadedArtifact:
+    folder: Path
+    manifest: Manifest
+    runner: ProgramRunner
+
+
+def load_artifact(folder: str | Path) -> LoadedArtifact:
+    """Check the manifest (and every file's hash), then open each variant on its backend."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    from toma_export import __version__
+
+    built_with = manifest.versions.get("toma-export")
+    if built_with != __version__:
+        raise ArtifactError(
+            f"{folder} was built by toma-export {built_with}; this is {__version__}. Rebuild the artifact."
+        )
+    extra = manifest.extra
+    variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
+    runner = ProgramRunner(
+        variants=variants,
+        input_spec=extra["input_spec"],
+        input_shapes=manifest.shapes["inputs"],
+        num_groups=len(extra["groups"]),
+        shapes=manifest.shapes,
+    )
+    return LoadedArtifact(folder, manifest, runner)

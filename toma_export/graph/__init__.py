@@ -1,0 +1,56 @@
+"""The ToMA graph pass: capture with torch.export, find merge sites by pattern, insert custom ops.
+
+``rewrite(model, example_kwargs, config)`` runs capture -> match (``patterns``) -> plan/replace
+(``rewrite``, ``shapes``) -> verify, and returns a :class:`ToMAProgram`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from toma_export import ops as _ops  # noqa: F401  (registers the toma:: custom ops)
+from toma_export.config import ToMAConfig
+from toma_export.graph.capture import Captured, capture
+from toma_export.graph.decompositions import decompositions, lower
+from toma_export.graph.grids import Grid, token_grids
+from toma_export.graph.patterns import Site, find_sites
+from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
+from toma_export.graph.rewrite import add_selection, plan, rewrite_graph
+
+
+def rewrite(model: torch.nn.Module, example_kwargs: dict[str, Any], config: ToMAConfig | None = None) -> ToMAProgram:
+    """Capture ``model(**example_kwargs)`` and insert ToMA at every matched site ``config`` allows.
+
+    Shapes are static: the program accepts inputs shaped like the example (rewrite again for
+    another resolution or batch). With ratio 0, or when nothing matches, it runs the original graph.
+    """
+    config = config or ToMAConfig()
+    captured = capture(model, example_kwargs)
+    return rewrite_captured(captured, config)
+
+
+def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
+    found = find_sites(captured.ep.graph, token_grids(captured.example_kwargs))
+    p = plan(found, config)
+    rewritten, p = rewrite_graph(captured.ep.graph_module, p, config) if p.sites else (None, p)
+    select_gm = add_selection(rewritten, p) if rewritten is not None else None
+    return ToMAProgram(captured, config, p, rewritten, select_gm)
+
+
+__all__ = [
+    "Captured",
+    "Grid",
+    "GroupInfo",
+    "Site",
+    "SiteInfo",
+    "ToMAProgram",
+    "capture",
+    "decompositions",
+    "find_sites",
+    "lower",
+    "rewrite",
+    "rewrite_captured",
+    "token_grids",
+]

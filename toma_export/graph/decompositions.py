@@ -1,0 +1,46 @@
+"""Lowering table: every ``toma::`` op as a Python function of standard ATen ops (the core maths).
+
+``ep.run_decompositions(decompositions())`` turns a rewritten program into plain ATen, for
+exporters and compilers that cannot carry custom ops (ONNX without the plugin, AOTInductor).
+Selection lowers to the fixed-trip-count, unrolled greedy loop (k argmax steps, no sort/scatter).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from toma_export import ops
+from toma_export.core.selection import facility_location
+
+
+def decompositions(include_selection: bool = True) -> dict[torch._ops.OpOverload, Callable]:
+    """{toma op overload: ATen implementation}; ``include_selection=False`` keeps the selection op
+    (for backends that implement it as a plugin)."""
+    table: dict[torch._ops.OpOverload, Callable] = {
+        torch.ops.toma.merge_weights.default: ops.merge_weights_impl,
+        torch.ops.toma.merge.default: ops.merge_impl,
+        torch.ops.toma.unmerge.default: ops.unmerge_impl,
+        torch.ops.toma.merged_positions.default: ops.merged_positions_impl,
+        torch.ops.toma.gather_positions.default: ops.gather_positions_impl,
+    }
+    if include_selection:
+        table[torch.ops.toma.facility_location.default] = facility_location
+    return table
+
+
+def lower(
+    ep: torch.export.ExportedProgram, include_selection: bool = True, core_aten: bool = False
+) -> torch.export.ExportedProgram:
+    """``ep`` with the toma ops decomposed into ATen; ``core_aten`` also applies torch's default
+    core-ATen decompositions.
+
+    Without ``core_aten`` the lowered program is bit-identical to the custom-op one. With it, the
+    model's own ops (linear, layer_norm, ...) decompose too and their results move by a few ulps,
+    which can flip a near-tied greedy pick in selection: compare such programs with destinations
+    fed in (the reuse variant), not by their selected indices.
+    """
+    table: dict[Any, Callable] = dict(torch.export.default_decompositions()) if core_aten else {}
+    table.update(decompositions(include_selection))
+    return ep.run_decompositions(table)

@@ -1,0 +1,167 @@
+"""``toma-export inspect MODEL``: which merge sites the graph pass finds, their groups, and FLOPs.
+
+FLOPs are counted from the exported graph's matmul-class nodes (linear, mm/bmm/addmm/baddbmm/
+matmul, scaled-dot-product attention, convolution), 2 per multiply-add. "Covered" is the share of
+the model's FLOPs spent inside merged regions (the site's linears, attention, activations up to the
+residual add); "after" counts the rewritten graph, merge/unmerge costs included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.fx import Graph, Node
+
+from toma_export.config import ToMAConfig
+from toma_export.errors import ToMAError
+from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
+
+aten = torch.ops.aten
+
+
+def _shape(n: Any) -> list[int]:
+    v = n.meta.get("val") if isinstance(n, Node) else None
+    return list(v.shape) if isinstance(v, torch.Tensor) else []
+
+
+def node_flops(n: Node) -> int:
+    """Multiply-add FLOPs (x2) of one node; 0 for ops that are not matmul-class."""
+    if n.op != "call_function":
+        return 0
+    t = n.target
+    out = _shape(n)
+    if t is aten.linear.default:
+        return 2 * math.prod(out) * _shape(n.args[0])[-1]
+    if t in (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.matmul.default):
+        a = n.args[1] if t in (aten.addmm.default, aten.baddbmm.default) else n.args[0]
+        return 2 * math.prod(out) * _shape(a)[-1]
+    if "scaled_dot_product" in str(t):
+        q, k, v = (_shape(a) for a in n.args[:3])
+        lead = math.prod(q[:-2])
+        return 2 * lead * q[-2] * k[-2] * (q[-1] + v[-1])
+    if t in (aten.conv2d.default, aten.convolution.default, aten.conv1d.default):
+        w = _shape(n.args[1])
+        return 2 * math.prod(out) * math.prod(w[1:])
+    if t in (torch.ops.toma.merge_weights.default, torch.ops.toma.merge.default, torch.ops.toma.unmerge.default):
+        a = _shape(n.args[1]) if t is not torch.ops.toma.merge_weights.default else _shape(n)
+        c = _shape(n.args[0])[-1]
+        return 2 * math.prod(a) * c
+    return 0
+
+
+def graph_flops(graph: Graph, names: set[str] | None = None) -> int:
+    return sum(node_flops(n) for n in graph.nodes if names is None or n.name in names)
+
+
+@dataclass
+class InspectReport:
+    model: str
+    height: int
+    width: int
+    ratio: float
+    sites: list[SiteInfo]
+    skipped: list[SiteInfo]
+    groups: list[GroupInfo]
+    total_flops: int
+    covered_flops: int
+    after_flops: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def covered_share(self) -> float:
+        return self.covered_flops / self.total_flops if self.total_flops else 0.0
+
+    def format(self) -> str:
+        lines = [f"{self.model} at {self.height}x{self.width}, ratio {self.ratio}"]
+        found = len(self.sites) + len(self.skipped)
+        if not found:
+            lines.append(
+                "no merge sites found: no norm -> Q/K/V -> attention -> residual, or norm -> MLP, region over an "
+                "image token grid matched in this graph, so the rewritten program is the original model."
+            )
+        else:
+            lines.append(f"{found} site(s) found, {len(self.sites)} merged, in {len(self.groups)} group(s)")
+        for g in self.groups:
+            lines.append(
+                f"  group {g.index}: {g.layout.h}x{g.layout.w} tokens, tile {g.layout.th}x{g.layout.tw}, keep {g.k}/tile, "
+                f"{len(g.sites)} site(s)"
+            )
+        for s in self.sites:
+            lines.append(
+                f"  [g{s.group}] {s.kind:<10} {s.name}: {s.tokens} image tokens -> {s.merged}, {s.channels} ch"
+                + (f", {s.offset} text tokens first" if s.offset else "")
+            )
+        for s in self.skipped:
+            lines.append(f"  [--] {s.kind:<10} {s.name}: {s.tokens} image tokens, not merged ({s.reason})")
+        if self.total_flops:
+            lines.append(
+                f"FLOPs: model {self.total_flops / 1e9:.3f} G; merge regions cover {100 * self.covered_share:.1f}%; "
+                f"rewritten {self.after_flops / 1e9:.3f} G ({100 * self.after_flops / self.total_flops:.1f}%)"
+            )
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def report_for(program: ToMAProgram, model: str, height: int, width: int, coverage: ToMAProgram | None = None) -> InspectReport:
+    """Report of a rewritten program; ``coverage`` (a ratio-0.5 rewrite) gives regions when none merge."""
+    graph = program.captured.ep.graph
+    total = graph_flops(graph)
+    regions = (coverage or program).site_regions
+    covered = graph_flops(graph, set().union(*regions)) if regions else 0
+    after = graph_flops(program.graph_module.graph)
+    notes = []
+    if coverage is not None and regions:
+        notes.append("(coverage measured on a ratio-0.5 rewrite, since this ratio merges nothing)")
+    return InspectReport(model, height, width, program.config.ratio, program.sites, program.skipped, program.groups,
+                         total, covered, after, notes)
+
+
+def inspect_model(
+    model_name_or_path: str | torch.nn.Module, ratio: float = 0.5, height: int | None = None, width: int | None = None,
+    config: ToMAConfig | None = None,
+) -> InspectReport:
+    """Capture ``model`` at ``height x width`` pixels, find and rewrite its sites, count FLOPs."""
+    from toma_export.graph import capture, rewrite_captured
+    from toma_export.models import load_model
+    from toma_export.models.inputs import example_inputs
+
+    if isinstance(model_name_or_path, torch.nn.Module):
+        model, name = model_name_or_path, type(model_name_or_path).__name__
+    else:
+        name = str(model_name_or_path)
+        model = load_model(name)
+    default = 256 if name.endswith("-tiny") or isinstance(model_name_or_path, torch.nn.Module) else 1024
+    height, width = height or default, width or height or default
+    config = config or ToMAConfig(ratio=ratio)
+    captured = capture(model, example_inputs(model, height=height, width=width))
+    program = rewrite_captured(captured, config)
+    coverage = None
+    if not program.sites and program.skipped and not config.active:
+        coverage = rewrite_captured(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
+    return report_for(program, name, height, width, coverage)
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``inspect`` subcommand to a CLI's subparsers; its handler is ``args.func``."""
+    p = subparsers.add_parser("inspect", help="list the merge sites the graph pass finds, their groups and FLOP share")
+    p.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sd15-tiny, sdxl, flux) or a local diffusers folder")
+    p.add_argument("--ratio", type=float, default=0.5, help="share of image tokens removed (default 0.5)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default 256 for *-tiny, else 1024)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the height)")
+    p.set_defaults(handler=run_inspect)
+    return p
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """CLI handler: print the report; bad input prints the problem and the fix, not a traceback."""
+    try:
+        report = inspect_model(args.model, ratio=args.ratio, height=args.height, width=args.width)
+    except (ToMAError, ValueError) as e:
+        print(f"toma-export inspect: {e}")
+        return 2
+    print(report.format())
+    return 0

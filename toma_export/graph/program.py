@@ -1,0 +1,212 @@
+"""``ToMAProgram``: the rewritten model, callable like the original, owning the destination state.
+
+It holds two graph variants of one rewrite (see ``rewrite.py``): on scheduled steps (step 0, n, 2n,
+... of a generation, ``recompute_every = n``) it runs the *select* variant, which computes each
+group's destinations in-graph at the group's first site (as eager does) and returns them; on the
+other steps it runs the *reuse* variant with the cached destinations as inputs, which contains no
+selection at all. ``reset()`` starts a new generation.
+
+Both variants run as FX graph modules on the captured weights (no copy); ``exported_program`` /
+``select_exported_program`` re-export them (lazily) as ``ExportedProgram``s with flat inputs
+``(*model inputs, *destinations)`` for compilers and exporters.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+from torch.fx import GraphModule
+
+from toma_export.config import ToMAConfig
+from toma_export.core.tiles import TileLayout
+from toma_export.graph.capture import Captured
+from toma_export.graph.patterns import Site
+from toma_export.graph.rewrite import Group, Plan, Rewritten
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """A merged site: what it is, how many tokens it sees, which destination group it uses."""
+
+    name: str
+    kind: str  # "self_attn" | "cross_attn" | "mlp"
+    tokens: int  # image tokens merged at the site (h * w)
+    channels: int
+    group: int | None  # destination group, None when the site is not merged
+    grid: tuple[int, int]
+    offset: int = 0  # tokens before the image span (Flux single-stream text)
+    sequence: int = 0  # all tokens of the site's input
+    merged: int = 0  # image tokens after merging (0 when not merged)
+    reason: str = ""  # why a found site is not merged
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    index: int
+    layout: TileLayout
+    k: int
+    sites: tuple[int, ...]
+
+
+def _site_info(s: Site, group: Group | None, reason: str = "") -> SiteInfo:
+    merged = group.layout.num_tiles * group.k + group.layout.num_rest if group else 0
+    return SiteInfo(s.name, s.kind, s.image_tokens, s.channels, group.index if group else None,
+                    (s.grid.h, s.grid.w), s.offset, s.tokens, merged, reason)
+
+
+class FlatModule(torch.nn.Module):
+    """A lifted graph plus the weights it was captured with, as an ``nn.Module`` with flat inputs.
+
+    Weights keep their original names (``down_blocks.1....weight``), so exported artifacts do too.
+    """
+
+    def __init__(self, gm: GraphModule, captured: Captured):
+        super().__init__()
+        self.toma_graph = gm
+        self._targets: list[str] = []
+        specs = [s for s in captured.ep.graph_signature.input_specs if s.kind != InputKind.USER_INPUT]
+        for spec, tensor in zip(specs, captured.lifted):
+            *path, name = spec.target.split(".")
+            mod: torch.nn.Module = self
+            for part in path:
+                if not hasattr(mod, part):
+                    mod.add_module(part, torch.nn.Module())
+                mod = getattr(mod, part)
+            if spec.kind == InputKind.PARAMETER:
+                param = tensor if isinstance(tensor, torch.nn.Parameter) else torch.nn.Parameter(tensor, requires_grad=False)
+                mod.register_parameter(name, param)
+            else:
+                mod.register_buffer(name, tensor, persistent=spec.kind == InputKind.BUFFER and spec.persistent is not False)
+            self._targets.append(spec.target)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        lifted = [functools.reduce(getattr, t.split("."), self) for t in self._targets]
+        return tuple(self.toma_graph(*lifted, *args))
+
+
+class ToMAProgram:
+    """The rewritten model. Call it with the model's own keyword arguments."""
+
+    def __init__(
+        self,
+        captured: Captured,
+        config: ToMAConfig,
+        plan: Plan,
+        rewritten: Rewritten | None,
+        select_gm: GraphModule | None,
+    ):
+        self.captured = captured
+        self.config = config
+        self.plan = plan
+        self.groups = [GroupInfo(g.index, g.layout, g.k, tuple(g.sites)) for g in plan.groups]
+        self.sites = [_site_info(s, plan.groups[plan.site_group[i]]) for i, s in enumerate(plan.sites)]
+        self.skipped = [_site_info(s, None, why) for s, why in plan.skipped]
+        #: Per merged site, names of the graph nodes whose token count the merge changed.
+        self.site_regions: list[set[str]] = [{n.name for n in ops.region} for ops in rewritten.site_ops] if rewritten else []
+        self._reuse_gm = rewritten.gm if rewritten else captured.ep.graph_module
+        self._select_gm = select_gm
+        self._lifted = captured.lifted
+        self._exported: dict[str, ExportedProgram] = {}
+        self.step = 0
+        self.selections = 0  # select-variant runs (each selects every group once)
+        self.destinations: list[torch.Tensor] | None = None
+
+    # -- the denoising loop -------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new generation: step 0, cached destinations dropped."""
+        self.step = 0
+        self.destinations = None
+
+    @property
+    def recompute_due(self) -> bool:
+        return self.destinations is None or self.step % self.config.recompute_every == 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise TypeError("call a ToMAProgram with the model's keyword arguments (as captured)")
+        flat = self.captured.flatten(kwargs)
+        if not self.groups:
+            out = self._reuse_gm(*self._lifted, *flat)
+        elif self.recompute_due:
+            res = self.run_select(flat)
+            out, self.destinations = res[: len(res) - len(self.groups)], list(res[len(res) - len(self.groups) :])
+        else:
+            out = self.run_reuse(flat, self.destinations)  # type: ignore[arg-type]
+        self.step += 1
+        return self.captured.unflatten(list(out))
+
+    # -- the two variants, flat -----------------------------------------------------------------
+    def run_select(self, flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Model outputs followed by each group's freshly selected destinations."""
+        assert self._select_gm is not None
+        self.selections += 1
+        return tuple(self._select_gm(*self._lifted, *flat))
+
+    def run_reuse(self, flat: list[torch.Tensor], destinations: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Model outputs given each group's destinations ``(B, T, k)`` int64."""
+        if len(destinations) != len(self.groups):
+            raise ValueError(f"expected {len(self.groups)} destination tensors (one per group), got {len(destinations)}")
+        return tuple(self._reuse_gm(*self._lifted, *flat, *destinations))
+
+    def flat_inputs(self, **kwargs: Any) -> list[torch.Tensor]:
+        """The model's keyword arguments as the exported programs' leading flat inputs."""
+        return self.captured.flatten(kwargs)
+
+    def select(self, group: int, features: torch.Tensor) -> torch.Tensor:
+        """The selection program of one group: destinations ``(B, T, k)`` from its features ``(B, N, C)``.
+
+        ``features`` are the group's first site's image tokens (``SiteInfo.tokens`` of them).
+        """
+        g = self.groups[group]
+        tiles, _ = g.layout.split(features)
+        return torch.ops.toma.facility_location(tiles, g.k)
+
+    # -- exported programs ----------------------------------------------------------------------
+    @property
+    def graph_module(self) -> GraphModule:
+        """The reuse variant (lifted: weights, then model inputs, then destinations)."""
+        return self._reuse_gm
+
+    @property
+    def select_graph_module(self) -> GraphModule | None:
+        return self._select_gm
+
+    def example_destinations(self) -> list[torch.Tensor]:
+        """Valid destinations for the example inputs' batch (the first k slots of every tile)."""
+        b = self.captured.flatten(self.captured.example_kwargs)[0].shape[0]
+        return [torch.arange(g.k).expand(b, g.layout.num_tiles, g.k).contiguous() for g in self.groups]
+
+    def _export(self, which: str) -> ExportedProgram:
+        if which not in self._exported:
+            flat = self.captured.flatten(self.captured.example_kwargs)
+            if which == "select":
+                if self._select_gm is None:
+                    return self.exported_program
+                gm, args = self._select_gm, flat
+            else:
+                gm, args = self._reuse_gm, flat + self.example_destinations()
+            with torch.no_grad():
+                self._exported[which] = torch.export.export(FlatModule(gm, self.captured), tuple(args), strict=False)
+        return self._exported[which]
+
+    @property
+    def exported_program(self) -> ExportedProgram:
+        """Reuse variant: inputs ``(*model inputs, *destinations)``, outputs the model's (flat)."""
+        return self._export("reuse")
+
+    @property
+    def select_exported_program(self) -> ExportedProgram:
+        """Select variant: inputs the model's, outputs ``(*model outputs, *destinations)``."""
+        return self._export("select")
+
+    def summary(self) -> str:
+        lines = [f"{len(self.sites)} merged site(s) in {len(self.groups)} group(s)"]
+        for g in self.groups:
+            lines.append(f"  group {g.index}: {g.layout.h}x{g.layout.w} grid, tile {g.layout.th}x{g.layout.tw}, "
+                         f"k={g.k}, {len(g.sites)} sites")
+        return "\n".join(lines)
