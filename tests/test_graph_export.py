@@ -72,11 +72,11 @@ def test_inspect_cli(capsys) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["inspect", "flux-tiny", "--ratio", "0.5", "--height", "128", "--width", "192"])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     text = capsys.readouterr().out
     assert "6 site(s) found, 6 merged, in 1 group(s)" in text and "8x12 tokens" in text and "FLOPs" in text
     bad = parser.parse_args(["inspect", "no-such-model"])
-    assert bad.func(bad) == 2
+    assert bad.handler(bad) == 2
     assert "neither an embedded model" in capsys.readouterr().out
 
 

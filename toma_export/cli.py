@@ -19,6 +19,7 @@ _STAGES: tuple[str, ...] = (
     "toma_export.demo",
     "toma_export.graph.inspect",
     "toma_export.engines.commands",
+    "toma_export.bench.cli",
     "toma_export.engines.tensorrt.compare",
 )
 

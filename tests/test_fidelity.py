@@ -1,0 +1,83 @@
+"""Fidelity metrics and the real-image inputs (sdxl-tiny / flux-tiny, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toma_export.bench.fidelity import (
+    alpha_bar, compare, encode, evaluate, frontier_points, load_image, pack_flux, projection, samples,
+)
+from toma_export.config import ToMAConfig
+from toma_export.models.registry import load_model
+
+
+def test_compare_identical_is_zero_error_unit_cosine():
+    x = torch.randn(2, 4, 8, 8)
+    rel, cos = compare(x, x.clone())
+    assert rel == 0.0 and cos == pytest.approx(1.0, abs=1e-12)
+    rel, cos = compare(-x, x)
+    assert rel == pytest.approx(2.0) and cos == pytest.approx(-1.0)
+
+
+def test_images_and_encoding_are_real_and_deterministic():
+    img = load_image("chelsea", 64, 96)  # non-square: centre crop to 2:3, then resize
+    assert img.shape == (3, 64, 96) and -1.0 <= img.min() < img.max() <= 1.0
+    lat = encode(img.unsqueeze(0), 4)
+    assert lat.shape == (1, 4, 8, 12)
+    assert torch.equal(lat, encode(img.unsqueeze(0), 4))
+    assert lat.mean().abs() < 1e-5 and lat.std() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(projection(4).norm(dim=1), torch.ones(4))
+    assert pack_flux(torch.randn(1, 16, 8, 8)).shape == (1, 16, 64)
+    assert 0 < alpha_bar(999) < alpha_bar(500) < alpha_bar(0) < 1
+
+
+@pytest.mark.parametrize("name", ["sdxl-tiny", "flux-tiny"])
+def test_ratio_zero_and_none_are_exact_and_merging_is_not(name):
+    model = load_model(name)
+    inputs = samples(model, ["astronaut", "coffee"], [800, 200], 128, 128)
+    assert len(inputs) == 4
+    cfgs = [("toma0", ToMAConfig(ratio=0.0)), ("none", ToMAConfig(ratio=0.5, method="none")),
+            ("toma", ToMAConfig(ratio=0.5)), ("tomesd", ToMAConfig(ratio=0.5, method="tomesd"))]
+    rows = {r["variant"]: r for r in evaluate(model, cfgs, inputs)}
+    for v in ("toma0", "none"):
+        assert rows[v]["rel_error_max"] <= 1e-6 and rows[v]["cosine_min"] == pytest.approx(1.0, abs=1e-9)
+    for v in ("toma", "tomesd"):
+        assert 0 < rows[v]["rel_error"] < 1 and rows[v]["cosine"] < 1
+        assert set(rows[v]["per_timestep"]) == {800, 200} and rows[v]["n"] == 4
+    assert not hasattr(model, "_toma_patch")  # evaluate leaves the model unpatched
+
+
+def test_frontier_joins_speedups_and_plots(tmp_path):
+    from toma_export.bench.plots import frontier_plot
+
+    fid = [dict(variant="toma", method="toma", ratio=0.5, rel_error=0.1),
+           dict(variant="toma[attn]", method="toma", ratio=0.5, rel_error=0.05)]
+    bench = [dict(workload="w", backend="eager", method="toma", variant="toma", ratio=0.5, speedup=1.5),
+             dict(workload="w", backend="inductor", method="toma", variant="toma", ratio=0.5, speedup=2.0)]
+    pts = frontier_points(fid, bench)
+    assert [(p["method"], p["speedup"]) for p in pts] == [("toma", 1.5)]  # unmatched variants are left out
+    path = frontier_plot(pts, tmp_path / "f.png")
+    assert path.stat().st_size > 1000
+
+
+def test_eval_fidelity_script(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("eval_fidelity", Path(__file__).parents[1] / "scripts/eval_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"results": [
+        dict(workload="w", backend="eager", method="toma", variant="toma", ratio=0.5, speedup=1.4),
+        dict(workload="w", backend="eager", method="todo", variant="todo", ratio=0.5, speedup=1.2)]}))
+    out = tmp_path / "fid.json"
+    assert mod.main(["--model", "sdxl-tiny", "--size", "64", "--images", "rocket", "--timesteps", "500",
+                     "--methods", "toma,todo", "--ratios", "0.5", "--bench", str(bench),
+                     "--frontier", str(tmp_path / "fr.png"), "--json", str(out), "--quiet"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {r["variant"]: r["speedup"] for r in rows} == {"toma": 1.4, "todo": 1.2}
+    assert (tmp_path / "fr.png").exists()

@@ -1,0 +1,125 @@
+"""``toma-export bench``: argument parsing and the handler (``scripts/bench.py`` runs it standalone)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from toma_export.bench.backends import BACKENDS
+from toma_export.bench.workloads import WORKLOADS, Options
+from toma_export.config import METHODS
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ratios {text!r}: give comma-separated numbers, e.g. 0.25,0.5,0.75")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    workloads = ", ".join(f"{n}{' (opt-in)' if w.opt_in else ''}" for n, w in WORKLOADS.items())
+    p.add_argument("--workload", "--workloads", dest="workloads", default="sdxl-block",
+                   help=f"comma-separated, or 'all' (every workload not marked opt-in): {workloads}")
+    p.add_argument("--methods", default="none,toma,tomesd,todo,catome", help=f"comma-separated of {', '.join(METHODS)}")
+    p.add_argument("--ratios", type=_ratios, default=[0.25, 0.5, 0.75], help="comma-separated merge ratios")
+    p.add_argument("--backends", default="eager", help=f"comma-separated of {', '.join(BACKENDS)}")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: per workload)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: per workload)")
+    p.add_argument("--json", type=Path, help="write {'meta', 'results': [rows]} here")
+    p.add_argument("--markdown", type=Path, help="write the markdown tables here")
+    p.add_argument("--plots", type=Path, help="write latency / speed-up / memory PNGs into this folder")
+    p.add_argument("--model", help="override the workload's model (embedded name or local diffusers folder)")
+    p.add_argument("--height", type=int, help="override the image height in pixels")
+    p.add_argument("--width", type=int, help="override the image width in pixels")
+    p.add_argument("--steps", type=int, help="denoising steps (sdxl-loop)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--no-ideal", action="store_true", help="skip the ideal (no-merge-cost) rows")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    p.add_argument("--merge", help="sub-layers to merge, e.g. attn,cross,mlp (default: ToMAConfig's)")
+    p.add_argument("--recompute-every", type=int, help="ToMAConfig.recompute_every")
+    p.add_argument("--threshold", type=float, help="CA-ToMe similarity threshold (ToMAConfig.threshold)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """ToMAConfig fields the flags set (applied to every method)."""
+    cfg: dict[str, Any] = {}
+    if args.merge:
+        parts = set(_csv(args.merge))
+        unknown = parts - {"attn", "cross", "mlp"}
+        if unknown:
+            raise SystemExit(f"--merge: unknown sub-layer(s) {sorted(unknown)}; use attn, cross, mlp")
+        cfg.update(merge_attn="attn" in parts, merge_cross="cross" in parts, merge_mlp="mlp" in parts)
+    if args.recompute_every:
+        cfg["recompute_every"] = args.recompute_every
+    if args.threshold is not None:
+        cfg["threshold"] = args.threshold
+    return cfg
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run the benchmark the arguments describe; print the markdown report."""
+    from toma_export.bench.plots import bench_plots
+    from toma_export.bench.report import markdown_report, write_atomic, write_json
+    from toma_export.bench.runner import Plan, run_plan
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n for n, w in WORKLOADS.items() if not w.opt_in] if args.workloads == "all" else _csv(args.workloads)
+    for bad, known, what in ((names, WORKLOADS, "workload"), (_csv(args.backends), BACKENDS, "backend"),
+                             (_csv(args.methods), METHODS, "method")):
+        missing = [b for b in bad if b not in known]
+        if missing:
+            raise SystemExit(f"unknown {what}(s) {missing}; choose from {', '.join(known)}")
+    methods = _csv(args.methods)
+    plan = Plan(
+        workloads=names,
+        methods=methods,
+        ratios=args.ratios,
+        backends=_csv(args.backends),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        ideal=not args.no_ideal,
+        memory=not args.no_memory,
+        options=Options(model=args.model, height=args.height, width=args.width, steps=args.steps,
+                        batch=args.batch, dtype=getattr(torch, args.dtype), device=args.device),
+        config=config_overrides(args),
+    )
+    result = run_plan(plan, progress_bar=not args.quiet)
+    report = markdown_report(result)
+    print(report)
+    if args.json:
+        write_json(args.json, result)
+    if args.markdown:
+        write_atomic(args.markdown, report)
+    if args.plots:
+        for path in bench_plots(result, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench`` to a CLI's subparsers; the handler is set as ``func``."""
+    p = subparsers.add_parser("bench", help="benchmark workloads x backends x methods x ratios",
+                              description=__doc__)
+    add_arguments(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark ToMA against its peers.")
+    add_arguments(parser)
+    return handler(parser.parse_args(argv))

@@ -1,0 +1,125 @@
+"""Matplotlib figures from benchmark rows: latency, speed-up vs ratio, peak memory, speed-fidelity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"none": "0.5", "toma": "C0", "tomesd": "C1", "todo": "C2", "catome": "C3", "ideal": "k"}
+
+
+def _color(name: str, i: int) -> str:
+    """Fixed colours for the methods; others (variants) take C4.. in order."""
+    return COLORS.get(name) or f"C{4 + i % 6}"
+
+
+def _label(r: dict[str, Any]) -> str:
+    name = r.get("variant") or r["method"]
+    return name if r["method"] == "none" else f"{name} {r['ratio']:g}"
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("median_ms") is not None:
+            groups.setdefault((r["workload"], r["backend"]), []).append(r)
+    return groups
+
+
+def latency_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Median latency bars with min-max whiskers, one bar per row."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(rows) + 2), 4))
+    med = [r["median_ms"] for r in rows]
+    err = [[m - r["min_ms"] for m, r in zip(med, rows)], [r["max_ms"] - m for m, r in zip(med, rows)]]
+    ax.bar(range(len(rows)), med, yerr=err, capsize=3, color=[COLORS.get(r["method"], "C4") for r in rows])
+    ax.set_xticks(range(len(rows)), [_label(r) for r in rows], rotation=60, ha="right")
+    ax.set_ylabel("latency, ms (median; whiskers min-max)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def speedup_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Speed-up over the same run's baseline against ratio, one line per method (ideal dashed)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    extra = 0
+    for method in dict.fromkeys(r.get("variant") or r["method"] for r in rows if r["method"] != "none"):
+        pts = sorted((r["ratio"], r["speedup"]) for r in rows
+                     if (r.get("variant") or r["method"]) == method and r.get("speedup"))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=method, color=_color(method, extra),
+                    linestyle="--" if method == "ideal" else "-")
+            extra += method not in COLORS
+    ax.axhline(1.0, color="0.6", linewidth=0.8)
+    ax.set_xlabel("merge ratio (share of tokens removed)")
+    ax.set_ylabel("speed-up vs unmerged (same run)")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def memory_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), [r.get("peak_mem_mb") or 0 for r in rows],
+           color=[COLORS.get(r["method"], "C4") for r in rows])
+    ax.set_xticks(range(len(rows)), [_label(r) for r in rows], rotation=60, ha="right")
+    ax.set_ylabel(f"peak memory, MB ({rows[0].get('memory_method', '')})")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bench_plots(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Latency, speed-up and memory plots for every workload/backend of a bench result."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (w, b), rows in _groups(result["results"]).items():
+        stem = f"{w}_{b}"
+        paths.append(latency_plot(rows, out / f"{stem}_latency.png", f"{w} / {b}"))
+        paths.append(speedup_plot(rows, out / f"{stem}_speedup.png", f"{w} / {b}"))
+        if any(r.get("peak_mem_mb") is not None for r in rows):
+            paths.append(memory_plot(rows, out / f"{stem}_memory.png", f"{w} / {b}"))
+    return paths
+
+
+def frontier_plot(points: list[dict[str, Any]], path: str | Path, title: str = "speed vs fidelity") -> Path:
+    """Relative error (lower is better) against speed-up, one line per method over its ratios.
+
+    ``points``: dicts with ``method``, ``ratio``, ``speedup`` and ``rel_error``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    extra = 0
+    for method in dict.fromkeys(p["method"] for p in points):
+        pts = sorted((p["speedup"], p["rel_error"], p["ratio"]) for p in points if p["method"] == method)
+        if not pts:
+            continue
+        xs, ys, rs = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=method, color=_color(method, extra))
+        extra += method not in COLORS
+        for x, y, r in pts:
+            ax.annotate(f"{r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("speed-up vs unmerged (bench JSON)")
+    ax.set_ylabel("relative error vs unmerged output")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

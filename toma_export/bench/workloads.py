@@ -1,0 +1,234 @@
+"""Benchmark workloads: a model, its inputs, how a method is installed, what one timed call is.
+
+Each workload builds a pristine model once; every (backend, method, ratio) case gets its own
+module tree that shares the pristine weights (:func:`shared_clone`), so patches and compiled
+graphs never interfere and a 10 GB UNet is held once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+import toma_export
+from toma_export.bench.block import GRID, BlockModel, BlockPatch, block_inputs
+from toma_export.bench.ideal import IdealSites
+from toma_export.config import ToMAConfig
+from toma_export.models.inputs import example_inputs
+from toma_export.models.registry import load_model
+
+
+class Handle(Protocol):
+    def reset(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
+class EagerHandle:
+    """``toma_export.apply`` on a UNet or Flux model."""
+
+    def __init__(self, model: torch.nn.Module, config: ToMAConfig):
+        self.model = toma_export.apply(model, config)
+
+    def reset(self) -> None:
+        toma_export.reset(self.model)
+
+    def remove(self) -> None:
+        toma_export.remove(self.model)
+
+    @property
+    def state(self) -> Any:
+        return toma_export.state(self.model)
+
+
+@dataclass
+class Options:
+    """Overrides of a workload's defaults (None = the workload's own)."""
+
+    model: str | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    batch: int = 1
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+
+@dataclass
+class Built:
+    """A ready workload.
+
+    ``ideal(ratio)`` returns ``(module, kwargs)`` of the no-merge-cost reference, or None.
+    ``run(fn, kwargs)`` makes one timed call (one forward, or a whole denoising loop).
+    """
+
+    name: str
+    model: torch.nn.Module
+    kwargs: dict[str, Any]
+    patch: Callable[[torch.nn.Module, ToMAConfig], Handle]
+    ideal: Callable[[float], tuple[torch.nn.Module, dict[str, Any]] | None]
+    ideal_note: str
+    describe: str
+    run: Callable[[Callable[..., Any], dict[str, Any]], Any] = field(default=lambda fn, kw: fn(**kw))
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    summary: str
+    build: Callable[[Options], Built]
+    repeats: int
+    warmup: int
+    opt_in: bool = False  # not run by "--workload all"
+
+
+def shared_clone(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model``'s module tree that shares its parameters and buffers (no weight copy)."""
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def first(out: Any) -> torch.Tensor:
+    """The main output tensor of a denoiser call (tuple, diffusers output or tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out[0] if hasattr(out, "__getitem__") else out.sample
+
+
+# -- sdxl-block ---------------------------------------------------------------------------
+def _build_block(opts: Options) -> Built:
+    grid = ((opts.height or GRID[0] * 16) // 16, (opts.width or GRID[1] * 16) // 16)
+    model = BlockModel(sample_size=grid[0]).to(opts.device).eval()
+    if opts.dtype != torch.float32:
+        model = model.to(opts.dtype)
+    kwargs = {k: v.to(opts.device) for k, v in block_inputs(opts.batch, grid, dtype=opts.dtype).items()}
+
+    def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+        cols = max(1, round(grid[1] * (1 - ratio)))
+        kw = {k: v.to(opts.device) for k, v in block_inputs(opts.batch, (grid[0], cols), dtype=opts.dtype).items()}
+        return shared_clone(model), kw
+
+    n = grid[0] * grid[1]
+    return Built(
+        "sdxl-block",
+        model,
+        kwargs,
+        BlockPatch,
+        ideal,
+        f"the same block on a {grid[0]}x(1-r)*{grid[1]} grid (2048 of {n} tokens at r=0.5)",
+        f"SDXL level-1 BasicTransformerBlock, {n} tokens ({grid[0]}x{grid[1]}), 640 ch, 10x64 heads, "
+        f"context 77x2048, batch {opts.batch}",
+    )
+
+
+# -- UNets -------------------------------------------------------------------------------
+def _unet_ideal(model: torch.nn.Module, kwargs: dict[str, Any], config_for: Callable[[float], ToMAConfig]):
+    def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+        clone = shared_clone(model)
+        IdealSites(clone, config_for(ratio))
+        return clone, kwargs
+
+    return ideal
+
+
+def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[Options], Built]:
+    def build(opts: Options) -> Built:
+        model = load_model(opts.model or default_model, dtype=opts.dtype).to(opts.device)
+        h, w = opts.height or default_px, opts.width or default_px
+        kwargs = example_inputs(model, batch=opts.batch, height=h, width=w, dtype=opts.dtype, device=opts.device)
+        kwargs["return_dict"] = False
+        return Built(
+            name,
+            model,
+            kwargs,
+            EagerHandle,
+            _unet_ideal(model, kwargs, lambda r: ToMAConfig(ratio=r)),
+            "merged sub-layers given the first (1-r)*N tokens and zero-padded back (IdealSites); rest full size",
+            f"UNet {opts.model or default_model} at {h}x{w} px, batch {opts.batch}",
+        )
+
+    return build
+
+
+# -- Flux ---------------------------------------------------------------------------------
+def _flux_builder(default_model: str, default_px: int, text_len: int, name: str) -> Callable[[Options], Built]:
+    def build(opts: Options) -> Built:
+        model = load_model(opts.model or default_model, dtype=opts.dtype).to(opts.device)
+        h, w = opts.height or default_px, opts.width or default_px
+
+        def inputs(width: int) -> dict[str, Any]:
+            kw = example_inputs(
+                model, batch=opts.batch, height=h, width=width, text_len=text_len, dtype=opts.dtype, device=opts.device
+            )
+            kw["return_dict"] = False
+            return kw
+
+        def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+            cols = max(1, round((w // 16) * (1 - ratio)))
+            return shared_clone(model), inputs(cols * 16)
+
+        n = (h // 16) * (w // 16)
+        return Built(
+            name,
+            model,
+            inputs(w),
+            EagerHandle,
+            ideal,
+            "the same transformer on (1-r)*N image tokens (narrower grid), same text tokens",
+            f"Flux {opts.model or default_model} at {h}x{w} px = {n} image + {text_len} text tokens, batch {opts.batch}",
+        )
+
+    return build
+
+
+# -- denoising loop -------------------------------------------------------------------------
+def _loop_builder(default_model: str, default_px: int, default_steps: int) -> Callable[[Options], Built]:
+    base = _unet_builder(default_model, default_px, "sdxl-loop")
+
+    def build(opts: Options) -> Built:
+        built = base(opts)
+        steps = opts.steps or default_steps
+        timesteps = torch.linspace(999, 0, steps).round()
+
+        def run(fn: Callable[..., Any], kwargs: dict[str, Any]) -> torch.Tensor:
+            sample = kwargs["sample"]
+            for t in timesteps:
+                eps = first(fn(**dict(kwargs, sample=sample, timestep=t)))
+                sample = sample - eps / steps  # a fixed Euler-style update: cost is the UNet's
+            return sample
+
+        built.run = run
+        built.describe += f", {steps} denoising steps (recompute schedule active, reuse counted)"
+        return built
+
+    return build
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("sdxl-block", "SDXL highest-resolution transformer block, real dims", _build_block, 10, 2),
+        Workload("sdxl-unet", "full SDXL-architecture UNet, 1024^2 (~53 s/forward on 2 cores)",
+                 _unet_builder("sdxl", 1024, "sdxl-unet"), 3, 1, opt_in=True),
+        Workload("sdxl-tiny-unet", "tiny SDXL-architecture UNet, 256^2 (tests)",
+                 _unet_builder("sdxl-tiny", 256, "sdxl-tiny-unet"), 5, 1),
+        Workload("flux", "Flux.1 width, depth-reduced (2+4 blocks), 4096 image + 512 text tokens",
+                 _flux_builder("flux", 1024, 512, "flux"), 3, 1, opt_in=True),
+        Workload("flux-tiny", "tiny Flux transformer, 256^2 = 256 image tokens (tests)",
+                 _flux_builder("flux-tiny", 256, 16, "flux-tiny"), 5, 1),
+        Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
+                 _loop_builder("sdxl-tiny", 1024, 10), 3, 1),
+    )
+}
+
+
+def get_workload(name: str) -> Workload:
+    if name not in WORKLOADS:
+        raise ValueError(f"workload {name!r} is unknown; available: {', '.join(WORKLOADS)}.")
+    return WORKLOADS[name]
+
