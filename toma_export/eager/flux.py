@@ -199,7 +199,7 @@ def image_grid(img_ids: torch.Tensor) -> tuple[int, int] | None:
     """(rows, cols) of Flux's row-major image tokens from their position ids ``(N, 3)``.
 
     None when the ids are not a full row-major grid (then nothing is merged). One host sync per
-    call: the model calls it only when the ids change shape or on selection steps.
+    call: the model calls it only when the ids change shape or a generation starts.
     """
     ids = img_ids[0] if img_ids.ndim == 3 else img_ids
     rows, cols = ids[:, 1].round().long(), ids[:, 2].round().long()
@@ -247,8 +247,9 @@ class FluxPatch:
         if img_ids is None:
             self.grid[0] = None
             return
+        # Reading the grid off the ids is a host sync: once per generation (step 0) or shape change.
         key = (tuple(img_ids.shape), img_ids.device)
-        if key != self._grid_key or self.state.recompute_due:
+        if key != self._grid_key or self.state.step == 0:
             self.grid[0] = image_grid(img_ids)
             self._grid_key = key
 
