@@ -1,70 +1,72 @@
-"""``toma-export demo``: the main job on the embedded default model, end to end, in one command."""
+"""``toma-export demo``: the main job on the embedded default model, end to end.
+
+Builds a ToMA artifact and an unmerged one on ONNX Runtime, verifies the ToMA artifact against the
+eager reference, generates with both through the full pipeline, and prints the speed-up measured
+side by side in this run.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import toma_export
-from toma_export.config import ToMAConfig
-from toma_export.models.pipelines import build_pipeline, prompt_embeddings
+from toma_export.engines.build import BuildRequest, build_artifact
+from toma_export.engines.commands import generate, pipeline_for, save_png, verify_artifact
+from toma_export.engines.load import load_artifact
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="generate with and without ToMA on an embedded model and report speed and fidelity",
-        description="Generate with the unmerged model and with ToMA (eager) on the same seed, side by side, "
-        "and print the speed-up and the difference of the results.",
+        help="build, verify and run ToMA vs unmerged ONNX Runtime engines on an embedded model",
+        description="Build a ToMA artifact and an unmerged artifact (ONNX Runtime), verify the ToMA one against "
+        "eager ToMA, generate with both through the full pipeline and print the speed-up.",
     )
-    p.add_argument("--model", default="sdxl-tiny", help="embedded model name or local pipeline folder (default: sdxl-tiny)")
+    p.add_argument("--model", default="sdxl-tiny", help="embedded model name (default: sdxl-tiny)")
     p.add_argument("--ratio", type=float, default=0.5, help="share of image tokens merged away (default: 0.5)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--steps", type=int, default=8, help="denoising steps per timed generation (default: 8)")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (default: 512)")
+    p.add_argument("--repeats", type=int, default=3, help="timed generations per engine, interleaved (default: 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the two images")
+    p.add_argument("--out", type=Path, default=Path("engines/out/demo"), help="artifacts and images go here")
     p.set_defaults(handler=run_demo)
 
 
-def _generate(pipe: Any, args: argparse.Namespace) -> tuple[torch.Tensor, float]:
-    kwargs: dict[str, Any] = dict(
-        prompt_embeddings(pipe, seed=args.seed),
-        num_inference_steps=args.steps,
-        height=args.height,
-        width=args.width,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if hasattr(pipe, "transformer"):
-        kwargs["guidance_scale"] = 1.0
-    start = time.perf_counter()
-    with torch.no_grad():
-        images = pipe(**kwargs).images
-    return images, time.perf_counter() - start
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    config = ToMAConfig(ratio=args.ratio)
-    pipe = build_pipeline(args.model, seed=args.seed)
-    pipe.set_progress_bar_config(desc="denoising")
-    _generate(pipe, args)  # warm-up: first calls pay one-off allocation costs
-    base, t_base = _generate(pipe, args)
-    toma_export.apply(pipe, config)
-    merged, t_toma = _generate(pipe, args)
-    toma_export.remove(pipe)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, img in (("baseline", base), ("toma", merged)):
-        array = (img[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-        Image.fromarray(array).save(args.out / f"{name}.png")
-    rel = ((merged - base).norm() / base.norm()).item()
-    print(f"model {args.model}  {args.height}x{args.width}  {args.steps} steps  ratio {args.ratio}")
-    print(f"baseline {t_base:.2f} s   toma {t_toma:.2f} s   speed-up {t_base / t_toma:.2f}x (eager, this machine)")
-    print(f"image relative difference vs baseline: {rel:.4f}   images in {args.out}/")
+    flux = args.model.startswith("flux")
+    batch = 1 if flux else 2  # SDXL pipelines run guidance as a batch of 2
+    folders = {}
+    for method in ("toma", "none"):
+        print(f"[demo] building {method} artifact for {args.model} at {args.size}x{args.size}")
+        folders[method] = build_artifact(
+            BuildRequest(args.model, method=method, ratio=args.ratio, height=args.size, width=args.size, batch=batch,
+                         out=args.out / f"{args.model}-{method}", force=True)
+        )
+    print("[demo] verifying the ToMA artifact against eager ToMA")
+    ok, rows = verify_artifact(folders["toma"], steps=2)
+    for r in rows:
+        print(f"  step {r['step']} ({r['variant']}): max |engine - eager ToMA| {r['max_vs_eager']:.2e}, "
+              f"max |engine - unmerged model| {r['max_vs_unmerged']:.2e}")
+    if not ok:
+        print("[demo] FAIL: the engine does not match eager ToMA")
+        return 1
+    pipes = {m: pipeline_for(load_artifact(f), seed=args.seed) for m, f in folders.items()}
+    times: dict[str, list[float]] = {m: [] for m in pipes}
+    images: dict[str, Any] = {}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+        generate(pipe, steps=1, seed=args.seed, height=args.size, width=args.size)  # warm-up
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        for method, pipe in pipes.items():
+            images[method], seconds = generate(pipe, steps=args.steps, seed=args.seed, height=args.size, width=args.size)
+            times[method].append(seconds)
+    for method, img in images.items():
+        save_png(img[0], args.out / f"{method}.png")
+    med = {m: sorted(t)[len(t) // 2] for m, t in times.items()}
+    rel = ((images["toma"] - images["none"]).norm() / images["none"].norm()).item()
+    print(f"[demo] {args.model} {args.size}x{args.size}, {args.steps} steps, ONNX Runtime (CPU), median of {args.repeats}:")
+    print(f"  unmerged {med['none']:.2f} s   ToMA r={args.ratio} {med['toma']:.2f} s   "
+          f"speed-up {med['none'] / med['toma']:.2f}x")
+    print(f"  image difference ToMA vs unmerged: {rel:.4f} relative; images in {args.out}/")
     return 0
