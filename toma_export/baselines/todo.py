@@ -15,10 +15,12 @@ import torch.nn.functional as F
 
 @lru_cache(maxsize=64)
 def _kept_index(h: int, w: int, ratio: float) -> torch.Tensor:
-    scale = math.sqrt(1.0 - ratio)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    grid = torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)
-    return F.interpolate(grid, size=size, mode="nearest-exact").flatten().long()
+    # Built outside inference mode: a cached inference tensor could not be used by later tracing.
+    with torch.inference_mode(False):
+        scale = math.sqrt(1.0 - ratio)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        grid = torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)
+        return F.interpolate(grid, size=size, mode="nearest-exact").flatten().long()
 
 
 def downsample_index(h: int, w: int, ratio: float, device: torch.device | None = None) -> torch.Tensor:

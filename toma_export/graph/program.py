@@ -166,6 +166,13 @@ class ToMAProgram:
         tiles, _ = g.layout.split(features)
         return torch.ops.toma.facility_location(tiles, g.k)
 
+    def compile(self, **options: Any) -> ToMAProgram:
+        """``torch.compile`` both variants in place (e.g. ``backend="inductor"``); returns ``self``."""
+        self._reuse_gm = torch.compile(self._reuse_gm, **options)  # type: ignore[assignment]
+        if self._select_gm is not None:
+            self._select_gm = torch.compile(self._select_gm, **options)  # type: ignore[assignment]
+        return self
+
     # -- exported programs ----------------------------------------------------------------------
     @property
     def graph_module(self) -> GraphModule:
