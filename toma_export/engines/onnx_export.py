@@ -18,6 +18,7 @@ from toma_export.errors import ToMAError
 
 Selection = Literal["unrolled", "plugin"]
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to an external file
+PROTO_LIMIT = (1 << 31) - (1 << 26)  # a single protobuf holds < 2 GiB; leave room for the graph
 WEIGHTS_FILE = "weights.bin"
 
 
@@ -93,12 +94,17 @@ def export_onnx(
     )
     if program is None:
         raise ToMAError("the ONNX exporter returned no program")
-    model = program.model_proto
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    weight_bytes = sum(t.numel() * t.element_size() for t in ep.state_dict.values())
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    model = cleanup(model)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if weight_bytes > PROTO_LIMIT:
+        # One protobuf cannot hold > 2 GiB: save straight from the exporter's IR with external data
+        # (the exporter's own optimiser already folded constants).
+        program.save(str(path), external_data=True)
+        onnx.checker.check_model(str(path))
+        return path
+    model = cleanup(program.model_proto)
     if external_data:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
         onnx.checker.check_model(str(path))

@@ -6,6 +6,8 @@ the same weights.
 
 - ``sdxl-tiny`` / ``flux-tiny``: seconds on CPU, the architecture at toy width; for tests.
 - ``sdxl``: SDXL-base UNet config at full width and depth (2.6 B parameters).
+- ``sdxl-lite``: ``sdxl`` with 2 transformer layers per attention level instead of (1, 2, 10):
+  same widths and token counts, 0.9 B parameters, for compiled-engine benchmarks on 24 GiB.
 - ``flux``: Flux.1 transformer at full width (3072, 24 heads of 128) and the real RoPE axes, but
   depth-reduced from 19 double + 38 single blocks to 2 + 4 to fit 24 GiB in fp32.
 - ``sd15-tiny``: an SD1.5-style UNet (attention at full latent resolution), for generality.
@@ -55,6 +57,10 @@ SDXL: dict[str, Any] = dict(
     projection_class_embeddings_input_dim=2816,
     norm_num_groups=32,
 )
+
+#: SDXL widths and token counts with 2 transformer layers at each attention level (SDXL: 1, 2, 10):
+#: 0.9 B parameters, so compiled engines (ONNX export, ONNX Runtime sessions) fit in 24 GiB.
+SDXL_LITE: dict[str, Any] = dict(SDXL, transformer_layers_per_block=(1, 2, 2))
 
 SD15_TINY: dict[str, Any] = dict(
     sample_size=32,
@@ -119,6 +125,7 @@ def _flux(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
 EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
     "sdxl-tiny": ("sdxl", SDXL_TINY, _unet(SDXL_TINY)),
     "sdxl": ("sdxl", SDXL, _unet(SDXL)),
+    "sdxl-lite": ("sdxl", SDXL_LITE, _unet(SDXL_LITE)),
     "sd15-tiny": ("sd15", SD15_TINY, _unet(SD15_TINY)),
     "flux-tiny": ("flux", FLUX_TINY, _flux(FLUX_TINY)),
     "flux": ("flux", FLUX, _flux(FLUX)),
