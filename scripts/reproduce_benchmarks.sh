@@ -29,6 +29,7 @@ toma-export bench --workload flux --methods none,toma,tomesd,todo --ratios 0.5 -
     --repeats 2 --warmup 1 --json results/bench_flux.json --markdown results/bench_flux.md --plots results/plots
 
 step "6. Fidelity on scikit-image photos (sdxl at 512^2) and the speed-fidelity frontier"
-python scripts/eval_fidelity.py --model sdxl --size 512 --methods toma,tomesd,todo --ratios 0.25,0.5,0.75 \
+python scripts/eval_fidelity.py --model sdxl --size 512 --images astronaut,coffee,chelsea --timesteps 800,300 \
+    --methods toma,tomesd,todo --ratios 0.25,0.5,0.75 \
     --sublayers --json results/fidelity_sdxl.json --markdown results/fidelity_sdxl.md \
     --bench results/bench_sdxl_block.json --frontier results/plots/frontier_sdxl.png
