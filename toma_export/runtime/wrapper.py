@@ -113,7 +113,11 @@ class ToMADenoiser(torch.nn.Module):
         bound = self._signature.bind(self._shell, *args, **kwargs)
         return_dict = bound.arguments.pop("return_dict", True)
         # Absent, None and empty-container arguments (e.g. joint_attention_kwargs={}) carry nothing.
-        inputs = {k: v for k, v in list(bound.arguments.items())[1:] if v is not None and not (isinstance(v, (dict, list, tuple)) and not v)}
+        inputs = {
+            k: v
+            for k, v in list(bound.arguments.items())[1:]
+            if v is not None and not (isinstance(v, (dict, list, tuple)) and not v)
+        }
         t = inputs.get("timestep")
         on_cpu = isinstance(t, torch.Tensor) and t.device.type == "cpu"
         self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu else None)  # type: ignore[union-attr]
