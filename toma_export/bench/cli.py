@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     p.add_argument("--merge", help="sub-layers to merge, e.g. attn,cross,mlp (default: ToMAConfig's)")
     p.add_argument("--recompute-every", type=int, help="ToMAConfig.recompute_every")
+    p.add_argument("--max-downsample", type=int, help="UNet levels merged (ToMAConfig.max_downsample; default auto)")
     p.add_argument("--threshold", type=float, help="CA-ToMe similarity threshold (ToMAConfig.threshold)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,6 +65,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         cfg.update(merge_attn="attn" in parts, merge_cross="cross" in parts, merge_mlp="mlp" in parts)
     if args.recompute_every:
         cfg["recompute_every"] = args.recompute_every
+    if args.max_downsample:
+        cfg["max_downsample"] = args.max_downsample
     if args.threshold is not None:
         cfg["threshold"] = args.threshold
     return cfg
@@ -94,7 +97,8 @@ def handler(args: argparse.Namespace) -> int:
         ideal=not args.no_ideal,
         memory=not args.no_memory,
         options=Options(model=args.model, height=args.height, width=args.width, steps=args.steps,
-                        batch=args.batch, dtype=getattr(torch, args.dtype), device=args.device),
+                        batch=args.batch, dtype=getattr(torch, args.dtype), device=args.device,
+                        config=config_overrides(args)),
         config=config_overrides(args),
     )
     result = run_plan(plan, progress_bar=not args.quiet)

@@ -55,6 +55,8 @@ class Options:
     batch: int = 1
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    #: ToMAConfig overrides of the run (--merge, --max-downsample, ...): the ideal rows follow them too.
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[O
             model,
             kwargs,
             EagerHandle,
-            _unet_ideal(model, kwargs, lambda r: ToMAConfig(ratio=r)),
+            _unet_ideal(model, kwargs, lambda r: ToMAConfig(**{**opts.config, "ratio": r})),
             "merged sub-layers given the first (1-r)*N tokens and zero-padded back (IdealSites); rest full size",
             f"UNet {opts.model or default_model} at {h}x{w} px, batch {opts.batch}",
         )
