@@ -46,7 +46,7 @@ def sdxl_block(seed: int = 0) -> torch.nn.Module:
     return t2d.transformer_blocks[0].eval()
 
 
-class BlockModel(ModelMixin, ConfigMixin):
+class BlockModel(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own mixin pair
     """``sample`` ``(B, C, H, W)`` -> the block's output tokens ``(B, H*W, C)``.
 
     A diffusers ``ModelMixin`` so that ``tomesd`` accepts it as a diffusers model, with a

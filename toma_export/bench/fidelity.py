@@ -100,10 +100,11 @@ def samples(
     for i, name in enumerate(images):
         pixels = load_image(name, height, width).unsqueeze(0)
         g = torch.Generator().manual_seed(seed + 1 + i)
+        in_channels = int(model.config.in_channels)  # type: ignore[union-attr,arg-type]
         if family == "unet":
-            x0 = encode(pixels, model.config.in_channels)
+            x0 = encode(pixels, in_channels)
         else:
-            x0 = pack_flux(encode(pixels, model.config.in_channels // 4))
+            x0 = pack_flux(encode(pixels, in_channels // 4))
         eps = torch.randn(x0.shape, generator=g)
         for t in timesteps:
             kw = dict(base, return_dict=False)

@@ -107,12 +107,12 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str | None =
     except OSError:
         fn()
         return None, "unavailable (no /proc/self/clear_refs)"
-    base = _status_kb("VmRSS")
+    rss_before = _status_kb("VmRSS")
     fn()
     peak = _status_kb("VmHWM")
-    if base is None or peak is None:
+    if rss_before is None or peak is None:
         return None, "unavailable (no VmRSS/VmHWM)"
-    return max(0, peak - base) / 1024, CPU_MEMORY_METHOD
+    return max(0, peak - rss_before) / 1024, CPU_MEMORY_METHOD
 
 
 def run_interleaved(
