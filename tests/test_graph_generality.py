@@ -91,7 +91,7 @@ def test_transformer_families_rewrite_and_stay_close(family: str) -> None:
 
 def test_sd15_unet_matches_eager() -> None:
     model = load_model("sd15-tiny")
-    cfg = toma_export.ToMAConfig(ratio=0.5)
+    cfg = toma_export.ToMAConfig(ratio=0.5, merge_cross=True)  # every site kind, not just the defaults
     kw = example_inputs(model, batch=1, height=192, width=256)
     program = toma_export.rewrite(model, kw, cfg)
     assert {s.kind for s in program.sites} == {"self_attn", "cross_attn", "mlp"}

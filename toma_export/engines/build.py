@@ -24,6 +24,7 @@ from toma_export.config import ToMAConfig
 from toma_export.engines.artifact import Manifest, atomic_folder, library_versions, write_manifest
 from toma_export.engines.signature import dump_spec
 from toma_export.errors import ToMAConfigError, ToMAError
+from toma_export.graph import Captured, capture
 from toma_export.models.identity import model_identity
 from toma_export.models.inputs import example_inputs
 from toma_export.models.registry import load_model
@@ -57,6 +58,7 @@ class BuildRequest:
     recompute_every: int = 5
     force: bool = False
     seed: int = 0
+    dynamic_batch: bool = False  # one artifact for any batch at this resolution (built at ``batch`` >= 2)
 
     def config(self) -> ToMAConfig:
         return ToMAConfig(ratio=self.ratio, method=self.method, recompute_every=self.recompute_every)  # type: ignore[arg-type]
@@ -73,6 +75,16 @@ def _validate(req: BuildRequest) -> ToMAConfig:
         raise ToMAConfigError(f"--method {config.method} with --backend {req.backend}: {limit}.")
     if req.batch < 1:
         raise ToMAConfigError(f"--batch {req.batch} must be >= 1.")
+    if req.dynamic_batch and req.batch < 2:
+        raise ToMAConfigError(
+            f"--dynamic-batch needs --batch >= 2 (got {req.batch}): torch.export fixes a batch of 1 as a "
+            "constant. Build with --batch 2 --dynamic-batch; the artifact then runs any batch."
+        )
+    if req.dynamic_batch and req.backend in ("tensorrt", "torch-tensorrt"):
+        raise ToMAConfigError(
+            f"--dynamic-batch is not supported with --backend {req.backend} (its engines need an optimisation "
+            "profile per batch range); build a fixed --batch for it."
+        )
     if req.backend in ("tensorrt", "torch-tensorrt"):
         from toma_export.engines.tensorrt import require_cuda, require_tensorrt
 
@@ -81,10 +93,16 @@ def _validate(req: BuildRequest) -> ToMAConfig:
     return config
 
 
-def _variants(model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig) -> tuple[dict[str, Any], int, Any]:
-    """Exported programs by variant name, the number of destination groups, and the program."""
+def _variants(
+    model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig, dynamic_batch: bool = False
+) -> tuple[dict[str, Any], int, Any]:
+    """Exported programs by variant name, the number of destination groups, and the program.
+
+    ``dynamic_batch``: every variant takes a symbolic batch (shared by all batch-leading inputs
+    and the destinations), so one artifact serves any batch at the built resolution.
+    """
     if config.method == "toma" and config.active:
-        program = toma_export.rewrite(model, kwargs, config)
+        program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program
         return {"single": program.exported_program}, 0, program
@@ -92,7 +110,7 @@ def _variants(model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig
         toma_export.apply(model, config)
     try:
         with torch.no_grad():
-            ep = torch.export.export(model, (), kwargs, strict=False)
+            ep = capture(model, kwargs, dynamic_batch=dynamic_batch).ep  # torch.export, non-strict
     finally:
         toma_export.remove(model)
     return {"single": ep}, 0, None
@@ -143,7 +161,13 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
     with atomic_folder(Path(req.out), overwrite=req.force) as tmp:
         model = stage("load model", lambda: load_model(req.model, seed=req.seed))
         kwargs = example_inputs(model, batch=req.batch, height=req.height, width=req.width)
-        variants, n_groups, program = stage("capture + rewrite", lambda: _variants(model, kwargs, config))
+        variants, n_groups, program = stage(
+            "capture + rewrite", lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch)
+        )
+        first = next(iter(variants.values()))
+        batch_dims, batch_range = _batch_dims(first), Captured(first, kwargs).batch_range
+        if req.dynamic_batch and not any(d is not None for d in batch_dims):
+            raise ToMAError("--dynamic-batch: the exported program kept a fixed batch; build without --dynamic-batch.")
         files = stage("export engines", lambda: {n: _write_engine(req, n, ep, tmp) for n, ep in variants.items()})
         flat_shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
         groups = [[g.layout.num_tiles, g.k] for g in program.groups] if program is not None else []
@@ -151,7 +175,7 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
             model=model_identity(model, str(req.model)),
             config=config.to_dict(),
             backend=req.backend,
-            shapes={"batch": req.batch, "height": req.height, "width": req.width, "inputs": flat_shapes},
+            shapes=_shapes(req, flat_shapes, batch_dims, batch_range),
             versions=library_versions(),
             extra={
                 "variants": files,
@@ -167,6 +191,30 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
         stage("manifest", lambda: write_manifest(tmp, manifest))
     bar.close()
     return Path(req.out)
+
+
+def _batch_dims(ep: Any) -> list[int | None]:
+    """Per tensor user input of an exported program: 0 where its dim 0 is symbolic (the batch)."""
+    user = set(ep.graph_signature.user_inputs)
+    out: list[int | None] = []
+    for n in ep.graph.nodes:
+        v = n.meta.get("val")
+        if n.op == "placeholder" and n.name in user and isinstance(v, torch.Tensor):
+            out.append(0 if v.ndim and isinstance(v.shape[0], torch.SymInt) else None)
+    return out
+
+
+def _shapes(
+    req: BuildRequest, flat_shapes: list[list[int]], batch_dims: list[int | None], batch_range: tuple[int, int | None] | None
+) -> dict[str, Any]:
+    """Manifest shapes: the example batch and resolution, per-input shapes; with a dynamic batch also
+    ``dynamic_batch``, which dim of each input is the batch and the largest batch the exported program
+    is valid for (``batch_max``, None: unbounded; e.g. 63 for UNets, whose upsampler branches at 64)."""
+    shapes: dict[str, Any] = {"batch": req.batch, "height": req.height, "width": req.width, "inputs": flat_shapes}
+    if req.dynamic_batch:
+        shapes.update(dynamic_batch=True, batch_dims=batch_dims[: len(flat_shapes)],
+                      batch_max=batch_range[1] if batch_range else None)
+    return shapes
 
 
 def require_same_model(manifest: Manifest, model: torch.nn.Module) -> None:

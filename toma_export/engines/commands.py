@@ -144,6 +144,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model=args.model, method=args.method, ratio=args.ratio, backend=args.backend, height=args.height,
         width=args.width, batch=args.batch, out=Path(args.out), selection=args.selection,
         precision=args.precision, recompute_every=args.recompute_every, force=args.force,
+        dynamic_batch=args.dynamic_batch,
     )
     folder = build_artifact(req)
     print(f"built {folder} ({args.backend}, method {args.method}, ratio {args.ratio})")
@@ -166,6 +167,8 @@ def register(sub: Any) -> None:
     b.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="TensorRT precision")
     b.add_argument("--recompute-every", type=int, default=5, help="steps between destination selections")
     b.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    b.add_argument("--dynamic-batch", action="store_true",
+                   help="one artifact for any batch at this resolution (the batch is symbolic; build at --batch >= 2)")
     b.set_defaults(handler=_cmd_build)
 
     v = sub.add_parser("verify", help="compare an artifact against the eager reference on fresh inputs",

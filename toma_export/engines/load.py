@@ -55,6 +55,16 @@ class ProgramRunner:
     def flatten(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
         flat = flatten_inputs(inputs, self.input_spec)
         got = [list(t.shape) for t in flat]
+        if self.shapes.get("dynamic_batch"):
+            if not self._fits_dynamic(got):
+                raise ShapeMismatchError(
+                    f"inputs of shapes {got} do not fit this artifact, built for any batch "
+                    f"({self._batches()}, one for all inputs; built at batch {self.shapes['batch']}) at "
+                    f"{self.shapes['height']}x{self.shapes['width']} "
+                    f"(input shapes {self.input_shapes}, dim 0 free where the batch is). Build an artifact for "
+                    "this resolution (toma-export build --height/--width --dynamic-batch)."
+                )
+            return flat
         if got != self.input_shapes:
             raise ShapeMismatchError(
                 f"inputs of shapes {got} do not fit this artifact, built for batch {self.shapes['batch']} at "
@@ -63,13 +73,40 @@ class ProgramRunner:
             )
         return flat
 
+    def _fits_dynamic(self, got: list[list[int]]) -> bool:
+        """Same shapes as built, except dim 0 of the batch-leading inputs: any batch >= 1, one for all."""
+        dims = self.shapes.get("batch_dims") or [None] * len(self.input_shapes)
+        if len(got) != len(self.input_shapes) or len(dims) != len(got):
+            return False
+        batches: set[int] = set()
+        for g, e, d in zip(got, self.input_shapes, dims):
+            if d is None:
+                if g != e:
+                    return False
+                continue
+            if len(g) != len(e) or g[:d] + g[d + 1 :] != e[:d] + e[d + 1 :]:
+                return False
+            batches.add(g[d])
+        top = self.shapes.get("batch_max")
+        return len(batches) == 1 and min(batches) >= 1 and (top is None or max(batches) <= top)
+
+    def _batches(self) -> str:
+        top = self.shapes.get("batch_max")
+        return "1 or more" if top is None else f"1 to {top}"
+
+    def _batch(self, flat: list[torch.Tensor]) -> int:
+        dims = self.shapes.get("batch_dims") or []
+        return next(int(t.shape[d]) for t, d in zip(flat, dims) if d is not None)
+
     def __call__(
         self, inputs: dict[str, Any], destinations: Sequence[torch.Tensor], recompute: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         flat = self.flatten(inputs)
         if "single" in self.variants:
             return self.variants["single"](flat)[0], []
-        if recompute or len(destinations) != self.num_groups:
+        # A dynamic-batch artifact may see another batch than the cached destinations: select anew.
+        stale = bool(self.shapes.get("dynamic_batch")) and any(d.shape[0] != self._batch(flat) for d in destinations)
+        if recompute or stale or len(destinations) != self.num_groups:
             out = self.variants["select"](flat)
             self.selections += 1
             return out[0], list(out[len(out) - self.num_groups :])

@@ -12,22 +12,30 @@ import torch
 
 from toma_export import ops as _ops  # noqa: F401  (registers the toma:: custom ops)
 from toma_export.config import ToMAConfig
-from toma_export.graph.capture import Captured, capture
+from toma_export.graph.capture import Captured, batch_dynamic_shapes, capture
 from toma_export.graph.decompositions import decompositions, lower
 from toma_export.graph.grids import Grid, token_grids
 from toma_export.graph.patterns import Site, find_sites
 from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
-from toma_export.graph.rewrite import add_selection, plan, rewrite_graph
+from toma_export.graph.rewriter import add_selection, plan, rewrite_graph
 
 
-def rewrite(model: torch.nn.Module, example_kwargs: dict[str, Any], config: ToMAConfig | None = None) -> ToMAProgram:
+def rewrite(
+    model: torch.nn.Module,
+    example_kwargs: dict[str, Any],
+    config: ToMAConfig | None = None,
+    *,
+    dynamic_batch: bool = False,
+) -> ToMAProgram:
     """Capture ``model(**example_kwargs)`` and insert ToMA at every matched site ``config`` allows.
 
-    Shapes are static: the program accepts inputs shaped like the example (rewrite again for
-    another resolution or batch). With ratio 0, or when nothing matches, it runs the original graph.
+    Shapes are static by default: the program accepts inputs shaped like the example (rewrite again
+    for another resolution or batch). With ``dynamic_batch=True`` (example batch >= 2) the batch is
+    symbolic: one program, and its exported programs, serve any batch at the example's resolution.
+    With ratio 0, or when nothing matches, it runs the original graph.
     """
     config = config or ToMAConfig()
-    captured = capture(model, example_kwargs)
+    captured = capture(model, example_kwargs, dynamic_batch=dynamic_batch)
     return rewrite_captured(captured, config)
 
 
@@ -46,6 +54,7 @@ __all__ = [
     "Site",
     "SiteInfo",
     "ToMAProgram",
+    "batch_dynamic_shapes",
     "capture",
     "decompositions",
     "find_sites",

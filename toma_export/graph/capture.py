@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
 import torch
 import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.export._tree_utils import reorder_kwargs
 from torch.export.graph_signature import InputKind
+from torch.utils._sympy.numbers import int_oo
 
-from toma_export.errors import UnsupportedModelError
+from toma_export.errors import ToMAConfigError, UnsupportedModelError
 
 
 @dataclass
@@ -44,6 +46,39 @@ class Captured:
     def user_input_names(self) -> list[str]:
         return list(self.ep.graph_signature.user_inputs)  # type: ignore[arg-type]
 
+    @property
+    def batch_dims(self) -> list[int | None]:
+        """Per flat user input: 0 where its dim 0 is the symbolic batch (``dynamic_batch``), else None."""
+        nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        out: list[int | None] = []
+        for name in self.user_input_names:
+            v = nodes[name].meta.get("val") if name in nodes else None
+            sym = isinstance(v, torch.Tensor) and v.ndim > 0 and isinstance(v.shape[0], torch.SymInt)
+            out.append(0 if sym else None)
+        return out
+
+    @property
+    def batch_range(self) -> tuple[int, int | None] | None:
+        """(min, max) batch the captured program is valid for (max None: unbounded); None when static.
+
+        The min is 1: export traces a dynamic dim as >= 2 but its program holds no branch on it
+        that differs at 1 (0/1 specialisation only affects tracing); tests check batch 1 exactly.
+        """
+        nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        for name, d in zip(self.user_input_names, self.batch_dims):
+            if d is None:
+                continue
+            sym = nodes[name].meta["val"].shape[d].node.expr
+            vr = self.ep.range_constraints.get(sym)
+            upper = None if vr is None or not vr.upper.is_integer or vr.upper in (int_oo, sympy.oo) else int(vr.upper)
+            return 1, upper
+        return None
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the program was captured with a symbolic batch (any batch at the same resolution)."""
+        return any(d is not None for d in self.batch_dims)
+
     def flatten(self, kwargs: dict[str, Any]) -> list[Any]:
         """The model's keyword arguments as the graph's flat user inputs (checked against the spec).
 
@@ -62,8 +97,91 @@ class Captured:
         return pytree.tree_unflatten(list(flat_out), self.ep.call_spec.out_spec)
 
 
-def capture(model: torch.nn.Module, example_kwargs: dict[str, Any]) -> Captured:
-    """``torch.export`` (non-strict) of ``model(**example_kwargs)``; shapes are static."""
+def _batch_of(example_kwargs: dict[str, Any]) -> int:
+    """The example's batch: the leading dim of the first tensor input of rank >= 3 (latents / tokens)."""
+    for leaf in pytree.tree_leaves(example_kwargs):
+        if isinstance(leaf, torch.Tensor) and leaf.ndim >= 3:
+            return int(leaf.shape[0])
+    raise UnsupportedModelError(
+        "dynamic_batch=True needs a batched latent or token input (rank >= 3) among the example inputs; "
+        "none was found. Capture with dynamic_batch=False (static shapes) instead."
+    )
+
+
+def _is_position_ids(path: tuple[Any, ...], leaf: torch.Tensor) -> bool:
+    """Flux-style unbatched position ids ``(N, 3)`` (``img_ids`` / ``txt_ids``): no batch dim."""
+    key = getattr(path[-1], "key", None) if path else None
+    return leaf.ndim == 2 and leaf.shape[-1] == 3 and isinstance(key, str) and key.endswith("_ids")
+
+
+def batch_dynamic_shapes(example_kwargs: dict[str, Any], dim: Any = None) -> tuple[Any, list[str]]:
+    """``dynamic_shapes`` for ``torch.export`` with one shared batch ``Dim`` on every batch-leading input.
+
+    Batch-leading: a tensor whose dim 0 equals the example batch (SDXL: ``sample``,
+    ``encoder_hidden_states``, ``added_cond_kwargs.text_embeds/time_ids``; Flux: ``hidden_states``,
+    ``encoder_hidden_states``, ``pooled_projections``, ``timestep``, ``guidance``). 0-d inputs (SDXL's
+    timestep) and Flux's position ids ``(N, 3)`` have no batch dim. Returns the spec and the names
+    of the batch-leading inputs. The example batch must be >= 2: ``torch.export`` specialises a
+    size-1 dim to the constant 1.
+    """
+    batch = _batch_of(example_kwargs)
+    if batch < 2:
+        raise ToMAConfigError(
+            f"dynamic_batch=True needs an example batch >= 2 (got {batch}): torch.export specialises a "
+            "batch of 1 to a constant. Capture with batch 2; the program then accepts any batch."
+        )
+    dim = dim if dim is not None else torch.export.Dim("batch")
+    names: list[str] = []
+
+    def spec(path: tuple[Any, ...], leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0 or int(leaf.shape[0]) != batch:
+            return None
+        if _is_position_ids(path, leaf):
+            return None
+        names.append(".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path))
+        return {0: dim}
+
+    shapes = pytree.tree_map_with_path(spec, dict(example_kwargs))
+    return shapes, names
+
+
+def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shapes: Any) -> ExportedProgram:
+    """``torch.export``; with a dynamic batch, a range the model's code imposes is taken (once).
+
+    E.g. diffusers' ``Upsample2D`` branches on ``batch >= 64`` (a ``.contiguous()`` workaround), so
+    a UNet exports for batch <= 63; export names that range as a suggested fix, which is applied
+    and then recorded (:attr:`Captured.batch_range`) and enforced by the artifacts' runtime.
+    """
     with torch.no_grad():
-        ep = torch.export.export(model, (), dict(example_kwargs), strict=False)
-    return Captured(ep, dict(example_kwargs))
+        try:
+            return torch.export.export(model, (), dict(example_kwargs), dynamic_shapes=dynamic_shapes, strict=False)
+        except torch._dynamo.exc.UserError as e:
+            msg = getattr(e, "msg", str(e))
+            if dynamic_shapes is None or "Suggested fixes" not in msg:
+                raise
+            from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+            refined = refine_dynamic_shapes_from_suggested_fixes(msg, dynamic_shapes)
+            return torch.export.export(model, (), dict(example_kwargs), dynamic_shapes=refined, strict=False)
+
+
+def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batch: bool = False) -> Captured:
+    """``torch.export`` (non-strict) of ``model(**example_kwargs)``.
+
+    Shapes are static, or with ``dynamic_batch=True`` every batch-leading input shares one symbolic
+    batch dim (see :func:`batch_dynamic_shapes`); all other dims stay static.
+    """
+    dynamic_shapes = batch_dynamic_shapes(example_kwargs)[0] if dynamic_batch else None
+    try:
+        ep = _export(model, example_kwargs, dynamic_shapes)
+    except Exception as e:
+        if not dynamic_batch:
+            raise
+        raise UnsupportedModelError(
+            f"{type(model).__name__} does not export with a dynamic batch: {str(e).strip()[:2000]}\n"
+            "Capture with dynamic_batch=False and rewrite once per batch size."
+        ) from e
+    captured = Captured(ep, dict(example_kwargs))
+    if dynamic_batch and not any(d is not None for d in captured.batch_dims):
+        raise UnsupportedModelError("the captured program has no symbolic batch dim; capture with dynamic_batch=False.")
+    return captured

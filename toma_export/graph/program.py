@@ -1,6 +1,6 @@
 """``ToMAProgram``: the rewritten model, callable like the original, owning the destination state.
 
-It holds two graph variants of one rewrite (see ``rewrite.py``): on scheduled steps (step 0, n, 2n,
+It holds two graph variants of one rewrite (see ``rewriter.py``): on scheduled steps (step 0, n, 2n,
 ... of a generation, ``recompute_every = n``) it runs the *select* variant, which computes each
 group's destinations in-graph at the group's first site (as eager does) and returns them; on the
 other steps it runs the *reuse* variant with the cached destinations as inputs, which contains no
@@ -26,7 +26,7 @@ from toma_export.config import ToMAConfig
 from toma_export.core.tiles import TileLayout
 from toma_export.graph.capture import Captured
 from toma_export.graph.patterns import Site
-from toma_export.graph.rewrite import Group, Plan, Rewritten
+from toma_export.graph.rewriter import Group, Plan, Rewritten
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,22 @@ class ToMAProgram:
         b = self.captured.flatten(self.captured.example_kwargs)[0].shape[0]
         return [torch.arange(g.k).expand(b, g.layout.num_tiles, g.k).contiguous() for g in self.groups]
 
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the program (and its exported programs) accept any batch at the captured resolution."""
+        return self.captured.dynamic_batch
+
+    def _dynamic_shapes(self, n_args: int) -> dict[str, Any] | None:
+        """Flat ``dynamic_shapes`` for re-export: the model's batch-leading inputs and every group's
+        destinations ``(B, T, k)`` share one batch ``Dim``; ``None`` with static shapes."""
+        if not self.dynamic_batch:
+            return None
+        rng = self.captured.batch_range
+        batch = torch.export.Dim("batch", max=rng[1]) if rng and rng[1] is not None else torch.export.Dim("batch")
+        dims: list[Any] = [{0: batch} if d is not None else None for d in self.captured.batch_dims]
+        dims += [{0: batch}] * (n_args - len(dims))  # destinations (reuse variant)
+        return {"args": tuple(dims)}
+
     def _export(self, which: str) -> ExportedProgram:
         if which not in self._exported:
             flat = self.captured.flatten(self.captured.example_kwargs)
@@ -198,7 +214,9 @@ class ToMAProgram:
             else:
                 gm, args = self._reuse_gm, flat + self.example_destinations()
             with torch.no_grad():
-                self._exported[which] = torch.export.export(FlatModule(gm, self.captured), tuple(args), strict=False)
+                self._exported[which] = torch.export.export(
+                    FlatModule(gm, self.captured), tuple(args), dynamic_shapes=self._dynamic_shapes(len(args)), strict=False
+                )
         return self._exported[which]
 
     @property

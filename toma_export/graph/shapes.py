@@ -29,6 +29,11 @@ import torch
 from torch.fx import Graph, Node
 from torch.fx.node import map_arg
 
+try:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint as _optimization_hint
+except ImportError:  # older torch
+    from torch.fx.experimental.symbolic_shapes import hint_int as _optimization_hint  # type: ignore[no-redef,attr-defined]
+
 aten = torch.ops.aten
 
 Segments = tuple[tuple[int, int], ...]
@@ -180,6 +185,21 @@ def _dim(d: int, ndim: int) -> int:
     return d % ndim if ndim else 0
 
 
+def _hint(s: Any) -> int:
+    """A size as a plain int without guarding: a symbolic (dynamic batch) size gives its example value.
+
+    Only used to find which dims hold the tokens (token counts are always static); symbolic entries
+    of size arguments are kept as they are (see :meth:`Retargeter._sizes`), never replaced by the hint.
+    """
+    if isinstance(s, torch.SymInt):
+        return int(_optimization_hint(s))
+    return int(s)
+
+
+def _static(s: Any) -> bool:
+    return not isinstance(s, (torch.SymInt, Node))
+
+
 class Retargeter:
     """Walks the graph once in order, re-evaluating and fixing every node downstream of the seeds."""
 
@@ -255,6 +275,13 @@ class Retargeter:
                 self.track[node] = src[node.args[1]]
                 ops.region.add(node)
             return
+        if node.target is aten.sym_size.int:
+            # A dynamic dim read as a symbol (the batch): unchanged by merging, nothing to track.
+            # Token dims are static, so export never reads them this way; refuse if one is.
+            src, tr = node.args[0], self.track.get(node.args[0])
+            if not isinstance(tr, Track) or _dim(node.args[1], src.meta["val"].ndim) == tr.dim:
+                raise ValueError("the size of a merged tensor's token dim is read as a symbol")
+            return
         if node.target in POINTWISE_BINARY:
             self._close(node, site)
             if not any(i in self.track for i in node.all_input_nodes):
@@ -323,16 +350,18 @@ class Retargeter:
         if src is None or not isinstance(self.track.get(src), Track):
             return
         tr: Track = self.track[src]
-        old_in = [int(s) for s in self._old_shape(src)]
-        new_in = [int(s) for s in src.meta["val"].shape]
+        old_in = [_hint(s) for s in self._old_shape(src)]
+        new_in = [_hint(s) for s in src.meta["val"].shape]
         old_out = node.meta.get("val")
         if t in VIEWS:
-            node.args = (src, view_shape(old_in, new_in, list(old_out.shape), self.tokens), *node.args[2:])
+            shape = view_shape(old_in, new_in, [_hint(s) for s in old_out.shape], self.tokens)
+            node.args = (src, self._sizes(node.args[1], list(old_out.shape), shape), *node.args[2:])
         elif t is aten.unflatten.int:
             d = _dim(node.args[1], len(old_in))
             if d == tr.dim:
-                shape = view_shape(old_in, new_in, list(old_out.shape), self.tokens)
-                node.args = (src, node.args[1], shape[d : d + len(node.args[2])])
+                shape = view_shape(old_in, new_in, [_hint(s) for s in old_out.shape], self.tokens)
+                n = len(node.args[2])
+                node.args = (src, node.args[1], self._sizes(node.args[2], list(old_out.shape)[d : d + n], shape[d : d + n]))
         elif t is aten.expand.default:
             sizes = list(node.args[1])
             lead = len(sizes) - len(old_in)
@@ -366,6 +395,27 @@ class Retargeter:
             d = node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", default)
             if _dim(d, len(old_in)) == tr.dim:
                 raise ValueError(f"{t} along the token dim")
+
+    @staticmethod
+    def _sizes(orig: Any, old: list[Any], new: list[int]) -> list[Any]:
+        """A size argument after the token change: only the entries whose size changed (the tokens,
+        always static) take their new value; every other entry stays as it was (an int, -1, or the
+        node of a symbolic size such as a dynamic batch), so nothing symbolic gets baked in.
+
+        With static shapes this is today's result: ``new`` itself.
+        """
+        if all(_static(s) for s in old) and all(_static(s) for s in orig):
+            return list(new)
+        if len(orig) != len(old):
+            raise ValueError(f"size argument {orig} does not match the output rank {len(old)}")
+        out = list(orig)
+        for i, (o, n) in enumerate(zip(old, new)):
+            if _hint(o) == n:
+                continue
+            if not _static(o) or not _static(orig[i]):
+                raise ValueError(f"size {i} of {orig} folds the token count into a symbolic (batch) size")
+            out[i] = n
+        return out
 
     def _old_shape(self, n: Node) -> list[int]:
         return n.meta["old_shape"] if "old_shape" in n.meta else list(n.meta["val"].shape)

@@ -139,7 +139,7 @@ def rewrite_once(source: GraphModule, p: Plan, config: ToMAConfig) -> Rewritten:
     graph = gm.graph
     fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    batch = int(vmap[p.sites[0].x].meta["val"].shape[0])
+    batch = vmap[p.sites[0].x].meta["val"].shape[0]  # an int, or the symbolic batch (dynamic_batch)
     dests: list[Node] = []
     anchor = placeholders[-1]
     for g in p.groups:
@@ -209,11 +209,17 @@ def rewrite_graph(source: GraphModule, p: Plan, config: ToMAConfig) -> tuple[Rew
 
 
 def _tile_split(layout: TileLayout, offset: int, x: torch.Tensor) -> GraphModule:
-    """ATen graph of ``layout.split(x[:, offset : offset + n])[0]`` (the core tiling, traced)."""
+    """ATen graph of ``layout.split(x[:, offset : offset + n])[0]`` (the core tiling, traced).
+
+    ``x`` is the features' fake value. With a symbolic (dynamic) batch it is traced on that value
+    in its own fake mode, so the batch stays a ``sym_size`` of the input instead of a constant.
+    """
 
     def tiles(t: torch.Tensor) -> torch.Tensor:
         return layout.split(t[:, offset : offset + layout.num_tokens])[0]
 
+    if any(isinstance(s, torch.SymInt) for s in x.shape):
+        return make_fx(tiles, tracing_mode="fake", pre_dispatch=True)(x)
     return make_fx(tiles, pre_dispatch=True)(torch.empty(tuple(x.shape), dtype=x.dtype, device="meta"))
 
 
