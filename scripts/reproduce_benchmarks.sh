@@ -44,3 +44,8 @@ run 6 python scripts/eval_fidelity.py --model sdxl --size 512 --images astronaut
 step "7. Flux width, 4096 image + 512 text tokens, eager (~8 min)"
 run 7 toma-export bench --workload flux --methods none,toma,tomesd,todo --ratios 0.5 --backends eager \
     --repeats 2 --warmup 1 --json results/bench_flux.json --markdown results/bench_flux.md --plots results/plots
+
+step "8. sdxl-lite, 1024^2, ONNX Runtime and eager: ToDo beside its own unmerged baseline (~8 min)"
+run 8 toma-export bench --workload sdxl-unet --model sdxl-lite --methods none,todo --ratios 0.5 \
+    --backends eager,onnxruntime --max-downsample 4 --repeats 2 --warmup 1 --no-ideal \
+    --json results/bench_sdxl_lite_ort_todo.json --markdown results/bench_sdxl_lite_ort_todo.md --plots results/plots

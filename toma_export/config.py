@@ -22,9 +22,9 @@ class ToMAConfig:
     tile: tokens per tile (rows, cols) for selection and merge; ToMA's reference is (4, 4).
     temperature: tau in ``softmax(tau * cos(D, X))``; 1000 is nearly hard assignment.
     merge_attn / merge_cross / merge_mlp: which sub-layers run on merged tokens. Defaults by
-        measurement (scripts/bench_block.py, SDXL block, ratio 0.5): attn only 1.48x, attn+mlp
-        1.98x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~1.5 % speed for one more
-        approximation, so it is off; the MLP carries most of the saving, so it is on.
+        measurement (scripts/bench_block.py, SDXL block, ratio 0.5): attn only 1.47x, attn+mlp
+        1.95x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~3 % speed for one more
+        approximation of the text conditioning, so it is off; the MLP carries most of the saving.
     max_downsample: UNet levels merged, as the largest latent downsampling factor of a site;
         None = only the highest-resolution level that has attention (factor 2 on SDXL, 1 on SD1.5).
         Transformers (Flux) have one level and ignore it.
