@@ -11,6 +11,7 @@ applies them per batch instead of through diffusers' shared ``(S, D)`` tables.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -107,19 +108,39 @@ class FluxSite:
         return out[0], out[1]
 
 
+def _merging_forward(forward: Any) -> Any:
+    """Run ``forward`` when this block can merge; otherwise diffusers' own forward, unchanged.
+
+    No known image grid, no RoPE, or extra attention kwargs (IP-adapters...) mean no merging.
+    """
+
+    @functools.wraps(forward)
+    def wrapped(
+        self: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs)
+        if self._toma_site.grid[0] is None or image_rotary_emb is None or joint_attention_kwargs:
+            return self._toma_parent.forward(self, *args)
+        return forward(self, *args)
+
+    return wrapped
+
+
+@_merging_forward
 def _double_forward(
     self: Any,
     hidden_states: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
     temb: torch.Tensor,
-    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
     joint_attention_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     site: FluxSite = self._toma_site
-    if site.grid[0] is None or image_rotary_emb is None or joint_attention_kwargs:
-        return self._toma_parent.forward(
-            self, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs
-        )
     cfg = site.state.config
     b, text_len = hidden_states.shape[0], encoder_hidden_states.shape[1]
     norm_h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
@@ -149,19 +170,16 @@ def _double_forward(
     return encoder_hidden_states, hidden_states
 
 
+@_merging_forward
 def _single_forward(
     self: Any,
     hidden_states: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
     temb: torch.Tensor,
-    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
     joint_attention_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     site: FluxSite = self._toma_site
-    if site.grid[0] is None or image_rotary_emb is None or joint_attention_kwargs:
-        return self._toma_parent.forward(
-            self, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs
-        )
     b, text_len = hidden_states.shape[0], encoder_hidden_states.shape[1]
     residual = torch.cat([encoder_hidden_states, hidden_states], dim=1)
     norm, gate = self.norm(residual, emb=temb)
