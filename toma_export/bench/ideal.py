@@ -71,7 +71,7 @@ class IdealSites:
         return None if n is None else F.pad(output, (0, 0, 0, n - output.shape[1]))
 
     def reset(self) -> None:
-        pass
+        """Nothing to reset: the ideal keeps no per-step state (the handle protocol asks for it)."""
 
     def remove(self) -> None:
         for handle in self.handles:

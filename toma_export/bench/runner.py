@@ -120,7 +120,7 @@ def _cases(built: Built, backend_name: str, plan: Plan) -> tuple[list[Case], lis
         def ideal(ratio: float = ratio) -> Case:
             made = built.ideal(ratio)
             if made is None:
-                raise NotImplementedError("no ideal reference for this workload")
+                raise ValueError(f"workload {built.name!r} has no ideal reference; run it with --no-ideal")
             module, kw = made
             fn = backend(module, None, kw)
             return Case(IDEAL, ratio, _no_grad(lambda: built.run(fn, kw)), note=built.ideal_note)
