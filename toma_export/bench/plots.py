@@ -60,13 +60,7 @@ def speedup_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.axhline(1.0, color="0.6", linewidth=0.8)
     ax.set_xlabel("merge ratio (share of tokens removed)")
     ax.set_ylabel("speed-up vs unmerged (same run)")
-    ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, title, path)
 
 
 def memory_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -116,6 +110,11 @@ def frontier_plot(points: list[dict[str, Any]], path: str | Path, title: str = "
             ax.annotate(f"{r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("speed-up vs unmerged (bench JSON)")
     ax.set_ylabel("relative error vs unmerged output")
+    return _finish(fig, ax, title, path)
+
+
+def _finish(fig: Any, ax: Any, title: str, path: Path) -> Path:
+    """Title, legend (when anything is labelled), save at 120 dpi, close: the end of every plot."""
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
