@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# --- ONNX node, as the exporter writes it (issue 4) -------------------------------------------
+# --- ONNX node, as the exporter writes it (toma_export/engines/onnx_export.py) ---------------
 #: ``op_type`` of the selection node.
 ONNX_OP_TYPE: Final = "FacilityLocation"
 #: Custom-op domain of the selection node (also the opset_import domain, version 1).

@@ -16,7 +16,10 @@
 The ONNX parser reaches it from a node rewritten by :func:`plugins.onnx_mapping.to_tensorrt_nodes`.
 
 Importing this module needs neither TensorRT nor a GPU; :func:`register_plugin` raises
-:class:`TensorRTUnavailableError` naming what is missing.
+:class:`TensorRTUnavailableError` naming what is missing. This module is the one home of the
+TensorRT import check (:func:`import_tensorrt`, :class:`TensorRTUnavailableError`): the engine
+backend (``toma_export.engines.trt_engine``) imports it from here, since ``toma_export`` may import
+``plugins`` but ``plugins`` imports only ``toma_export.core`` and ``toma_export.errors``.
 
 **Unverified here**: no TensorRT or GPU exists on the machine this was written on; the code
 follows the documented ``tensorrt.plugin`` API (TensorRT ``python/packaging/bindings_wheel/tensorrt/plugin``
@@ -46,10 +49,6 @@ _INSTALL_HINT = (
 
 def import_tensorrt() -> ModuleType:
     """The real ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying what is missing."""
-    return _import_tensorrt()
-
-
-def _import_tensorrt() -> ModuleType:
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as e:
@@ -65,7 +64,7 @@ def _import_tensorrt() -> ModuleType:
 
 
 def _import_trtp() -> ModuleType:
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     try:
         return importlib.import_module("tensorrt.plugin")
     except ImportError as e:
@@ -86,10 +85,6 @@ _lock = threading.Lock()
 _registered = False
 
 
-def is_registered() -> bool:
-    return _registered
-
-
 def register_plugin() -> None:
     """Register ``toma::facility_location`` with TensorRT's plugin registry (idempotent)."""
     global _registered
@@ -106,7 +101,7 @@ def register_plugin() -> None:
 
 def plugin_creator_registered() -> bool:
     """Whether TensorRT's registry holds a creator for ``toma::facility_location`` (needs TensorRT)."""
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     registry = trt.get_plugin_registry()
     for creator in registry.all_creators:
         if (

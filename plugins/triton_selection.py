@@ -1,4 +1,4 @@
-"""Greedy facility location as one Triton program per tile (DESIGN §1.1).
+"""Greedy facility location as one Triton program per tile (docs/DESIGN.md, "Methods").
 
 Each program owns one tile of ``S`` tokens with ``C`` channels:
 
@@ -346,15 +346,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def kernel_info() -> dict[str, Any]:
-    """What the AOT launcher must know about the kernel ABI (for docs and the TensorRT plugin)."""
-    return {
-        "params": ["features:*T", "S:i32", "C:i32", "K:i32", "indices:*i32"],
-        "grid": "(B*T, 1, 1)",
-        "constexpr": ["BLOCK_S", "BLOCK_C"],
-    }
 
 
 def assemble_ptx(ptx: str, arch: int) -> bytes:

@@ -6,7 +6,7 @@ Example: python scripts/bench.py --workload sdxl-block --ratios 0.5 --json out/b
 
 import sys
 
-from toma_export.bench.cli import main
+from toma_export.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

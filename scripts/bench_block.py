@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Block-level benchmark at SDXL's highest-resolution attention level (issue 2).
+"""Block-level benchmark at SDXL's highest-resolution attention level.
 
 One ``BasicTransformerBlock`` as SDXL builds it (640 channels, 10 heads of 64, 4096 tokens on a
 64x64 grid, cross-attention context 77x2048), batch 1. Rows, timed round-robin in one run:

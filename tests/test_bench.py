@@ -10,7 +10,7 @@ import torch
 
 from toma_export.bench import interleaved_order, run_interleaved
 from toma_export.bench.backends import BACKENDS, register_backend
-from toma_export.bench.cli import main as bench_main
+from toma_export.cli.bench import main as bench_main
 from toma_export.bench.ideal import IdealSites, kept_tokens
 from toma_export.bench.plots import bench_plots
 from toma_export.bench.report import load_json, markdown_table

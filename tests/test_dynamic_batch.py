@@ -1,4 +1,4 @@
-"""Dynamic batch (issue 4): one rewrite, one exported program, one ONNX artifact for batch 1..N.
+"""Dynamic batch: one rewrite, one exported program, one ONNX artifact for batch 1..N.
 
 Captured at batch 2 (``torch.export`` specialises a batch of 1 to a constant), the batch stays a
 symbol through the graph pass, the re-export of both variants and the ONNX export; the resolution
@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import toma_export
+from toma_export.schedule import StepSchedule
 from toma_export import ToMAConfig, ToMAConfigError
 from toma_export.cli import main as cli_main
 from toma_export.engines.build import BuildRequest, _variants, build_artifact
-from toma_export.engines.commands import verify_artifact
 from toma_export.engines.load import ShapeMismatchError, load_artifact
+from toma_export.engines.verify import verify_artifact
 from toma_export.models import load_model
 from toma_export.models.inputs import example_inputs
 
@@ -70,9 +71,10 @@ def test_dynamic_rewrite_matches_eager_at_batch_1_2_3(name: str, hw: tuple[int, 
     with torch.no_grad():
         program.reset()
         program(**kw)  # selects destinations at batch 3
-        assert program.destinations is not None and program.destinations[0].shape[0] == 3
-        ref = program.run_reuse(flat, program.destinations)[0]
-        out = ep.module()(*flat, *program.destinations)[0]
+        carried = list(program.schedule.carried.values())
+        assert len(carried) == len(program.groups) and carried[0].shape[0] == 3
+        ref = program.run_reuse(flat, carried)[0]
+        out = ep.module()(*flat, *carried)[0]
     assert rel(out, ref) <= 1e-5
 
 
@@ -139,12 +141,14 @@ def test_dynamic_batch_onnx_artifact_runs_batch_1_and_3(tmp_path: Path) -> None:
         with torch.no_grad():
             for batch in (1, 3):
                 toma_export.reset(model)
-                dests: list[torch.Tensor] = []
+                schedule = StepSchedule(2)
                 for step in range(2):  # select, reuse
                     kw = example_inputs(model, batch=batch, height=ART_SIZE, width=ART_SIZE, seed=100 * batch + step)
                     eager = model(**kw)[0]
-                    got, dests = loaded.runner(kw, dests, step % 2 == 0)
-                    assert got.shape == eager.shape and dests[0].shape[0] == batch
+                    got = loaded.runner(kw, schedule)
+                    schedule.advance()
+                    (dests,) = schedule.carried.values()
+                    assert got.shape == eager.shape and dests.shape[0] == batch
                     errors[(batch, step)] = (got - eager).abs().max().item()
                     assert errors[(batch, step)] <= 1e-3, errors
     finally:

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 import toma_export
+from toma_export.schedule import StepSchedule
 from toma_export import ToMAConfig, ToMAConfigError, ToMAError
 from toma_export.engines.artifact import ArtifactError
 from toma_export.engines.build import BuildRequest, build_artifact, require_same_model
-from toma_export.engines.commands import generate, pipeline_for, verify_artifact
 from toma_export.engines.load import ShapeMismatchError, load_artifact
 from toma_export.engines.onnx_export import export_onnx
 from toma_export.engines.onnxruntime import OrtEngine
+from toma_export.engines.run import generate, pipeline_for
+from toma_export.engines.verify import verify_artifact
 from toma_export.models import load_model
 from toma_export.models.inputs import example_inputs
 from toma_export.models.pipelines import build_pipeline
@@ -76,7 +78,7 @@ def test_inputs_outside_the_artifact_shapes_are_refused(sdxl_artifact: Path) -> 
     model = load_model("sdxl-tiny")
     for kw in (example_inputs(model, batch=2, height=128, width=SIZE), example_inputs(model, batch=1, height=SIZE, width=SIZE)):
         with pytest.raises(ShapeMismatchError, match=r"batch 2 at 256x256.*toma-export build --batch/--height/--width"):
-            loaded.runner(kw, [], True)
+            loaded.runner(kw, StepSchedule(1))
 
 
 def _copy(src: Path, dst: Path) -> Path:

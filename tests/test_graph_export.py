@@ -9,7 +9,7 @@ import torch
 
 import toma_export
 from toma_export.graph import decompositions, lower
-from toma_export.graph.inspect import register
+from toma_export.cli.inspect import register
 from toma_export.models import load_model
 from toma_export.models.inputs import example_inputs
 

@@ -58,9 +58,9 @@ def dit() -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 FAMILIES: dict[str, tuple[Callable, set[str]]] = {
-    "pixart": (pixart, {"self_attn", "mlp"}),  # PixArt's attn2 reads the un-normalised stream: no pattern
-    "sd3": (sd3, {"self_attn", "mlp"}),  # joint attention: image first, context appended
-    "dit": (dit, {"self_attn", "mlp"}),
+    "pixart": (pixart, {"attn", "mlp"}),  # PixArt's attn2 reads the un-normalised stream: no pattern
+    "sd3": (sd3, {"attn", "mlp"}),  # joint attention: image first, context appended
+    "dit": (dit, {"attn", "mlp"}),
 }
 
 
@@ -94,7 +94,7 @@ def test_sd15_unet_matches_eager() -> None:
     cfg = toma_export.ToMAConfig(ratio=0.5, merge_cross=True)  # every site kind, not just the defaults
     kw = example_inputs(model, batch=1, height=192, width=256)
     program = toma_export.rewrite(model, kw, cfg)
-    assert {s.kind for s in program.sites} == {"self_attn", "cross_attn", "mlp"}
+    assert {s.kind for s in program.sites} == {"attn", "cross", "mlp"}
     assert {s.grid for s in program.sites} == {(24, 32)}  # SD1.5 merges at full latent resolution
     toma_export.apply(model, cfg)
     try:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 
 from toma_export.core.merge import MergeMap, merge_weights, merged_positions
 from toma_export.core.selection import facility_location
-from toma_export.core.tiles import TileLayout, grid_for_tokens
+from toma_export.core.tiles import TileLayout, unet_level
 from toma_export.errors import ToMAConfigError
 
 
@@ -44,11 +44,11 @@ def test_remainder_error_names_the_parameter_and_fix() -> None:
     TileLayout.create(10, 12, (4, 4), remainder="keep")
 
 
-def test_grid_for_tokens_follows_ceil_halving() -> None:
-    assert grid_for_tokens(33 * 25, 33, 25) == (33, 25)
-    assert grid_for_tokens(17 * 13, 33, 25) == (17, 13)
-    assert grid_for_tokens(9 * 7, 33, 25) == (9, 7)
-    assert grid_for_tokens(100, 33, 25) is None
+def test_unet_level_follows_ceil_halving() -> None:
+    assert unet_level(33 * 25, 33, 25) == (33, 25, 1)
+    assert unet_level(17 * 13, 33, 25) == (17, 13, 2)
+    assert unet_level(9 * 7, 33, 25) == (9, 7, 4)
+    assert unet_level(100, 33, 25) is None
 
 
 def _map(x: torch.Tensor, layout: TileLayout, k: int, temperature: float = 1000.0) -> MergeMap:

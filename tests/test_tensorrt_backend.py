@@ -15,7 +15,7 @@ import torch
 
 from plugins import contract
 from plugins.onnx_mapping import make_selection_model, selection_nodes, to_tensorrt_nodes
-from toma_export.engines.tensorrt import cuda_and_tensorrt_available
+from toma_export.engines.trt_engine import cuda_and_tensorrt_available
 from toma_export.errors import ToMAError
 
 
@@ -44,10 +44,10 @@ GPU_REASON = "needs a CUDA GPU and TensorRT >= 10.8"
         "plugins.contract",
         "plugins.onnx_mapping",
         "plugins.tensorrt_plugin",
-        "toma_export.engines.tensorrt",
-        "toma_export.engines.tensorrt.builder",
-        "toma_export.engines.tensorrt.runtime",
-        "toma_export.engines.tensorrt.compare",
+        "toma_export.engines.trt_engine",
+        "toma_export.engines.trt_engine.builder",
+        "toma_export.engines.trt_engine.runtime",
+        "toma_export.engines.trt_engine.compare",
         "toma_export.engines.torch_tensorrt",
     ],
 )
@@ -58,7 +58,7 @@ def test_imports_without_tensorrt(module: str) -> None:
 @pytest.mark.skipif(_tensorrt_library_present(), reason="the TensorRT library is installed")
 def test_fails_fast_with_clear_message(tmp_path: Path) -> None:
     from plugins.tensorrt_plugin import TensorRTUnavailableError, register_plugin
-    from toma_export.engines.tensorrt import TrtEngine, build_engine, compare_onnxruntime_tensorrt, require_tensorrt
+    from toma_export.engines.trt_engine import TrtEngine, build_engine, compare_onnxruntime_tensorrt, require_tensorrt
     from toma_export.engines.torch_tensorrt import compile_program
 
     onnx_path = tmp_path / "sel.onnx"
@@ -89,7 +89,7 @@ def test_fails_fast_with_clear_message(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(_available(), reason="TensorRT and a GPU are present")
 def test_cli_compare_trt_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from toma_export.engines.tensorrt import register
+    from toma_export.cli.trt import register
 
     parser = argparse.ArgumentParser(prog="toma-export")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +103,7 @@ def test_cli_compare_trt_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_build_options_validation() -> None:
-    from toma_export.engines.tensorrt import BuildOptions, InputProfile
+    from toma_export.engines.trt_engine import BuildOptions, InputProfile
     from toma_export.errors import ToMAConfigError
 
     with pytest.raises(ToMAConfigError, match="precision"):
@@ -158,7 +158,7 @@ def _tiles(b: int, t: int, s: int, c: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_build_and_run_selection_plugin(tmp_path: Path, aot: bool, precision: str) -> None:
     from toma_export.core.selection import facility_location
-    from toma_export.engines.tensorrt import BuildOptions, InputProfile, TrtEngine, build_engine
+    from toma_export.engines.trt_engine import BuildOptions, InputProfile, TrtEngine, build_engine
 
     onnx_path = tmp_path / "sel.onnx"
     onnx.save(make_selection_model(tile_size=16, channels=32, k=8), str(onnx_path))
@@ -181,7 +181,7 @@ def test_engine_build_and_run_selection_plugin(tmp_path: Path, aot: bool, precis
 @pytest.mark.gpu
 @pytest.mark.skipif(not _available(), reason=GPU_REASON)
 def test_engine_rejects_shapes_outside_profile(tmp_path: Path) -> None:
-    from toma_export.engines.tensorrt import BuildOptions, InputProfile, TrtEngine, TrtShapeError, build_engine
+    from toma_export.engines.trt_engine import BuildOptions, InputProfile, TrtEngine, TrtShapeError, build_engine
 
     onnx_path = tmp_path / "sel.onnx"
     onnx.save(make_selection_model(tile_size=16, channels=8, k=4), str(onnx_path))
@@ -196,7 +196,7 @@ def test_onnxruntime_vs_tensorrt_agreement(tmp_path: Path) -> None:
     """Standard-op model (no plugin): polygraphy runs ONNX Runtime and TensorRT and compares."""
     from onnx import TensorProto, helper
 
-    from toma_export.engines.tensorrt import compare_onnxruntime_tensorrt
+    from toma_export.engines.trt_engine import compare_onnxruntime_tensorrt
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 32])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 16])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["plugins", "toma_export/engines/tensorrt", "toma_export/engines/torch_tensorrt.py"]
+TARGETS = ["plugins", "toma_export/engines/trt_engine", "toma_export/engines/torch_tensorrt.py"]
 
 
 def prepare_stub_path(dest: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""The Triton selection kernel equals the torch reference (DESIGN §1.1).
+"""The Triton selection kernel equals the torch reference (docs/DESIGN.md, "Methods").
 
 Without a GPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, which must be set
 before Triton is first imported; this module sets it when it can, and otherwise re-runs itself in a

@@ -1,14 +1,59 @@
-"""``ToMAConfig``: one switch for ToMA and the baselines, validated before anything is patched."""
+"""``ToMAConfig``: one switch for ToMA and the baselines, validated before anything is patched.
+
+``SubLayer`` is the one vocabulary for what runs on merged tokens: config fields, eager hooks,
+the graph pass, bench rows and the CLI (``--merge attn,mlp``) all name sub-layers with it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from typing import Any, Literal
 
 from toma_export.errors import ToMAConfigError
+from toma_export.methods import REGISTRY
 
 Method = Literal["toma", "tomesd", "todo", "catome", "none"]
-METHODS: tuple[str, ...] = ("toma", "tomesd", "todo", "catome", "none")
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+
+
+class SubLayer(str, Enum):
+    """A sub-layer whose input tokens can be merged."""
+
+    ATTN = "attn"  # self-attention (queries, keys and values)
+    CROSS = "cross"  # cross-attention queries (keys/values are text)
+    MLP = "mlp"  # the feed-forward
+
+    @property
+    def switch(self) -> str:
+        """The ``ToMAConfig`` field that turns it on."""
+        return f"merge_{self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[SubLayer, ...]:
+        """``"attn,mlp"`` -> (ATTN, MLP); an unknown name is a ToMAConfigError naming the choices."""
+        out = []
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            try:
+                out.append(cls(part))
+            except ValueError:
+                raise ToMAConfigError(
+                    f"sub-layer {part!r} is unknown; choose from {', '.join(s.value for s in cls)} (e.g. attn,mlp)."
+                ) from None
+        return tuple(out)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 @dataclass(frozen=True)
@@ -21,10 +66,10 @@ class ToMAConfig:
         "catome" (bipartite matching with a similarity threshold and cached pairs), "none".
     tile: tokens per tile (rows, cols) for selection and merge; ToMA's reference is (4, 4).
     temperature: tau in ``softmax(tau * cos(D, X))``; 1000 is nearly hard assignment.
-    merge_attn / merge_cross / merge_mlp: which sub-layers run on merged tokens. Defaults by
-        measurement (scripts/bench_block.py, SDXL block, ratio 0.5): attn only 1.47x, attn+mlp
-        1.95x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~3 % speed for one more
-        approximation of the text conditioning, so it is off; the MLP carries most of the saving.
+    merge_attn / merge_cross / merge_mlp: which sub-layers (``SubLayer``) run on merged tokens.
+        Defaults by measurement (scripts/bench_block.py, SDXL block, ratio 0.5): attn only 1.47x,
+        attn+mlp 1.95x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~3 % speed for one
+        more approximation of the text conditioning, so it is off; the MLP carries most of the saving.
     max_downsample: UNet levels merged, as the largest latent downsampling factor of a site;
         None = only the highest-resolution level that has attention (factor 2 on SDXL, 1 on SD1.5).
         Transformers (Flux) have one level and ignore it.
@@ -49,39 +94,51 @@ class ToMAConfig:
     remainder: Literal["keep", "error"] = "keep"
     threshold: float = 0.8
     seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.tile, list):
             object.__setattr__(self, "tile", tuple(self.tile))
-        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+        if not _is_real(self.ratio) or not 0.0 <= float(self.ratio) < 1.0:
             raise ToMAConfigError(
                 f"ratio={self.ratio!r} is outside [0, 1). It is the share of tokens removed: "
                 "use e.g. ratio=0.5 to halve the image tokens, or ratio=0 to disable merging."
             )
         if self.method not in METHODS:
             raise ToMAConfigError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}.")
-        if len(self.tile) != 2 or any(not isinstance(t, int) or t < 1 for t in self.tile):
+        if not isinstance(self.tile, tuple) or len(self.tile) != 2 or not all(_is_int(t) and t >= 1 for t in self.tile):
             raise ToMAConfigError(f"tile={self.tile!r} must be two positive ints (rows, cols), e.g. tile=(4, 4).")
         if self.tile[0] * self.tile[1] < 2:
             raise ToMAConfigError(f"tile={self.tile!r} holds one token, so nothing can merge; use e.g. (4, 4).")
-        if not self.temperature > 0:
-            raise ToMAConfigError(f"temperature={self.temperature!r} must be > 0 (reference: 1000).")
-        if not isinstance(self.recompute_every, int) or self.recompute_every < 1:
+        if not _is_real(self.temperature) or not self.temperature > 0:
+            raise ToMAConfigError(f"temperature={self.temperature!r} must be a finite number > 0 (reference: 1000).")
+        for name in ("merge_attn", "merge_cross", "merge_mlp", "share_weights"):
+            if not _is_bool(getattr(self, name)):
+                raise ToMAConfigError(f"{name}={getattr(self, name)!r} must be True or False.")
+        if not _is_int(self.recompute_every) or self.recompute_every < 1:
             raise ToMAConfigError(
                 f"recompute_every={self.recompute_every!r} must be an int >= 1 (1 = reselect every step)."
             )
-        if self.max_downsample is not None and self.max_downsample < 1:
-            raise ToMAConfigError(f"max_downsample={self.max_downsample!r} must be >= 1, or None for auto.")
+        if self.max_downsample is not None and (not _is_int(self.max_downsample) or self.max_downsample < 1):
+            raise ToMAConfigError(f"max_downsample={self.max_downsample!r} must be an int >= 1, or None for auto.")
         if self.remainder not in ("keep", "error"):
             raise ToMAConfigError(f"remainder={self.remainder!r} must be 'keep' or 'error'.")
-        if not -1.0 <= self.threshold <= 1.0:
+        if not _is_real(self.threshold) or not -1.0 <= self.threshold <= 1.0:
             raise ToMAConfigError(f"threshold={self.threshold!r} is a cosine similarity; use a value in [-1, 1].")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise ToMAConfigError(f"seed={self.seed!r} must be an int in [0, 2**63), or None.")
 
     @property
     def active(self) -> bool:
         """False when the config merges nothing (ratio 0 or method "none")."""
         return self.method != "none" and self.ratio > 0
+
+    def merges(self, sub: SubLayer) -> bool:
+        """Whether ``sub`` runs on merged tokens under this config."""
+        return bool(getattr(self, sub.switch))
+
+    @property
+    def sublayers(self) -> tuple[SubLayer, ...]:
+        return tuple(s for s in SubLayer if self.merges(s))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,4 +147,11 @@ class ToMAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ToMAConfig:
+        """From a manifest or config file; unknown keys are an error naming the known ones."""
+        if not isinstance(d, dict):
+            raise ToMAConfigError(f"a ToMA config must be a mapping of field -> value, got {type(d).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ToMAConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
         return cls(**d)

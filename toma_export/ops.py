@@ -116,7 +116,7 @@ def merge(x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: i
 @merge.register_fake
 def _(x, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
     layout = _layout(h, w, th, tw)
-    merged = weights.shape[1] * weights.shape[2] + layout.num_rest
+    merged = layout.merged_count(weights.shape[2])
     return x.new_empty((x.shape[0], x.shape[1] - layout.num_tokens + merged, x.shape[2]))
 
 
@@ -129,7 +129,7 @@ def unmerge(y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw:
 @unmerge.register_fake
 def _(y, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
     layout = _layout(h, w, th, tw)
-    merged = weights.shape[1] * weights.shape[2] + layout.num_rest
+    merged = layout.merged_count(weights.shape[2])
     return y.new_empty((y.shape[0], y.shape[1] - merged + layout.num_tokens, y.shape[2]))
 
 
@@ -142,7 +142,7 @@ def merged_positions(idx: torch.Tensor, h: int, w: int, th: int, tw: int) -> tor
 @merged_positions.register_fake
 def _(idx, h, w, th, tw):  # type: ignore[no-untyped-def]
     layout = _layout(h, w, th, tw)
-    return idx.new_empty((idx.shape[0], idx.shape[1] * idx.shape[2] + layout.num_rest))
+    return idx.new_empty((idx.shape[0], layout.merged_count(idx.shape[2])))
 
 
 @torch.library.custom_op("toma::gather_positions", mutates_args=())

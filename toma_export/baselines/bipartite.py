@@ -87,8 +87,10 @@ def bipartite_match(
     """Match ``metric`` ``(B, h*w, C)`` and return the merge of (up to) ``r`` tokens."""
     b, n, _ = metric.shape
     mask = destination_mask(h, w, sx, sy, generator).to(metric.device)
-    grid = torch.arange(n, device=metric.device)
-    src, dst = grid[~mask], grid[mask]
+    # Sources then destinations, each in grid order; a stable sort keeps shapes static (no nonzero).
+    n_dst = (h // sy) * (w // sx)
+    order_all = torch.argsort(mask.to(torch.int8), stable=True)
+    src, dst = order_all[: n - n_dst], order_all[n - n_dst :]
     with torch.no_grad():
         m = F.normalize(metric.float(), dim=-1)
         scores = m[:, src] @ m[:, dst].transpose(-1, -2)

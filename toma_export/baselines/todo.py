@@ -25,7 +25,9 @@ def _kept_index(h: int, w: int, ratio: float) -> torch.Tensor:
 
 def downsample_index(h: int, w: int, ratio: float, device: torch.device | None = None) -> torch.Tensor:
     """Grid indices of the tokens kept for keys/values when ``ratio`` of them are dropped."""
-    return _kept_index(h, w, float(ratio)).to(device)
+    # Traced code builds the (constant) index itself: dynamo does not trace through lru_cache.
+    kept = _kept_index.__wrapped__ if torch.compiler.is_compiling() else _kept_index
+    return kept(h, w, float(ratio)).to(device)
 
 
 def downsample_tokens(x: torch.Tensor, h: int, w: int, ratio: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Benchmarks and fidelity: interleaved timing of workloads x backends x methods x ratios.
 
-``toma-export bench`` calls :func:`toma_export.bench.cli.register` / ``handler``; scripts in
+``toma-export bench`` (:mod:`toma_export.cli.bench`) drives this package; scripts in
 ``scripts/`` are thin entry points over this package.
 """
 

@@ -1,28 +1,60 @@
-"""Backends: how a (patched) model is turned into the callable that gets timed.
+"""Backends: how a model is turned into the callable that gets timed.
 
 A backend is one function ``(model, config, example_kwargs) -> callable(**kwargs)``; adding one
-(ONNX Runtime, TensorRT) is one :func:`register_backend` call. ``model`` arrives already patched
-in eager mode with ``config`` (``None`` for unpatched baseline and ideal rows); a backend with its
-own way of merging (e.g. the graph pass before an ONNX export) can read ``config`` and undo the
-eager patch with ``toma_export.remove(model)`` first.
+(ONNX Runtime, TensorRT) is one :func:`register_backend` call. By default ``model`` arrives already
+patched in eager mode with ``config`` (``None`` for unpatched baseline and ideal rows). A backend
+registered with ``merges=True`` gets the unpatched model and merges by its own means (the graph
+pass, an exported engine); its callable carries the row's handle (``reset``/``remove``/``state``)
+as ``.handle``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from toma_export.config import ToMAConfig
+from toma_export.schedule import StepSchedule
 
 Backend = Callable[[torch.nn.Module, "ToMAConfig | None", dict[str, Any]], Callable[..., Any]]
 
 BACKENDS: dict[str, Backend] = {}
+#: Backends that merge by their own means and want the unpatched model.
+SELF_MERGING: set[str] = set()
 
 
-def register_backend(name: str, backend: Backend) -> None:
-    """Make ``--backends name`` available."""
+def register_backend(name: str, backend: Backend, *, merges: bool = False) -> None:
+    """Make ``--backends name`` available; ``merges``: it installs merging itself (see module doc)."""
     BACKENDS[name] = backend
+    if merges:
+        SELF_MERGING.add(name)
+
+
+@dataclass
+class ScheduleHandle:
+    """The row handle of a self-merging backend: its generation's step schedule."""
+
+    schedule: StepSchedule
+
+    def reset(self) -> None:
+        self.schedule.reset()
+
+    def remove(self) -> None:
+        pass  # nothing was installed on the model
+
+    @property
+    def state(self) -> StepSchedule:
+        return self.schedule
+
+
+def _refuse(config: ToMAConfig, backend: str) -> None:
+    from toma_export import methods
+
+    reason = methods.get(config.method).refusal(backend) if config.active else None
+    if reason:
+        raise ValueError(f"{config.method} on {backend}: {reason}")
 
 
 def get_backend(name: str) -> Backend:
@@ -36,32 +68,46 @@ def eager(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, 
     return model
 
 
-def inductor(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
-    """``torch.compile`` (inductor) of the eager-patched model; hooks are traced by dynamo.
-
-    Compilation happens lazily on the first (warm-up) call. Methods with data-dependent shapes
-    (CA-ToMe's ``.item()``) graph-break; ``sort``/``scatter`` (ToMeSD) compile but stay sort/scatter.
-    Every case is its own module tree running the same code objects, so dynamo's per-code
-    recompile limit is raised to cover them, and shapes are static (``dynamic=False``): a case
-    with fewer tokens (the ideal) must not turn every other case's graph dynamic.
-    """
+def _raise_recompile_limits() -> None:
+    """Every case is its own module tree running the same code objects: raise dynamo's per-code
+    recompile limits to cover them."""
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
-    if config is not None and config.method == "toma" and config.active:
-        # ToMA compiles through the graph pass (the eager hooks' Python state would break graphs).
-        import toma_export
 
-        toma_export.remove(model)
-        program = toma_export.rewrite(model, example, config).compile(backend="inductor", dynamic=False)
-        toma_export.apply(model, config)  # keep the row's bookkeeping (state) working; the hooks are not run
-        return lambda **kwargs: program(**kwargs)
+
+def inductor(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """``torch.compile`` (inductor) of the eager-patched model: the merge hooks are traced with it
+    (graph-break free for ToMA, ToMeSD and ToDo). Compilation happens on the first (warm-up) call;
+    shapes are static (``dynamic=False``): a case with fewer tokens (the ideal) must not turn every
+    other case's graph dynamic."""
+    _raise_recompile_limits()
     return torch.compile(model, backend="inductor", dynamic=False)
+
+
+def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """``torch.compile`` (inductor) of the graph pass's program (ToMA only; unmerged rows compile
+    the model itself), select/reuse variants on the recompute schedule."""
+    _raise_recompile_limits()
+    if config is None or not config.active:
+        return torch.compile(model, backend="inductor", dynamic=False)
+    from toma_export import methods, rewrite
+
+    if not methods.get(config.method).graph_pass:
+        raise ValueError(f"{config.method} has no graph pass; use --backends inductor for it")
+    program = rewrite(model, example, config).compile(backend="inductor", dynamic=False)
+
+    def step(**kwargs: Any) -> Any:
+        return program(**kwargs)
+
+    step.handle = ScheduleHandle(program.schedule)  # type: ignore[attr-defined]
+    return step
 
 
 register_backend("eager", eager)
 register_backend("inductor", inductor)
+register_backend("inductor-pass", inductor_pass, merges=True)
 
 
 def onnxruntime(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
@@ -73,36 +119,29 @@ def onnxruntime(model: torch.nn.Module, config: ToMAConfig | None, example: dict
     import tempfile
     from pathlib import Path
 
-    import toma_export
-    from toma_export.engines.build import BACKEND_LIMITS, NOT_COMPILABLE, _variants
+    from toma_export.engines.build import _variants
     from toma_export.engines.load import ProgramRunner, _named
     from toma_export.engines.onnx_export import export_onnx
     from toma_export.engines.onnxruntime import OrtEngine
     from toma_export.engines.signature import dump_spec
-    from toma_export.runtime.wrapper import DestinationSchedule
 
     cfg = config or ToMAConfig(ratio=0.0, method="none")
-    if cfg.active and (cfg.method in NOT_COMPILABLE or (cfg.method, "onnxruntime") in BACKEND_LIMITS):
-        reason = NOT_COMPILABLE.get(cfg.method) or BACKEND_LIMITS[(cfg.method, "onnxruntime")]
-        raise ValueError(f"{cfg.method} on onnxruntime: {reason}")
-    if config is not None:
-        toma_export.remove(model)  # the export applies its own merging
+    _refuse(cfg, "onnxruntime")
     folder = tempfile.TemporaryDirectory(prefix="toma-bench-ort-")
     variants, n_groups, _ = _variants(model, example, cfg)
-    if config is not None:
-        toma_export.apply(model, config)  # keep the row's bookkeeping (state) working; the hooks are not run
     engines = {name: _named(OrtEngine(export_onnx(ep, Path(folder.name) / f"{name}.onnx"))) for name, ep in variants.items()}
     shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
     runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
-    schedule = DestinationSchedule(cfg.recompute_every)
+    schedule = StepSchedule(cfg.recompute_every)
 
     def step(**kwargs: Any) -> tuple[torch.Tensor]:
-        out, schedule.destinations = runner(kwargs, schedule.destinations, schedule.recompute)
-        schedule.step += 1
+        out = runner(kwargs, schedule)
+        schedule.advance()
         return (out,)
 
     step.keep_alive = folder  # type: ignore[attr-defined]  # the engine files live as long as the callable
+    step.handle = ScheduleHandle(schedule)  # type: ignore[attr-defined]
     return step
 
 
-register_backend("onnxruntime", onnxruntime)
+register_backend("onnxruntime", onnxruntime, merges=True)

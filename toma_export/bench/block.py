@@ -5,13 +5,12 @@ level: 640 channels, 10 heads of 64, GEGLU MLP, 2048-wide cross-attention) and i
 ``BasicTransformerBlock`` is taken. :class:`BlockModel` feeds it a ``(B, C, H, W)`` feature map as
 ``H*W`` tokens; because the hooks read the grid from the model input's last two dimensions, the
 block's own grid is the "latent" and merging happens at downsample factor 1. Methods are
-installed with the eager ``UNetPatch`` (the same site machinery ``toma_export.apply`` uses on a
+installed with the eager UNet hooks (``eager.unet.install``, the same site machinery ``toma_export.apply`` uses on a
 UNet, ToMeSD through the ``tomesd`` package), so no merge code is duplicated here.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from toma_export.config import ToMAConfig
-from toma_export.eager.unet import UNetPatch
+from toma_export.eager.unet import install
 
 CHANNELS = 640
 HEADS = 10
@@ -75,27 +74,21 @@ def block_inputs(
 
 
 class BlockPatch:
-    """A method installed on a :class:`BlockModel` through the eager ``UNetPatch``.
+    """A method installed on a :class:`BlockModel` through the eager UNet hooks.
 
-    ``UNetPatch`` only needs ``max_downsample`` to be explicit (the block has no
-    ``down_block_types`` to derive it from); the block's own grid is level 1.
+    The block has no ``down_block_types`` to derive the merged levels from; its own grid is level 1.
     """
 
     def __init__(self, model: BlockModel, config: ToMAConfig):
-        self.config = replace(config, max_downsample=config.max_downsample or 1)
-        self.patch = UNetPatch(model, self.config)
-        try:
-            self.patch.install()
-        except BaseException:
-            self.patch.remove()
-            raise
+        self.config = config
+        self.installed = install(model, config, max_downsample=config.max_downsample or 1)
 
     def reset(self) -> None:
-        self.patch.state.reset()
+        self.installed.root.reset_state(self.installed.model)
 
     def remove(self) -> None:
-        self.patch.remove()
+        self.installed.remove()
 
     @property
     def state(self) -> Any:
-        return self.patch.state
+        return self.installed.root.active

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from toma_export.config import ToMAConfig
-from toma_export.core.tiles import grid_for_tokens
-from toma_export.eager.unet import SITE_KINDS, auto_max_downsample
+from toma_export.core.tiles import unet_level
+from toma_export.eager.unet import SUBLAYER_MODULES, auto_max_downsample, transformer_blocks
 
 
 def kept_tokens(n: int, ratio: float) -> int:
@@ -31,17 +31,15 @@ class IdealSites:
     def __init__(self, unet: torch.nn.Module, config: ToMAConfig):
         self.ratio = float(config.ratio)
         self.max_downsample = config.max_downsample or auto_max_downsample(unet)
-        wanted = {"attn1": config.merge_attn, "attn2": config.merge_cross, "ff": config.merge_mlp}
         self.latent_hw: tuple[int, int] | None = None
         self.handles: list[Any] = [unet.register_forward_pre_hook(self._begin, with_kwargs=True)]
         self._pending: dict[int, int] = {}
-        for module in unet.modules():
-            if hasattr(module, "attn1") and hasattr(module, "ff") and hasattr(module, "norm1"):
-                for kind in SITE_KINDS:
-                    sub = getattr(module, kind, None)
-                    if wanted[kind] and sub is not None:
-                        self.handles.append(sub.register_forward_pre_hook(self._pre, with_kwargs=True))
-                        self.handles.append(sub.register_forward_hook(self._post))
+        for _, block in transformer_blocks(unet):
+            for kind in config.sublayers:
+                sub = getattr(block, SUBLAYER_MODULES[kind], None)
+                if sub is not None:
+                    self.handles.append(sub.register_forward_pre_hook(self._pre, with_kwargs=True))
+                    self.handles.append(sub.register_forward_hook(self._post))
 
     def _begin(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
@@ -50,13 +48,8 @@ class IdealSites:
     def _merged(self, n: int) -> bool:
         if self.latent_hw is None:
             return False
-        grid = grid_for_tokens(n, *self.latent_hw)
-        if grid is None:
-            return False
-        factor = 1
-        while -(-self.latent_hw[0] // factor) > grid[0]:
-            factor *= 2
-        return factor <= self.max_downsample
+        level = unet_level(n, *self.latent_hw)
+        return level is not None and level[2] <= self.max_downsample
 
     def _pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         x = args[0] if args else kwargs.get("hidden_states")

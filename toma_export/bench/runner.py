@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from toma_export.bench.backends import get_backend
+from toma_export.bench.backends import SELF_MERGING, get_backend
 from toma_export.bench.timing import calls_total, run_interleaved
 from toma_export.bench.workloads import Built, Options, get_workload, shared_clone
 from toma_export.config import ToMAConfig
@@ -109,8 +109,12 @@ def _cases(built: Built, backend_name: str, plan: Plan) -> tuple[list[Case], lis
         def patched(v: Variant = v) -> Case:
             cfg = ToMAConfig(**{**plan.config, **dict(v.config), "ratio": v.ratio, "method": v.method})
             clone = shared_clone(built.model)
-            handle = built.patch(clone, cfg)
-            fn = backend(clone, cfg, built.kwargs)
+            if backend_name in SELF_MERGING:
+                fn = backend(clone, cfg, built.kwargs)
+                handle = fn.handle  # type: ignore[attr-defined]
+            else:
+                handle = built.patch(clone, cfg)
+                fn = backend(clone, cfg, built.kwargs)
             return Case(v.method, v.ratio, _no_grad(lambda: built.run(fn, built.kwargs)), handle.reset, handle,
                         label=v.name)
 

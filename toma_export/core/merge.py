@@ -1,4 +1,4 @@
-"""Merge and unmerge as attention-like linear maps (DESIGN §1.2).
+"""Merge and unmerge as attention-like linear maps (docs/DESIGN.md, "Method").
 
 With destination features ``D`` and tile tokens ``X``, ``A = softmax(tau * cos(D, X))`` over
 destinations, shape ``(k, S)``. Merge is ``M @ X`` with ``M = A / rowsum(A)`` (each destination
@@ -63,8 +63,7 @@ class MergeMap:
 
     @property
     def num_merged(self) -> int:
-        b, t, k, s = self.weights.shape
-        return t * k + self.layout.num_rest
+        return self.layout.merged_count(self.weights.shape[2])
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         if self.source is not None and x is self.source[0]:

@@ -1,4 +1,4 @@
-"""Destination selection: greedy facility location inside each tile (DESIGN §1.1).
+"""Destination selection: greedy facility location inside each tile (docs/DESIGN.md, "Method").
 
 The objective over a tile with cosine similarities ``S`` is
 ``F(A) = sum_i max(-1, max_{j in A} S[i, j]) + n``: shifting by the cosine lower bound makes

@@ -1,6 +1,6 @@
 """Tile layouts: how a latent token grid is cut into non-overlapping tiles for local merging.
 
-Selection and merge run inside tiles (DESIGN §1.3) while attention stays global. Cutting the
+Selection and merge run inside tiles (docs/DESIGN.md, "Method") while attention stays global. Cutting the
 grid is a reshape/permute (no gather, no scatter), so it exports to static ONNX graphs.
 
 Grids that tiles do not divide: the largest tile-divisible top-left region is tiled and the
@@ -11,7 +11,6 @@ leftover border (the right columns beside it, then the bottom rows) is carried t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
@@ -63,6 +62,10 @@ class TileLayout:
     def num_rest(self) -> int:
         return self.num_tokens - self.num_tiles * self.tile_size
 
+    def merged_count(self, k: int) -> int:
+        """Image tokens after merging with ``k`` destinations per tile (the border stays unmerged)."""
+        return self.num_tiles * k + self.num_rest
+
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, N, C)`` -> tiles ``(B, T, S, C)`` and border ``(B, R, C)``."""
         b, n, c = x.shape
@@ -99,21 +102,24 @@ class TileLayout:
         top = torch.cat([main, right], dim=2)
         return torch.cat([top, bottom], dim=1).reshape(b, self.num_tokens, c)
 
-    @cached_property
+    @property
     def token_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``."""
+        """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``.
+
+        Rebuilt per call (an arange and a split): a cached tensor would need a lock that
+        ``torch.compile`` cannot trace, and the layout is frozen and hashable, not a cache."""
         ids = torch.arange(self.num_tokens, dtype=torch.float64).reshape(1, -1, 1)
         tiles, rest = self.split(ids)
         return tiles[0, :, :, 0].long(), rest[0, :, 0].long()
 
 
-def grid_for_tokens(n: int, latent_h: int, latent_w: int) -> tuple[int, int] | None:
-    """Grid of a UNet level with ``n`` tokens, given the latent size.
+def unet_level(n: int, latent_h: int, latent_w: int) -> tuple[int, int, int] | None:
+    """``(h, w, downsample factor)`` of the UNet level with ``n`` tokens, given the latent size.
 
     Each UNet downsample is a stride-2 conv with padding 1, so sides go ``ceil(side / 2)``.
     Returns ``None`` when no level of the latent has ``n`` tokens.
     """
-    h, w = latent_h, latent_w
+    h, w, factor = latent_h, latent_w, 1
     while h * w > n:
-        h, w = -(-h // 2), -(-w // 2)
-    return (h, w) if h * w == n else None
+        h, w, factor = -(-h // 2), -(-w // 2), factor * 2
+    return (h, w, factor) if h * w == n else None

@@ -1,8 +1,9 @@
-"""``apply`` / ``remove`` / ``reset``: eager ToMA on diffusers pipelines and models.
+"""``apply`` / ``remove`` / ``reset`` / ``state``: eager ToMA on diffusers pipelines and models.
 
-``apply`` validates everything before touching the model and rolls back on any failure, so a
-model is either fully patched or left as it was. On a pipeline it also resets the destination
-state at the start of every ``__call__``, so the step schedule follows the denoising loop.
+``apply`` registers diffusers hooks (no class is swapped, no forward copied), validates before
+touching the model and rolls back on any failure, so a model is either fully patched or left as
+it was. The step hook is stateful, so diffusers' own reset after each pipeline call starts the
+next call at step 0 in every pipeline that shares the model.
 """
 
 from __future__ import annotations
@@ -12,37 +13,68 @@ from typing import Any
 import torch
 
 from toma_export.config import ToMAConfig
-from toma_export.eager.flux import FluxPatch
-from toma_export.eager.merge_state import ToMAState
-from toma_export.eager.unet import UNetPatch
+from toma_export.eager import flux, unet
+from toma_export.eager.hooks import Installed
+from toma_export.eager.state import MergeContext
 from toma_export.errors import ToMAError, UnsupportedModelError
 from toma_export.models.registry import model_family
 
-_PATCH_ATTR = "_toma_patch"
+_INSTALLED_ATTR = "_toma_installed"
 
 
-def _denoiser(obj: Any) -> tuple[torch.nn.Module, Any | None]:
-    """The model to patch and the pipeline holding it (or None)."""
+def _denoiser(obj: Any) -> torch.nn.Module:
+    """The model to patch: ``obj`` itself or a pipeline's ``unet`` / ``transformer``."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
     for attr in ("unet", "transformer"):
         inner = getattr(obj, attr, None)
-        if isinstance(inner, torch.nn.Module) and not isinstance(obj, torch.nn.Module):
-            return inner, obj
-    if isinstance(obj, torch.nn.Module):
-        return obj, None
+        if isinstance(inner, torch.nn.Module):
+            return inner
     raise UnsupportedModelError(
         f"cannot apply ToMA to a {type(obj).__name__}: pass a diffusers pipeline with .unet or .transformer, "
         "or the UNet2DConditionModel / FluxTransformer2DModel itself."
     )
 
 
-def _reset_on_call(pipe: Any) -> None:
-    parent = type(pipe)
+def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
+    """Register the hooks for ``model``'s family; nothing stays registered when this raises."""
+    family = model_family(model)
+    try:
+        installed = unet.install(model, config, **options) if family == "unet" else flux.install(model, config)
+    except BaseException:
+        _strip(model)
+        raise
+    _join_pipeline_reset(model, installed)
+    return installed
 
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        reset(self)
-        return parent.__call__(self, *args, **kwargs)
 
-    pipe.__class__ = type(parent.__name__, (parent,), {"__call__": __call__, "_toma_parent": parent})
+def _join_pipeline_reset(model: torch.nn.Module, installed: Installed) -> None:
+    """Pipelines end every call with ``component._reset_stateful_cache()`` on components that have
+    it (diffusers' ``CacheMixin`` models). UNets lack it, so it is given to this instance (removed
+    with the hooks): the stateful step hook then resets after each call as on Flux."""
+    if hasattr(model, "_reset_stateful_cache"):
+        return
+    from diffusers.hooks import HookRegistry
+
+    def _reset_stateful_cache(recurse: bool = True) -> None:
+        HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks(recurse=recurse)
+
+    model.__dict__["_reset_stateful_cache"] = _reset_stateful_cache
+    installed.cleanup.append(lambda: model.__dict__.pop("_reset_stateful_cache", None))
+
+
+def _strip(model: torch.nn.Module) -> None:
+    """Take off any ToMA hook (hooks named ``toma_*``) and tomesd patch left by a failed install."""
+    if hasattr(model, "_tome_info"):
+        import tomesd
+
+        tomesd.remove_patch(model)
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for name in [n for n in registry.hooks if n.startswith("toma_")]:
+            registry.remove_hook(name, recurse=False)
 
 
 def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
@@ -51,42 +83,33 @@ def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
         config = ToMAConfig(**options)
     elif options:
         raise TypeError("pass either a ToMAConfig or keyword options, not both")
-    model, pipe = _denoiser(obj)
-    family = model_family(model)
+    model = _denoiser(obj)
+    model_family(model)  # refuse unsupported models before removing anything
     remove(obj)
-    patch = UNetPatch(model, config) if family == "unet" else FluxPatch(model, config)
-    try:
-        patch.install()
-    except BaseException:
-        patch.remove()
-        raise
-    setattr(model, _PATCH_ATTR, patch)
-    if pipe is not None:
-        _reset_on_call(pipe)
+    setattr(model, _INSTALLED_ATTR, install(model, config))
     return obj
 
 
 def remove(obj: Any) -> Any:
     """Undo :func:`apply`; a no-op on an unpatched object."""
-    model, pipe = _denoiser(obj)
-    patch = getattr(model, _PATCH_ATTR, None)
-    if patch is not None:
-        patch.remove()
-        delattr(model, _PATCH_ATTR)
-    if pipe is not None and hasattr(type(pipe), "_toma_parent"):
-        pipe.__class__ = type(pipe)._toma_parent
+    model = _denoiser(obj)
+    installed: Installed | None = model.__dict__.pop(_INSTALLED_ATTR, None)
+    if installed is not None:
+        installed.remove()
     return obj
 
 
-def state(obj: Any) -> ToMAState:
-    """The destination state of a patched pipeline or model."""
-    model, _ = _denoiser(obj)
-    patch = getattr(model, _PATCH_ATTR, None)
-    if patch is None:
+def state(obj: Any) -> MergeContext:
+    """The merge state of a patched pipeline or model (the cache context last run, or the default)."""
+    installed = getattr(_denoiser(obj), _INSTALLED_ATTR, None)
+    if installed is None:
         raise ToMAError("this model is not patched: call toma_export.apply(model, config) first.")
-    return patch.state
+    return installed.root.active
 
 
 def reset(obj: Any) -> None:
-    """Start a new generation: step 0, cached destinations dropped (pipelines do this per call)."""
-    state(obj).reset()
+    """Start a new generation: step 0, carried destinations dropped (pipelines do this after each call)."""
+    installed = getattr(_denoiser(obj), _INSTALLED_ATTR, None)
+    if installed is None:
+        raise ToMAError("this model is not patched: call toma_export.apply(model, config) first.")
+    installed.root.reset_state(installed.model)

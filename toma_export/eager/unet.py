@@ -1,9 +1,10 @@
-"""Eager ToMA for diffusers UNets (SDXL, SD1.5): hooks on each transformer block's sub-layers.
+"""Where the hooks go on a diffusers UNet (SDXL, SD1.5): each transformer block's sub-layers.
 
-Sites are the inputs of ``attn1`` (self-attention), ``attn2`` (cross-attention: queries only)
-and ``ff``: the block's normalised hidden states. A pre-hook merges them, a post-hook unmerges
-the sub-layer's output before the residual add, so any attention processor works unchanged.
-Gates applied after the sub-layer are per-channel, which commutes with the (convex) unmerge.
+Sites are the inputs of ``attn1`` (self-attention), ``attn2`` (cross-attention: queries only) and
+``ff``: the block's normalised hidden states. The site hook merges them and unmerges the
+sub-layer's output before the residual add, so any attention processor works unchanged; gates
+applied after the sub-layer are per-channel, which commutes with the (convex) unmerge.
+ToMeSD runs as the ``tomesd`` package's own patch.
 """
 
 from __future__ import annotations
@@ -12,166 +13,97 @@ from typing import Any
 
 import torch
 
-from toma_export.baselines.todo import downsample_tokens
-from toma_export.config import ToMAConfig
-from toma_export.core.tiles import grid_for_tokens
-from toma_export.eager.sites import Merger, merger_for
-from toma_export.eager.merge_state import ToMAState
+from toma_export.config import SubLayer, ToMAConfig
+from toma_export.eager.hooks import SITE_HOOK, STEP_HOOK, BlockSite, Installed, SiteHook, StepHook
+from toma_export.eager.state import MergeContext
 from toma_export.errors import UnsupportedModelError
 
-SITE_KINDS = ("attn1", "attn2", "ff")
+#: A UNet transformer block's sub-layer module for each merge site.
+SUBLAYER_MODULES = {SubLayer.ATTN: "attn1", SubLayer.CROSS: "attn2", SubLayer.MLP: "ff"}
 
 
 def auto_max_downsample(unet: Any) -> int:
     """Downsampling factor of the UNet's highest-resolution level that has attention."""
-    for i, kind in enumerate(unet.config.down_block_types):
-        if "CrossAttn" in kind or "Attn" in kind:
+    for i, kind in enumerate(getattr(unet.config, "down_block_types", ())):
+        if "Attn" in kind:
             return 2**i
     raise UnsupportedModelError(f"{type(unet).__name__} has no attention blocks, so there is nothing to merge.")
 
 
-def _level(state: ToMAState, n: int) -> tuple[int, int, int] | None:
-    """(h, w, downsample factor) of a UNet level with ``n`` tokens, from the current latent size."""
-    if state.latent_hw is None:
-        return None
-    grid = grid_for_tokens(n, *state.latent_hw)
-    if grid is None:
-        return None
-    h, w = grid
-    factor = 1
-    lh = state.latent_hw[0]
-    while -(-lh // factor) > h:
-        factor *= 2
-    return h, w, factor
+def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The UNet's transformer blocks: modules with self-attention, a feed-forward and a norm."""
+    return [(n, m) for n, m in unet.named_modules() if all(hasattr(m, a) for a in ("attn1", "ff", "norm1"))]
 
 
-class UNetBlockSites:
-    """The merge hooks of one ``BasicTransformerBlock``."""
-
-    def __init__(self, state: ToMAState, block: torch.nn.Module, name: str, max_downsample: int):
-        self.state = state
-        self.name = name
-        self.max_downsample = max_downsample
-        cfg = state.config
-        wanted = {"attn1": cfg.merge_attn, "attn2": cfg.merge_cross, "ff": cfg.merge_mlp}
-        if cfg.method == "todo":  # ToDo downsamples self-attention keys/values only
-            wanted = {"attn1": True, "attn2": False, "ff": False}
-        if getattr(block, "_chunk_size", None) is not None:
-            wanted["ff"] = False  # chunked feed-forward sees token chunks, not the whole grid
-        self.kinds = [k for k in SITE_KINDS if wanted[k] and getattr(block, k, None) is not None]
-        self._pending: dict[str, Merger] = {}
-        self.handles: list[Any] = []
-        for kind in self.kinds:
-            module = getattr(block, kind)
-            self.handles.append(module.register_forward_pre_hook(self._pre(kind), with_kwargs=True))
-            self.handles.append(module.register_forward_hook(self._post(kind)))
-
-    def _pre(self, kind: str):
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            x = args[0] if args else kwargs.get("hidden_states")
-            if x is None or x.ndim != 3:
-                return None
-            if kind == "attn1" and kwargs.get("attention_mask") is not None:
-                return None  # a token mask cannot follow merged tokens
-            level = _level(self.state, x.shape[1])
-            if level is None or level[2] > self.max_downsample:
-                return None
-            h, w, _ = level
-            if self.state.config.method == "todo":
-                kwargs = dict(kwargs, encoder_hidden_states=downsample_tokens(x, h, w, self.state.config.ratio))
-                return args, kwargs
-            merger = merger_for(self.state, self.name, x, h, w, first_in_block=kind == self.kinds[0])
-            if merger is None:
-                return None
-            self._pending[kind] = merger
-            merged = merger.merge(x)
-            if args:
-                return (merged, *args[1:]), kwargs
-            return args, dict(kwargs, hidden_states=merged)
-
-        return hook
-
-    def _post(self, kind: str):
-        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            merger = self._pending.pop(kind, None)
-            return None if merger is None else merger.unmerge(output)
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+def wanted_sublayers(block: torch.nn.Module, config: ToMAConfig, keys_only: bool) -> list[SubLayer]:
+    if keys_only:  # ToDo downsamples self-attention keys/values only
+        return [SubLayer.ATTN]
+    subs = [s for s in config.sublayers if getattr(block, SUBLAYER_MODULES[s], None) is not None]
+    if getattr(block, "_chunk_size", None) is not None and SubLayer.MLP in subs:
+        subs.remove(SubLayer.MLP)  # a chunked feed-forward sees token chunks, not the whole grid
+    return subs
 
 
-class UNetPatch:
-    """ToMA (or ToDo, CA-ToMe) on every transformer block of a UNet; ToMeSD via ``tomesd``."""
+def validate(unet: Any, config: ToMAConfig, max_downsample: int) -> None:
+    """Refuse, before patching, a tile that cannot divide the model's native grids (remainder='error')."""
+    size = getattr(unet.config, "sample_size", None)
+    if config.remainder != "error" or not config.active or not isinstance(size, int):
+        return
+    ctx = MergeContext(config)
+    side, factor = size, 1
+    while factor <= max_downsample:
+        ctx.layout_for(side, side)  # raises ToMAConfigError naming `tile` and the fix
+        side, factor = -(-side // 2), factor * 2
 
-    def __init__(self, unet: Any, config: ToMAConfig):
-        self.unet = unet
-        self.config = config
-        self.state = ToMAState(config)
-        self.max_downsample = config.max_downsample or auto_max_downsample(unet)
-        self.blocks: list[UNetBlockSites] = []
-        self.handles: list[Any] = []
-        self._tomesd = False
 
-    def validate(self) -> None:
-        """Refuse, before patching, a tile that cannot divide the model's native grids (remainder='error')."""
-        size = getattr(self.unet.config, "sample_size", None)
-        if self.config.remainder != "error" or not self.config.active or not isinstance(size, int):
-            return
-        side, factor = size, 1
-        while factor <= self.max_downsample:
-            self.state.layout_for(side, side)  # raises ToMAConfigError naming `tile` and the fix
-            side, factor = -(-side // 2), factor * 2
+def install(unet: torch.nn.Module, config: ToMAConfig, installed: Installed | None = None, max_downsample: int | None = None) -> Installed:
+    """Register the step hook and the site hooks; ``max_downsample`` defaults to the config's or auto."""
+    limit = max_downsample or config.max_downsample or auto_max_downsample(unet)
+    validate(unet, config, limit)
+    tomesd_patch = config.active and config.method == "tomesd"
 
-    def install(self) -> None:
-        self.validate()
-        self.handles.append(self.unet.register_forward_pre_hook(self._begin, with_kwargs=True))
-        self.handles.append(self.unet.register_forward_hook(self._end))
-        if not self.config.active:
-            return
-        if self.config.method == "tomesd":
-            import tomesd
-
-            tomesd.apply_patch(
-                self.unet,
-                ratio=self.config.ratio,
-                max_downsample=self.max_downsample,
-                use_rand=self.config.seed is not None,
-                merge_attn=self.config.merge_attn,
-                merge_crossattn=self.config.merge_cross,
-                merge_mlp=self.config.merge_mlp,
-            )
-            # tomesd's own size hook reads only a positional sample; ours reads kwargs too.
-            for hook in self.unet._tome_info["hooks"]:
-                hook.remove()
-            self.unet._tome_info["hooks"].clear()
-            self._tomesd = True
-            return
-        for name, module in self.unet.named_modules():
-            if hasattr(module, "attn1") and hasattr(module, "ff") and hasattr(module, "norm1"):
-                self.blocks.append(UNetBlockSites(self.state, module, name, self.max_downsample))
-
-    def _begin(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def read_grid(ctx: MergeContext, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
-        self.state.begin_step((int(sample.shape[-2]), int(sample.shape[-1])))
-        if self._tomesd:
-            self.unet._tome_info["size"] = self.state.latent_hw
+        ctx.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        if tomesd_patch:
+            unet._tome_info["size"] = ctx.latent_hw  # type: ignore[index, operator, assignment]
 
-    def _end(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        self.state.end_step()
+    root = StepHook(config, read_grid)
+    inst = installed or Installed(unet, root)
+    inst.add(unet, root, STEP_HOOK)
+    if not config.active:
+        return inst
+    if tomesd_patch:
+        _install_tomesd(unet, config, limit, inst)
+        return inst
+    grid_of = lambda ctx, n: ctx.unet_grid(n, limit)  # noqa: E731
+    for name, block in transformer_blocks(unet):
+        site = BlockSite(root, name, grid_of)
+        subs = wanted_sublayers(block, config, root.method.keys_only)
+        for i, sub in enumerate(subs):
+            inst.add(getattr(block, SUBLAYER_MODULES[sub]), SiteHook(site, sub, first=i == 0), SITE_HOOK)
+    inst.invalidate()
+    return inst
 
-    def remove(self) -> None:
-        for block in self.blocks:
-            block.remove()
-        self.blocks.clear()
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        if self._tomesd:
-            import tomesd
 
-            tomesd.remove_patch(self.unet)
-            self._tomesd = False
+def _install_tomesd(unet: Any, config: ToMAConfig, limit: int, inst: Installed) -> None:
+    import tomesd
+
+    tomesd.apply_patch(
+        unet,
+        ratio=config.ratio,
+        max_downsample=limit,
+        use_rand=config.seed is not None,
+        merge_attn=config.merge_attn,
+        merge_crossattn=config.merge_cross,
+        merge_mlp=config.merge_mlp,
+    )
+    # tomesd's own size hook reads only a positional sample; the step hook sets the size instead.
+    for hook in unet._tome_info["hooks"]:
+        hook.remove()
+    unet._tome_info["hooks"].clear()
+    # tomesd forks its generator on the first call; forked now, that call traces without a graph break.
+    from tomesd.utils import init_generator
+
+    unet._tome_info["args"]["generator"] = init_generator(unet.device)
+    inst.cleanup.append(lambda: tomesd.remove_patch(unet))

@@ -20,7 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 import toma_export
+from toma_export import methods
 from toma_export.config import ToMAConfig
+from toma_export.engines import BACKENDS
 from toma_export.engines.artifact import Manifest, atomic_folder, library_versions, write_manifest
 from toma_export.engines.signature import dump_spec
 from toma_export.errors import ToMAConfigError, ToMAError
@@ -28,20 +30,6 @@ from toma_export.graph import Captured, capture
 from toma_export.models.identity import model_identity
 from toma_export.models.inputs import example_inputs
 from toma_export.models.registry import load_model
-
-BACKENDS = ("onnxruntime", "inductor", "tensorrt", "torch-tensorrt")
-#: Methods whose merge cannot be a static graph, with the reason (shown to the user).
-NOT_COMPILABLE = {
-    "catome": "CA-ToMe merges a data-dependent number of tokens (a threshold read back with .item()), "
-    "so its shapes are not static",
-}
-#: Methods a backend cannot lower exactly, with the reason.
-BACKEND_LIMITS = {
-    ("tomesd", "onnxruntime"): "ToMeSD's scatter_reduce(mean) has no exact lowering in the ONNX exporter "
-    "(measured: outputs off by 0.26 max abs on sdxl-tiny); use --backend inductor for ToMeSD",
-    ("tomesd", "tensorrt"): "ToMeSD's argsort/scatter_reduce have no exact ONNX lowering for TensorRT",
-}
-
 
 @dataclasses.dataclass
 class BuildRequest:
@@ -68,11 +56,9 @@ def _validate(req: BuildRequest) -> ToMAConfig:
     config = req.config()  # raises on a bad ratio/method
     if req.backend not in BACKENDS:
         raise ToMAConfigError(f"--backend {req.backend!r} is unknown; choose one of {', '.join(BACKENDS)}.")
-    if config.active and config.method in NOT_COMPILABLE:
-        raise ToMAConfigError(f"--method {config.method} cannot be built: {NOT_COMPILABLE[config.method]}.")
-    limit = BACKEND_LIMITS.get((config.method, req.backend))
-    if config.active and limit:
-        raise ToMAConfigError(f"--method {config.method} with --backend {req.backend}: {limit}.")
+    refusal = methods.get(config.method).refusal(req.backend) if config.active else None
+    if refusal:
+        raise ToMAConfigError(f"--method {config.method} with --backend {req.backend} cannot be built: {refusal}.")
     if req.batch < 1:
         raise ToMAConfigError(f"--batch {req.batch} must be >= 1.")
     if req.dynamic_batch and req.batch < 2:
@@ -86,7 +72,7 @@ def _validate(req: BuildRequest) -> ToMAConfig:
             "profile per batch range); build a fixed --batch for it."
         )
     if req.backend in ("tensorrt", "torch-tensorrt"):
-        from toma_export.engines.tensorrt import require_cuda, require_tensorrt
+        from toma_export.engines.trt_engine import require_cuda, require_tensorrt
 
         require_tensorrt()
         require_cuda()
@@ -101,7 +87,7 @@ def _variants(
     ``dynamic_batch``: every variant takes a symbolic batch (shared by all batch-leading inputs
     and the destinations), so one artifact serves any batch at the built resolution.
     """
-    if config.method == "toma" and config.active:
+    if config.active and methods.get(config.method).graph_pass:
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program
@@ -131,7 +117,7 @@ def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path) -> str:
         return path.name
     if req.backend == "tensorrt":
         from toma_export.engines.onnx_export import export_onnx
-        from toma_export.engines.tensorrt import BuildOptions, build_engine
+        from toma_export.engines.trt_engine import BuildOptions, build_engine
 
         onnx_dir = folder / "onnx"
         onnx_path = export_onnx(ep, onnx_dir / f"{name}.onnx", selection="plugin")

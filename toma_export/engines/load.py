@@ -11,6 +11,7 @@ import torch
 from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
+from toma_export.schedule import StepSchedule
 
 Variant = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
@@ -31,7 +32,7 @@ def _open_variant(folder: Path, backend: str, file: str) -> Variant:
         runner = aoti_load_package(str(path))
         return lambda flat: list(runner(*flat))
     if backend == "tensorrt":
-        from toma_export.engines.tensorrt import TrtEngine
+        from toma_export.engines.trt_engine import TrtEngine
 
         return _named(TrtEngine(path))
     raise ArtifactError(f"{folder}: backend {backend!r} is not one this runtime can load.")
@@ -43,7 +44,8 @@ class ShapeMismatchError(ToMAError):
 
 @dataclass
 class ProgramRunner:
-    """Runs the artifact's variants as a :class:`~toma_export.runtime.StepRunner`."""
+    """Runs the artifact's variants one step at a time on a caller's :class:`StepSchedule`
+    (one per generation: the runtime wrapper's, ``verify``'s, a served request's)."""
 
     variants: dict[str, Variant]
     input_spec: str
@@ -95,22 +97,23 @@ class ProgramRunner:
         return "1 or more" if top is None else f"1 to {top}"
 
     def _batch(self, flat: list[torch.Tensor]) -> int:
-        dims = self.shapes.get("batch_dims") or []
-        return next(int(t.shape[d]) for t, d in zip(flat, dims) if d is not None)
+        dims = self.shapes.get("batch_dims") or [0]
+        return next((int(t.shape[d]) for t, d in zip(flat, dims) if d is not None), int(self.shapes["batch"]))
 
-    def __call__(
-        self, inputs: dict[str, Any], destinations: Sequence[torch.Tensor], recompute: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor:
+        """One step: the select variant when ``schedule`` says so (or carries nothing for this batch),
+        which stores its destinations there; the reuse variant with the carried ones otherwise."""
         flat = self.flatten(inputs)
         if "single" in self.variants:
-            return self.variants["single"](flat)[0], []
-        # A dynamic-batch artifact may see another batch than the cached destinations: select anew.
-        stale = bool(self.shapes.get("dynamic_batch")) and any(d.shape[0] != self._batch(flat) for d in destinations)
-        if recompute or stale or len(destinations) != self.num_groups:
+            return self.variants["single"](flat)[0]
+        # Destinations are per batch: a dynamic-batch artifact seeing another batch selects anew.
+        keys = [(g, self._batch(flat)) for g in range(self.num_groups)]
+        if schedule.needs_selection(keys):
             out = self.variants["select"](flat)
             self.selections += 1
-            return out[0], list(out[len(out) - self.num_groups :])
-        return self.variants["reuse"](flat + list(destinations))[0], list(destinations)
+            schedule.store(keys, list(out[len(out) - self.num_groups :]))
+            return out[0]
+        return self.variants["reuse"](flat + (schedule.carried_list(keys) or []))[0]
 
 
 @dataclass
@@ -121,16 +124,16 @@ class LoadedArtifact:
 
 
 def load_artifact(folder: str | Path) -> LoadedArtifact:
-    """Check the manifest (and every file's hash), then open each variant on its backend."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
+    """Check the artifact, then open each variant on its backend.
+
+    :func:`~toma_export.engines.artifact.read_manifest` checks the manifest (bounded read, schema and
+    config), that it was built by this toma-export version, that every path it names is a regular
+    file inside the folder, that it lists every file, and every file's hash: nothing is opened before.
+    """
     from toma_export import __version__
 
-    built_with = manifest.versions.get("toma-export")
-    if built_with != __version__:
-        raise ArtifactError(
-            f"{folder} was built by toma-export {built_with}; this is {__version__}. Rebuild the artifact."
-        )
+    folder = Path(folder)
+    manifest = read_manifest(folder, expect_version=__version__)
     extra = manifest.extra
     variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
     runner = ProgramRunner(

@@ -128,9 +128,3 @@ def cleanup(model: Any) -> Any:
     out.functions.extend(f for f in model.functions if f.domain != "" and f.name not in {g.name for g in out.functions})
     return out
 
-
-def onnx_size(path: Path) -> int:
-    """Bytes on disk of an ONNX model and its external data."""
-    total = path.stat().st_size
-    data = path.parent / WEIGHTS_FILE
-    return total + (data.stat().st_size if data.exists() else 0)

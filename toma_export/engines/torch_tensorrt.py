@@ -30,7 +30,7 @@ import torch
 
 from plugins import contract
 from toma_export.errors import ToMAConfigError
-from toma_export.engines.tensorrt._trt import TensorRTUnavailableError, require_cuda, require_tensorrt
+from toma_export.engines.trt_engine._trt import TensorRTUnavailableError, require_cuda, require_tensorrt
 
 _PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,4 +1,4 @@
-"""``toma-export inspect MODEL``: which merge sites the graph pass finds, their groups, and FLOPs.
+"""Which merge sites the graph pass finds, their groups, and FLOPs (``toma-export inspect MODEL``).
 
 FLOPs are counted from the exported graph's matmul-class nodes (linear, mm/bmm/addmm/baddbmm/
 matmul, scaled-dot-product attention, convolution), 2 per multiply-add. "Covered" is the share of
@@ -8,7 +8,6 @@ residual add); "after" counts the rewritten graph, merge/unmerge costs included.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,6 @@ import torch
 from torch.fx import Graph, Node
 
 from toma_export.config import ToMAConfig
-from toma_export.errors import ToMAError
 from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
 
 aten = torch.ops.aten
@@ -144,24 +142,3 @@ def inspect_model(
         coverage = rewrite_captured(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
     return report_for(program, name, height, width, coverage)
 
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``inspect`` subcommand to a CLI's subparsers; its handler is ``args.func``."""
-    p = subparsers.add_parser("inspect", help="list the merge sites the graph pass finds, their groups and FLOP share")
-    p.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sd15-tiny, sdxl, flux) or a local diffusers folder")
-    p.add_argument("--ratio", type=float, default=0.5, help="share of image tokens removed (default 0.5)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default 256 for *-tiny, else 1024)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the height)")
-    p.set_defaults(handler=run_inspect)
-    return p
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    """CLI handler: print the report; bad input prints the problem and the fix, not a traceback."""
-    try:
-        report = inspect_model(args.model, ratio=args.ratio, height=args.height, width=args.width)
-    except (ToMAError, ValueError) as e:
-        print(f"toma-export inspect: {e}")
-        return 2
-    print(report.format())
-    return 0

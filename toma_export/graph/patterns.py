@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx import Graph, Node
 
+from toma_export.config import SubLayer
 from toma_export.graph.grids import Grid, grid_for
 
 aten = torch.ops.aten
@@ -73,14 +74,13 @@ MODULATION = {
     aten.contiguous.default,
     aten.squeeze.dim,
 }
-SITE_KINDS = ("self_attn", "cross_attn", "mlp")
 
 
 @dataclass
 class Site:
     """A merge site found in the graph (before any config decides whether it is merged)."""
 
-    kind: str  # one of SITE_KINDS
+    kind: str  # a SubLayer value: "attn" (self-attention), "cross" or "mlp"
     x: Node  # the normalised token sequence the sub-layer reads, (B, S, C)
     consumers: list[Node]  # linears that read x and will read the merged x
     grid: Grid  # image grid of x's image span
@@ -246,7 +246,7 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
                 continue  # x feeds something we cannot follow
             xv = _val(x)
             sites[x] = Site(
-                "self_attn" if self_attn else "cross_attn",
+                (SubLayer.ATTN if self_attn else SubLayer.CROSS).value,
                 x,
                 consumers,
                 span[0],
@@ -268,6 +268,6 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
             continue
         xv = _val(x)
         sites[x] = Site(
-            "mlp", x, [l1], span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
+            SubLayer.MLP.value, x, [l1], span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
         )
     return sorted(sites.values(), key=lambda s: order[s.x])

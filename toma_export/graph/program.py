@@ -27,6 +27,7 @@ from toma_export.core.tiles import TileLayout
 from toma_export.graph.capture import Captured
 from toma_export.graph.patterns import Site
 from toma_export.graph.rewriter import Group, Plan, Rewritten
+from toma_export.schedule import StepSchedule
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SiteInfo:
     """A merged site: what it is, how many tokens it sees, which destination group it uses."""
 
     name: str
-    kind: str  # "self_attn" | "cross_attn" | "mlp"
+    kind: str  # a SubLayer value: "attn" | "cross" | "mlp"
     tokens: int  # image tokens merged at the site (h * w)
     channels: int
     group: int | None  # destination group, None when the site is not merged
@@ -54,7 +55,7 @@ class GroupInfo:
 
 
 def _site_info(s: Site, group: Group | None, reason: str = "") -> SiteInfo:
-    merged = group.layout.num_tiles * group.k + group.layout.num_rest if group else 0
+    merged = group.layout.merged_count(group.k) if group else 0
     return SiteInfo(s.name, s.kind, s.image_tokens, s.channels, group.index if group else None,
                     (s.grid.h, s.grid.w), s.offset, s.tokens, merged, reason)
 
@@ -112,39 +113,44 @@ class ToMAProgram:
         self._select_gm = select_gm
         self._lifted = captured.lifted
         self._exported: dict[str, ExportedProgram] = {}
-        self.step = 0
-        self.selections = 0  # select-variant runs (each selects every group once)
-        self.destinations: list[torch.Tensor] | None = None
+        #: The generation's step state (select on scheduled steps, carry destinations between).
+        self.schedule = StepSchedule(config.recompute_every)
 
     # -- the denoising loop -------------------------------------------------------------------
     def reset(self) -> None:
-        """Start a new generation: step 0, cached destinations dropped."""
-        self.step = 0
-        self.destinations = None
+        """Start a new generation: step 0, carried destinations dropped."""
+        self.schedule.reset()
 
     @property
-    def recompute_due(self) -> bool:
-        return self.destinations is None or self.step % self.config.recompute_every == 0
+    def step(self) -> int:
+        return self.schedule.step
+
+    @property
+    def selections(self) -> int:
+        """Select-variant runs (each selects every group once)."""
+        return self.schedule.selections
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args:
             raise TypeError("call a ToMAProgram with the model's keyword arguments (as captured)")
         flat = self.captured.flatten(kwargs)
+        # Destinations are per batch: a dynamic-batch program seeing another batch selects anew.
+        keys = [(g.index, int(flat[0].shape[0])) for g in self.groups]
         if not self.groups:
             out = self._reuse_gm(*self._lifted, *flat)
-        elif self.recompute_due:
+        elif self.schedule.needs_selection(keys):
             res = self.run_select(flat)
-            out, self.destinations = res[: len(res) - len(self.groups)], list(res[len(res) - len(self.groups) :])
+            out = res[: len(res) - len(self.groups)]
+            self.schedule.store(keys, list(res[len(res) - len(self.groups) :]))
         else:
-            out = self.run_reuse(flat, self.destinations)  # type: ignore[arg-type]
-        self.step += 1
+            out = self.run_reuse(flat, self.schedule.carried_list(keys))  # type: ignore[arg-type]
+        self.schedule.advance()
         return self.captured.unflatten(list(out))
 
     # -- the two variants, flat -----------------------------------------------------------------
     def run_select(self, flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Model outputs followed by each group's freshly selected destinations."""
         assert self._select_gm is not None
-        self.selections += 1
         return tuple(self._select_gm(*self._lifted, *flat))
 
     def run_reuse(self, flat: list[torch.Tensor], destinations: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -27,16 +27,14 @@ from torch._guards import detect_fake_mode
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from toma_export.config import ToMAConfig
+from toma_export import methods
+from toma_export.config import SubLayer, ToMAConfig
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout
 from toma_export.graph.patterns import Site
 from toma_export.graph.shapes import RegionError, Retargeter, SiteOps, Track
 
 toma = torch.ops.toma
-
-#: Config switch that governs each site kind.
-KIND_SWITCH = {"self_attn": "merge_attn", "cross_attn": "merge_cross", "mlp": "merge_mlp"}
 
 
 @dataclass
@@ -77,10 +75,10 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
     for s in found:
         if not config.active:
             skipped.append((s, "ratio 0 / method none"))
-        elif config.method != "toma":
+        elif not methods.get(config.method).graph_pass:
             skipped.append((s, f"method {config.method!r} has no graph pass"))
-        elif not getattr(config, KIND_SWITCH[s.kind]):
-            skipped.append((s, f"{KIND_SWITCH[s.kind]}=False"))
+        elif not config.merges(SubLayer(s.kind)):
+            skipped.append((s, f"{SubLayer(s.kind).switch}=False"))
         elif len(grids) > 1 and limit is not None and s.grid.downsample > limit:
             skipped.append((s, f"level /{s.grid.downsample} above max_downsample {limit}"))
         else:
@@ -177,7 +175,7 @@ def rewrite_once(source: GraphModule, p: Plan, config: ToMAConfig) -> Rewritten:
         xm = _call(graph, fake_mode, a.next if own else x.next, toma.merge.default, (x, a, *g.layout_args, s.offset))
         for c in s.consumers:
             vmap[c].replace_input_with(x, xm)
-        merged = g.layout.num_tiles * g.k + g.layout.num_rest
+        merged = g.layout.merged_count(g.k)
         tail = s.tokens - s.offset - g.layout.num_tokens
         segs = tuple(seg for seg in ((s.offset, s.offset), (g.layout.num_tokens, merged), (tail, tail)) if seg[0])
         retarget.seed(xm, Track(1, segs, i), list(x.meta["val"].shape))

@@ -13,48 +13,23 @@ Attributes the pipeline reads from the model (``config``, ``add_embedding``, ``c
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import torch
+
+from toma_export.schedule import StepSchedule
 
 
 class StepRunner(Protocol):
     """One denoiser step on an engine.
 
     ``inputs``: the model's keyword arguments as the pipeline passed them (``None`` ones dropped).
-    ``destinations``: the previous step's destination tensors (empty on the first step).
-    ``recompute``: whether this step selects anew. Returns the model output and the destinations
-    to keep.
+    ``schedule``: the generation's step state; the runner reads the recompute decision from it and
+    stores fresh destinations in it (:class:`toma_export.engines.load.ProgramRunner`). Returns the
+    model output.
     """
 
-    def __call__(
-        self, inputs: dict[str, Any], destinations: Sequence[torch.Tensor], recompute: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
-
-
-@dataclass
-class DestinationSchedule:
-    """Per-generation step counter and the destinations carried between steps."""
-
-    recompute_every: int
-    step: int = 0
-    selections: int = 0
-    destinations: list[torch.Tensor] = field(default_factory=list)
-    last_timestep: float | None = None
-
-    def reset(self) -> None:
-        self.step, self.destinations, self.last_timestep = 0, [], None
-
-    def observe_timestep(self, t: float | None) -> None:
-        """Diffusers schedules run timesteps downwards: one that does not decrease starts a generation."""
-        if t is not None and self.last_timestep is not None and t >= self.last_timestep:
-            self.reset()
-        self.last_timestep = t
-
-    @property
-    def recompute(self) -> bool:
-        return not self.destinations or self.step % self.recompute_every == 0
+    def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor: ...
 
 
 def _meta_shell(model: torch.nn.Module) -> torch.nn.Module:
@@ -78,7 +53,7 @@ class ToMADenoiser(torch.nn.Module):
     ):
         super().__init__()
         self.runner = runner
-        self.schedule = DestinationSchedule(recompute_every)
+        self.schedule = StepSchedule(recompute_every)
         object.__setattr__(self, "_shell", model if model.device.type == "meta" else _meta_shell(model))
         self._signature = inspect.signature(type(self._shell).forward)
         self._dtype = dtype
@@ -108,6 +83,10 @@ class ToMADenoiser(torch.nn.Module):
         """Start a new generation (also detected automatically from the timestep schedule)."""
         self.schedule.reset()
 
+    def _reset_stateful_cache(self, recurse: bool = True) -> None:
+        """Diffusers pipelines call this on their components after every call: a new generation."""
+        self.schedule.reset()
+
     # The step -------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         bound = self._signature.bind(self._shell, *args, **kwargs)
@@ -121,12 +100,8 @@ class ToMADenoiser(torch.nn.Module):
         t = inputs.get("timestep")
         on_cpu = isinstance(t, torch.Tensor) and t.device.type == "cpu"
         self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu else None)  # type: ignore[union-attr]
-        recompute = self.schedule.recompute
-        out, dests = self.runner(inputs, self.schedule.destinations, recompute)
-        if recompute:
-            self.schedule.selections += 1
-        self.schedule.destinations = dests
-        self.schedule.step += 1
+        out = self.runner(inputs, self.schedule)
+        self.schedule.advance()
         if not return_dict:
             return (out,)
         if self._output_class is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from toma_export.engines.tensorrt._trt import require_cuda, require_tensorrt
+from toma_export.engines.trt_engine._trt import require_cuda, require_tensorrt
 from toma_export.errors import ToMAError
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {

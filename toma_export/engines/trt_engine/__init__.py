@@ -1,17 +1,18 @@
 """TensorRT backend: engine builder, runtime, ONNX Runtime-vs-TensorRT comparison.
 
-Imports without TensorRT; every entry point calls :func:`require_tensorrt` first and raises
+Named ``trt_engine`` (not ``tensorrt``) so it never shadows the real ``tensorrt`` library. Imports
+without TensorRT; every entry point calls :func:`require_tensorrt` first and raises
 :class:`TensorRTUnavailableError` (a :class:`toma_export.errors.ToMAError`) naming what is missing
 and how to install it. Nothing here is verified on a GPU yet (see the README).
 """
 
-from toma_export.engines.tensorrt._trt import (
+from toma_export.engines.trt_engine._trt import (
     TensorRTUnavailableError,
     cuda_and_tensorrt_available,
     require_cuda,
     require_tensorrt,
 )
-from toma_export.engines.tensorrt.builder import (
+from toma_export.engines.trt_engine.builder import (
     PRECISIONS,
     BuildOptions,
     EngineBuildError,
@@ -19,12 +20,13 @@ from toma_export.engines.tensorrt.builder import (
     build_engine,
     refit_engine,
 )
-from toma_export.engines.tensorrt.compare import compare_onnxruntime_tensorrt, register
-from toma_export.engines.tensorrt.runtime import TrtEngine, TrtShapeError
+from toma_export.engines.trt_engine.compare import ComparisonResult, compare_onnxruntime_tensorrt
+from toma_export.engines.trt_engine.runtime import TrtEngine, TrtShapeError
 
 __all__ = [
     "PRECISIONS",
     "BuildOptions",
+    "ComparisonResult",
     "EngineBuildError",
     "InputProfile",
     "TensorRTUnavailableError",
@@ -34,7 +36,6 @@ __all__ = [
     "compare_onnxruntime_tensorrt",
     "cuda_and_tensorrt_available",
     "refit_engine",
-    "register",
     "require_cuda",
     "require_tensorrt",
 ]

@@ -1,17 +1,19 @@
-"""``toma-export bench``: argument parsing and the handler (``scripts/bench.py`` runs it standalone)."""
+"""``toma-export bench``: argument parsing and the handler (``scripts/bench.py`` runs :func:`main` standalone).
+
+The harness itself is :mod:`toma_export.bench` (workloads, backends, runner, report, plots),
+imported when the command runs. The registered workload and backend names are listed in
+``--help`` by :class:`_RegistryHelpFormatter`, which imports the registries only when help is printed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import torch
-
-from toma_export.bench.backends import BACKENDS
-from toma_export.bench.workloads import WORKLOADS, Options
-from toma_export.config import METHODS
+from toma_export.cli._choices import METHODS
 
 
 def _csv(text: str) -> list[str]:
@@ -25,13 +27,37 @@ def _ratios(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"--ratios {text!r}: give comma-separated numbers, e.g. 0.25,0.5,0.75")
 
 
+def _workload_names() -> str:
+    from toma_export.bench.workloads import WORKLOADS
+
+    return ", ".join(f"{n}{' (opt-in)' if w.opt_in else ''}" for n, w in WORKLOADS.items())
+
+
+def _backend_names() -> str:
+    from toma_export.bench.backends import BACKENDS
+
+    return ", ".join(BACKENDS)
+
+
+#: Option dest -> the registry names its help ends with.
+_REGISTRY_HELP: dict[str, Callable[[], str]] = {"workloads": _workload_names, "backends": _backend_names}
+
+
+class _RegistryHelpFormatter(argparse.HelpFormatter):
+    """Appends the registered names to ``--workload`` / ``--backends`` help when help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        names = _REGISTRY_HELP.get(action.dest)
+        return f"{text}: {names()}" if names is not None and text else text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    workloads = ", ".join(f"{n}{' (opt-in)' if w.opt_in else ''}" for n, w in WORKLOADS.items())
     p.add_argument("--workload", "--workloads", dest="workloads", default="sdxl-block",
-                   help=f"comma-separated, or 'all' (every workload not marked opt-in): {workloads}")
+                   help="comma-separated, or 'all' (every workload not marked opt-in)")
     p.add_argument("--methods", default="none,toma,tomesd,todo,catome", help=f"comma-separated of {', '.join(METHODS)}")
     p.add_argument("--ratios", type=_ratios, default=[0.25, 0.5, 0.75], help="comma-separated merge ratios")
-    p.add_argument("--backends", default="eager", help=f"comma-separated of {', '.join(BACKENDS)}")
+    p.add_argument("--backends", default="eager", help="comma-separated backend names")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: per workload)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: per workload)")
     p.add_argument("--json", type=Path, help="write {'meta', 'results': [rows]} here")
@@ -41,9 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="override the image height in pixels")
     p.add_argument("--width", type=int, help="override the image width in pixels")
     p.add_argument("--steps", type=int, help="denoising steps (sdxl-loop)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--batch", type=int, default=1, help="batch of the model inputs (default: 1)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="model and input dtype (default: float32)")
     p.add_argument("--no-ideal", action="store_true", help="skip the ideal (no-merge-cost) rows")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     p.add_argument("--merge", help="sub-layers to merge, e.g. attn,cross,mlp (default: ToMAConfig's)")
@@ -58,11 +85,10 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """ToMAConfig fields the flags set (applied to every method)."""
     cfg: dict[str, Any] = {}
     if args.merge:
-        parts = set(_csv(args.merge))
-        unknown = parts - {"attn", "cross", "mlp"}
-        if unknown:
-            raise SystemExit(f"--merge: unknown sub-layer(s) {sorted(unknown)}; use attn, cross, mlp")
-        cfg.update(merge_attn="attn" in parts, merge_cross="cross" in parts, merge_mlp="mlp" in parts)
+        from toma_export.config import SubLayer
+
+        parts = set(SubLayer.parse(args.merge))  # a ToMAConfigError names the choices
+        cfg.update({sub.switch: sub in parts for sub in SubLayer})
     if args.recompute_every:
         cfg["recompute_every"] = args.recompute_every
     if args.max_downsample:
@@ -74,19 +100,25 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def handler(args: argparse.Namespace) -> int:
     """Run the benchmark the arguments describe; print the markdown report."""
+    import torch
+
+    from toma_export.bench.backends import BACKENDS
     from toma_export.bench.plots import bench_plots
     from toma_export.bench.report import markdown_report, write_atomic, write_json
     from toma_export.bench.runner import Plan, run_plan
+    from toma_export.bench.workloads import WORKLOADS, Options
+    from toma_export.config import METHODS as KNOWN_METHODS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n, w in WORKLOADS.items() if not w.opt_in] if args.workloads == "all" else _csv(args.workloads)
     for bad, known, what in ((names, WORKLOADS, "workload"), (_csv(args.backends), BACKENDS, "backend"),
-                             (_csv(args.methods), METHODS, "method")):
+                             (_csv(args.methods), KNOWN_METHODS, "method")):
         missing = [b for b in bad if b not in known]
         if missing:
             raise SystemExit(f"unknown {what}(s) {missing}; choose from {', '.join(known)}")
     methods = _csv(args.methods)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = Plan(
         workloads=names,
         methods=methods,
@@ -97,7 +129,7 @@ def handler(args: argparse.Namespace) -> int:
         ideal=not args.no_ideal,
         memory=not args.no_memory,
         options=Options(model=args.model, height=args.height, width=args.width, steps=args.steps,
-                        batch=args.batch, dtype=getattr(torch, args.dtype), device=args.device,
+                        batch=args.batch, dtype=getattr(torch, args.dtype), device=device,
                         config=config_overrides(args)),
         config=config_overrides(args),
     )
@@ -115,15 +147,18 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bench`` to a CLI's subparsers; the handler is set as ``func``."""
+    """Add ``bench`` to a CLI's subparsers; the handler is set as ``handler``."""
     p = subparsers.add_parser("bench", help="benchmark workloads x backends x methods x ratios",
-                              description=__doc__)
+                              description="Benchmark ToMA against its peers: workloads x backends x methods x ratios, "
+                              "timed interleaved.", formatter_class=_RegistryHelpFormatter)
     add_arguments(p)
     p.set_defaults(handler=handler)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench", description="Benchmark ToMA against its peers.")
+    """``scripts/bench.py``: the ``bench`` command as a program of its own."""
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark ToMA against its peers.",
+                                     formatter_class=_RegistryHelpFormatter)
     add_arguments(parser)
     return handler(parser.parse_args(argv))

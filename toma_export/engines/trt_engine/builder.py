@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toma_export.engines.tensorrt._trt import require_tensorrt
+from toma_export.engines.trt_engine._trt import require_tensorrt
 from toma_export.errors import ToMAConfigError, ToMAError
 
 if TYPE_CHECKING:  # typed by tensorrt-stubs; the real module is imported after require_tensorrt()
@@ -67,7 +67,7 @@ class BuildOptions:
     workspace_bytes: int | None = None
     #: Selection plugin: embed PTX (engine runs without Python, e.g. under trtexec) or call back into Python.
     plugin_aot: bool = True
-    #: Disallow TF32 for fp32 builds (keeps fp32 engines within the 1e-4 contract of DESIGN §4).
+    #: Disallow TF32 for fp32 builds (keeps fp32 engines within 1e-4 relative of eager ToMA).
     strict_fp32: bool = True
     verbose: bool = False
 

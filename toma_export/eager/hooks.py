@@ -1,0 +1,297 @@
+"""ToMA's diffusers hooks (``diffusers.hooks.ModelHook`` on ``HookRegistry``, as diffusers' caches).
+
+- :class:`StepHook` on the denoiser: one forward is one step; it reads the call's token grid and
+  owns the :class:`MergeContext` per diffusers cache context (``"cond"``/``"uncond"``, or one
+  default). It is stateful: pipelines reset it after every call (``maybe_free_model_hooks``), so
+  every pipeline sharing the model starts each call at step 0.
+- :class:`SiteHook` on a sub-layer: merges its input tokens, unmerges its output (or, for
+  keys-only methods, hands it downsampled keys/values).
+- :class:`RopeAttentionHook` on an attention module whose image tokens arrive merged: RoPE rows
+  follow the destinations. Positions differ per batch element while diffusers' processors take
+  one ``(S, D)`` table, so the module's own forward (processor and attention backend) runs once
+  per batch element with that element's rows.
+- :class:`SpanMergeHook` / :class:`SpanUnmergeHook`: merge the image span of a module's output and
+  unmerge it after a later module (single-stream blocks: norm -> attention + MLP -> projection).
+
+Hooks hold Python state only between a pre- and post-forward of one call, and shapes decide
+every branch, so ``torch.compile(fullgraph=True)`` traces them without a graph break.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from toma_export.baselines.todo import downsample_index, downsample_tokens
+from toma_export.config import SubLayer, ToMAConfig
+from toma_export.eager.state import MergeContext
+from toma_export.methods import MergeMethod, Merger, get
+
+STEP_HOOK = "toma_step"
+SITE_HOOK = "toma_site"
+ATTENTION_HOOK = "toma_rope_attention"
+SPAN_MERGE_HOOK = "toma_span_merge"
+SPAN_UNMERGE_HOOK = "toma_span_unmerge"
+
+#: Reads the call's grid into the context: ``(context, args, kwargs)``.
+GridReader = Callable[[MergeContext, tuple, dict], None]
+
+
+class _Contexts(StateManager):
+    """Diffusers' per-cache-context state manager, whose reset starts a new generation in every
+    context but keeps the objects (their lifetime counters stay readable after a call)."""
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        for state in self._state_cache.values():
+            state.reset(*args, **kwargs)
+        self._context = None
+
+
+class StepHook(ModelHook):
+    """Step boundaries and the per-generation state of the model it sits on."""
+
+    _is_stateful = True
+
+    def __init__(self, config: ToMAConfig, read_grid: GridReader):
+        super().__init__()
+        self.config = config
+        self.method: MergeMethod = get(config.method)
+        self.read_grid = read_grid
+        self.default = MergeContext(config)
+        self.contexts = _Contexts(MergeContext, (config,))  # type: ignore[arg-type]  # diffusers sets its cache context
+        self.active = self.default
+
+    def current(self) -> MergeContext:
+        return self.default if self.contexts._context is None else self.contexts.get_state()
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        ctx = self.active = self.current()
+        ctx.begin_step()
+        self.read_grid(ctx, args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.active.end_step()
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.default.reset()
+        self.contexts.reset()
+        return module
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    x = args[0] if args else kwargs.get("hidden_states")
+    return x if isinstance(x, torch.Tensor) and x.ndim == 3 else None
+
+
+def _with_hidden(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    return ((x, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=x))
+
+
+def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    return fn(output)
+
+
+@dataclass
+class BlockSite:
+    """What the hooks of one block share within a call: its name and the merger in flight."""
+
+    root: StepHook
+    name: str
+    #: Grid of ``n`` tokens at this block for the current call, or None (leave unmerged).
+    grid_of: Callable[[MergeContext, int], "tuple[int, int] | None"]
+    pending: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ctx(self) -> MergeContext:
+        return self.root.active
+
+    def merger(self, x: torch.Tensor, grid: tuple[int, int], first: bool) -> Merger | None:
+        make = self.root.method.merger
+        return None if make is None else make(self.ctx, self.name, x, grid[0], grid[1], first)
+
+
+class SiteHook(ModelHook):
+    """Runs a sub-layer on merged tokens: merge its input, unmerge its output."""
+
+    def __init__(self, site: BlockSite, sub: SubLayer, first: bool):
+        super().__init__()
+        self.site, self.sub, self.first = site, sub, first
+        self._merger: Merger | None = None
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        self._merger = None
+        x = _hidden(args, kwargs)
+        if x is None or (self.sub is SubLayer.ATTN and kwargs.get("attention_mask") is not None):
+            return args, kwargs  # a token mask cannot follow merged tokens
+        grid = self.site.grid_of(self.site.ctx, x.shape[1])
+        if grid is None:
+            return args, kwargs
+        if self.site.root.method.keys_only:
+            if self.sub is not SubLayer.ATTN:
+                return args, kwargs
+            kv = downsample_tokens(x, grid[0], grid[1], self.site.ctx.config.ratio)
+            return args, dict(kwargs, encoder_hidden_states=kv)
+        self._merger = self.site.merger(x, grid, self.first)
+        return (args, kwargs) if self._merger is None else _with_hidden(args, kwargs, self._merger.merge(x))
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        merger, self._merger = self._merger, None
+        return output if merger is None else _map_first(output, merger.unmerge)
+
+
+def _rope_rows(rope: tuple[torch.Tensor, torch.Tensor], text: int, positions: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
+    """Rows of ``(S, D)`` RoPE tables for batch element ``b``: text rows, then merged image rows."""
+    index = torch.cat([torch.arange(text, device=positions.device), positions[b] + text])
+    return tuple(t[index.to(t.device)] for t in rope)
+
+
+class RopeAttentionHook(ModelHook):
+    """Attention over ``[text; image]`` with RoPE, on merged image tokens.
+
+    ``merge=True`` (double-stream): merges the module's image ``hidden_states`` and unmerges its
+    image output. ``merge=False`` (single-stream): the sequence arrived merged (a
+    :class:`SpanMergeHook` earlier in the block); only RoPE rows follow. Keys-only methods get a
+    key mask instead (queries keep every token; exact ToDo attention through the model's processor).
+    """
+
+    def __init__(self, site: BlockSite, merge: bool, first: bool):
+        super().__init__()
+        self.site, self.merge, self.first = site, merge, first
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward: Callable[..., Any] = self.fn_ref.original_forward  # type: ignore[assignment]
+        x = _hidden(args, kwargs)
+        rope = kwargs.get("image_rotary_emb")
+        text_states = kwargs.get("encoder_hidden_states")
+        extra = set(kwargs) - {"hidden_states", "encoder_hidden_states", "image_rotary_emb", "attention_mask"}
+        if args or x is None or not isinstance(rope, tuple) or extra or kwargs.get("attention_mask") is not None:
+            return forward(*args, **kwargs)  # IP-adapters, masks, other signatures: unmerged
+        if self.site.root.method.keys_only:
+            return self._keys_only(forward, kwargs)
+        if self.merge:
+            grid = self.site.grid_of(self.site.ctx, x.shape[1])
+            if grid is None or text_states is None:
+                return forward(**kwargs)
+            merger = self.site.merger(x, grid, self.first)
+            if merger is None:
+                return forward(**kwargs)
+            text = int(text_states.shape[1])
+            out = self._per_batch(forward, dict(kwargs, hidden_states=merger.merge(x)), merger, text)
+            return _map_first(out, merger.unmerge)
+        merger = self.site.pending.get("span")
+        if merger is None:
+            return forward(**kwargs)
+        return self._per_batch(forward, kwargs, merger, int(self.site.pending["text"]))
+
+    def _per_batch(self, forward: Callable[..., Any], kwargs: dict, merger: Merger, text: int) -> Any:
+        positions = merger.positions()
+        rope = kwargs["image_rotary_emb"]
+        outs = []
+        for b in range(positions.shape[0]):
+            one = {k: (v[b : b + 1] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+            one["image_rotary_emb"] = _rope_rows(rope, text, positions, b)
+            outs.append(forward(**one))
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts, dim=0) for parts in zip(*outs))
+        return torch.cat(outs, dim=0)
+
+    def _keys_only(self, forward: Callable[..., Any], kwargs: dict) -> Any:
+        """ToDo: every query, keys/values of the text and of the downsampled image grid only."""
+        grid = self.site.ctx.grid
+        seq = kwargs["image_rotary_emb"][0].shape[0]
+        if grid is None or grid[0] * grid[1] > seq:
+            return forward(**kwargs)
+        start = seq - grid[0] * grid[1]  # image tokens come last in [text; image] sequences
+        device = kwargs["hidden_states"].device
+        keep = torch.zeros(seq, dtype=torch.bool, device=device)
+        keep[:start] = True
+        keep[downsample_index(grid[0], grid[1], self.site.ctx.config.ratio, device) + start] = True
+        return forward(**dict(kwargs, attention_mask=keep.view(1, 1, 1, seq)))
+
+
+class SpanMergeHook(ModelHook):
+    """Merges the image span (the last ``h*w`` tokens) of the module's first output."""
+
+    def __init__(self, site: BlockSite, first: bool):
+        super().__init__()
+        self.site, self.first = site, first
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.site.pending.clear()
+        seq = output[0] if isinstance(output, tuple) else output
+        grid = self.site.ctx.grid
+        if grid is None or self.site.root.method.merger is None or seq.shape[1] <= grid[0] * grid[1]:
+            return output
+        text = seq.shape[1] - grid[0] * grid[1]
+        image = seq[:, text:]
+        merger = self.site.merger(image, grid, self.first)
+        if merger is None:
+            return output
+        self.site.pending.update(span=merger, text=text)
+        return _map_first(output, lambda s: torch.cat([s[:, :text], merger.merge(image)], dim=1))
+
+
+class SpanUnmergeHook(ModelHook):
+    """Unmerges the image span that :class:`SpanMergeHook` merged, after this module."""
+
+    def __init__(self, site: BlockSite):
+        super().__init__()
+        self.site = site
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        merger = self.site.pending.pop("span", None)
+        if merger is None:
+            return output
+        text = self.site.pending.pop("text")
+        return torch.cat([output[:, :text], merger.unmerge(output[:, text:])], dim=1)
+
+
+@dataclass
+class Installed:
+    """Every hook one ``apply`` registered, so ``remove`` takes exactly those off."""
+
+    model: torch.nn.Module
+    root: StepHook
+    hooks: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
+    created: list[torch.nn.Module] = field(default_factory=list)  # modules that had no registry before
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def add(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+        if not hasattr(module, "_diffusers_hook"):
+            self.created.append(module)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self.hooks.append((module, name))
+
+    def remove(self) -> None:
+        for fn in reversed(self.cleanup):
+            fn()
+        self.cleanup.clear()
+        for module, name in reversed(self.hooks):
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(name, recurse=False)
+        self.hooks.clear()
+        self.invalidate()
+        for module in self.created:
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and not registry.hooks:
+                del module._diffusers_hook
+                # the registry leaves the class's forward bound on the instance: drop it, as before apply
+                bound = module.__dict__.get("forward")
+                if getattr(bound, "__func__", None) is type(module).forward and getattr(bound, "__self__", None) is module:
+                    del module.__dict__["forward"]
+        self.created.clear()
+
+    def invalidate(self) -> None:
+        """Registries cache their children: refresh after adding or removing child hooks."""
+        registry = getattr(self.model, "_diffusers_hook", None)
+        if registry is not None:
+            registry.invalidate_child_registries_cache()

@@ -1,0 +1,96 @@
+"""``MergeContext``: what the eager hooks of one model share during a generation.
+
+It holds the config, the generation's :class:`~toma_export.schedule.StepSchedule` (step count,
+recompute decision, destinations carried between steps), the token grid of the current call and
+per-step scratch: which destination groups already ran this step, block-level matchings of the
+baselines. A forward pass is one denoising step. Sites of the same token layout form a group:
+the group's first site in a step selects (scheduled steps) or takes the carried destinations,
+later sites reuse them; merge weights are rebuilt per site unless ``share_weights`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import torch
+from diffusers.hooks.hooks import BaseState
+
+from toma_export.config import ToMAConfig
+from toma_export.core.merge import MergeMap
+from toma_export.core.selection import facility_location, tokens_kept
+from toma_export.core.tiles import TileLayout, unet_level
+from toma_export.schedule import StepSchedule
+
+
+class MergeContext(BaseState):
+    """Per-generation state of one applied model (one per diffusers cache context)."""
+
+    def __init__(self, config: ToMAConfig):
+        self.config = config
+        self.schedule = StepSchedule(config.recompute_every)
+        #: Latent grid of the current call (UNets: the sample's; transformers: the image grid).
+        self.latent_hw: tuple[int, int] | None = None
+        #: Transformers: the image-token grid of the current call, None when unknown (no merging).
+        self.grid: tuple[int, int] | None = None
+        self.blocks: dict[Hashable, Any] = {}  # block-level matchings (ToMeSD, CA-ToMe), carried across steps
+        self._step_idx: dict[Hashable, torch.Tensor] = {}
+        self._step_weights: dict[Hashable, MergeMap] = {}
+
+    # -- the denoising loop (diffusers' stateful-hook reset calls ``reset``) ------------------------
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        self.schedule.reset()
+        self.blocks.clear()
+
+    def begin_step(self) -> None:
+        self._step_idx.clear()
+        self._step_weights.clear()
+
+    def end_step(self) -> None:
+        # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
+        self._step_idx.clear()
+        self._step_weights.clear()
+        self.schedule.advance()
+
+    @property
+    def step(self) -> int:
+        return self.schedule.step
+
+    @property
+    def selections(self) -> int:
+        return self.schedule.selections
+
+    # -- grids ----------------------------------------------------------------------------------------
+    def unet_grid(self, n: int, max_downsample: int) -> tuple[int, int] | None:
+        """Grid of a UNet level with ``n`` tokens when that level is merged, else None."""
+        if self.latent_hw is None:
+            return None
+        level = unet_level(n, *self.latent_hw)
+        return None if level is None or level[2] > max_downsample else level[:2]
+
+    def image_grid(self, n: int) -> tuple[int, int] | None:
+        """The transformer's image grid when a site sees exactly its ``n`` tokens, else None."""
+        g = self.grid
+        return g if g is not None and g[0] * g[1] == n else None
+
+    # -- ToMA -----------------------------------------------------------------------------------------
+    def layout_for(self, h: int, w: int) -> TileLayout:
+        return TileLayout.create(h, w, self.config.tile, self.config.remainder)
+
+    def merges(self, layout: TileLayout) -> bool:
+        """Whether a site of this layout merges anything (k < tile size and at least one tile)."""
+        return layout.num_tiles > 0 and tokens_kept(layout.tile_size, self.config.ratio) < layout.tile_size
+
+    def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
+        """One site's merge map: the group's destinations this step, weights from ``features``."""
+        key = (layout.h, layout.w, layout.th, layout.tw, features.shape[0])  # plain ints: traceable
+        if self.config.share_weights and key in self._step_weights:
+            return self._step_weights[key]
+        idx = self._step_idx.get(key)
+        if idx is None:
+            k = tokens_kept(layout.tile_size, self.config.ratio)
+            idx = self.schedule.carry(key, lambda: facility_location(layout.split(features)[0], k))
+            self._step_idx[key] = idx
+        mm = MergeMap.build(layout, features, idx, self.config.temperature)
+        if self.config.share_weights:
+            self._step_weights[key] = mm
+        return mm
