@@ -6,9 +6,9 @@ Each program owns one tile of ``S`` tokens with ``C`` channels:
    over ``C`` in blocks of ``BLOCK_C`` (so ``C`` = 3072 streams through, nothing of size ``C`` is
    kept), then scales it to cosine similarity exactly like ``F.normalize`` (norm clamped at 1e-12);
 2. runs the ``k`` greedy picks on that matrix in registers: ``best`` starts at the cosine floor -1,
-   ``gain(j) = Σ_i max(0, S[i, j] - best[i])``, taken slots get -1, every gain is handicapped by
-   ``TIE_STEP * j`` (the shared tie rule), the pick is the lowest index reaching the maximum,
-   then ``best = max(best, S[:, pick])``;
+   ``gain(j) = Σ_i max(0, S[i, j] - best[i])``, taken slots get -1, the pick is the lowest index
+   whose gain is within ``TIE_BAND`` of the maximum (the shared tie rule), then
+   ``best = max(best, S[:, pick])``;
 3. writes the ``k`` picks as int32, in pick order.
 
 This is the same arithmetic as :func:`toma_export.core.selection.facility_location`; only the
@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from toma_export.core.selection import TIE_STEP
+from toma_export.core.selection import TIE_BAND
 
 #: Channels per Gram-accumulation step.
 DEFAULT_BLOCK_C = 32
@@ -49,8 +49,8 @@ DEFAULT_PTX_VERSION = 84
 #: Same clamp as ``torch.nn.functional.normalize``.
 NORM_EPS = 1e-12
 _NORM_EPS = tl.constexpr(NORM_EPS)
-#: The reference's tie rule (gain handicap per slot index), one value for every backend.
-_TIE_STEP = tl.constexpr(TIE_STEP)
+#: The reference's tie rule (gains within the band of the best tie; lowest index), one value for every backend.
+_TIE_BAND = tl.constexpr(TIE_BAND)
 
 
 @triton.jit
@@ -89,10 +89,10 @@ def facility_location_kernel(
     out_base = out_ptr + tile * K
     for p in range(0, K):
         gain = tl.sum(tl.maximum(sim - best[:, None], 0.0) * rowf[:, None], axis=0)
-        gain = tl.where(taken != 0, -1.0, gain) - _TIE_STEP * offs_s.to(tl.float32)
+        gain = tl.where(taken != 0, -1.0, gain)
         gain = tl.where(valid, gain, -2.0)
         top = tl.max(gain, axis=0)
-        pick = tl.min(tl.where(gain == top, offs_s, BLOCK_S), axis=0)
+        pick = tl.min(tl.where(gain >= top - _TIE_BAND, offs_s, BLOCK_S), axis=0)
         hit = offs_s == pick
         taken = tl.where(hit, 1, taken)
         covered = tl.sum(tl.where(hit[None, :], sim, 0.0), axis=1)

@@ -15,11 +15,11 @@ def cosine_matrix(x: torch.Tensor) -> list[list[float]]:
     return [[sum(a * b for a, b in zip(ri, rj)) / (ni * nj) for rj, nj in zip(rows, norms)] for ri, ni in zip(rows, norms)]
 
 
-def greedy_facility_location(sim: list[list[float]], k: int, tie_step: float = 1e-4) -> list[int]:
+def greedy_facility_location(sim: list[list[float]], k: int, tie_band: float = 3e-5) -> list[int]:
     """Textbook greedy on F(A) = sum_i max(-1, max_{j in A} sim[i][j]).
 
-    Candidate ``j``'s gain is handicapped by ``tie_step * j`` (the project's tie rule), then the
-    lowest index among equal scores wins.
+    The lowest index whose gain is within ``tie_band`` of the best gain wins (the project's tie
+    rule; ``tie_band=0`` is the plain greedy with lowest-index ties).
     """
     n = len(sim)
     best = [-1.0] * n
@@ -31,8 +31,8 @@ def greedy_facility_location(sim: list[list[float]], k: int, tie_step: float = 1
                 gains.append(-1.0)
                 continue
             gains.append(sum(max(0.0, sim[i][j] - best[i]) for i in range(n)))
-        gains = [g - tie_step * j for j, g in enumerate(gains)]
-        j = max(range(n), key=lambda c: (gains[c], -c))
+        top = max(gains)
+        j = min(c for c in range(n) if gains[c] >= top - tie_band)
         chosen.append(j)
         best = [max(best[i], sim[i][j]) for i in range(n)]
     return chosen

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 
 #: Lower bound of cosine similarity; the initial "best coverage" of every token.
 COVERAGE_FLOOR = -1.0
-#: Gain handicap per slot index. Exact ties are common (two tokens that cover only each other
-#: have equal gains), and fp32 rounding, which differs between batch sizes, BLAS kernels, ONNX
-#: Runtime and TensorRT, would decide them at random. Subtracting ``TIE_STEP * j`` makes every
-#: backend resolve them to the lower index; it exceeds fp32 noise on gains (sums of <= 64 terms
-#: of size <= 2) and shifts any gain by less than ``64 * TIE_STEP``.
-TIE_STEP = 1e-4
+#: Tie band on gains. Exact ties are common (two tokens that cover only each other have equal
+#: gains), and fp32 rounding, which differs between batch sizes, BLAS kernels, ONNX Runtime and
+#: TensorRT, would decide them at random. Every gain within ``TIE_BAND`` of the step's best gain
+#: counts as tied and the lowest index among them wins, on every backend. The band sits above fp32
+#: noise on gains (measured by scripts/eval_selection_ties.py's features: similarities differ by
+#: <= 6e-7 between summation orders, 4x4-tile gains by <= 6e-6) and decides nothing else: a pick
+#: differs from the plain greedy's only when two gains are within ``TIE_BAND`` of each other. The
+#: earlier rule, a per-slot handicap of 1e-4 * slot, overrode genuine preferences of up to 1.5e-3.
+TIE_BAND = 3e-5
 
 
 def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -33,22 +36,23 @@ def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
 def facility_location_from_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
     """Greedy facility location on similarity ``(..., S, S)``: ``k`` distinct indices ``(..., k)``.
 
-    ``sim[..., i, j]`` is how well candidate ``j`` covers token ``i``. Gains within
-    ``TIE_STEP`` per slot of each other go to the lower index (see :data:`TIE_STEP`).
+    ``sim[..., i, j]`` is how well candidate ``j`` covers token ``i``. Of the gains within
+    ``TIE_BAND`` of the best, the lowest index wins (see :data:`TIE_BAND`).
     """
     s = sim.shape[-1]
     if not 1 <= k <= s:
         raise ValueError(f"k={k} must be in [1, {s}] (tokens per tile)")
     slots = torch.arange(s, device=sim.device)
-    handicap = TIE_STEP * slots.to(sim.dtype)
     best = torch.full(sim.shape[:-1], COVERAGE_FLOOR, dtype=sim.dtype, device=sim.device)
     taken = torch.zeros(sim.shape[:-1], dtype=torch.bool, device=sim.device)
     picks = []
     for _ in range(k):
         gain = (sim - best.unsqueeze(-1)).clamp_min(0).sum(dim=-2)
         # Gains are >= 0, so -1 keeps taken slots out even when every gain is 0 (identical tokens).
-        gain = gain.masked_fill(taken, -1.0) - handicap
-        pick = gain.argmax(dim=-1)
+        gain = gain.masked_fill(taken, -1.0)
+        top = gain.amax(dim=-1, keepdim=True)
+        # argmax returns the first maximum: the lowest index inside the band.
+        pick = (gain >= top - TIE_BAND).to(sim.dtype).argmax(dim=-1)
         hit = slots == pick.unsqueeze(-1)
         taken = taken | hit
         covered = (sim * hit.unsqueeze(-2).to(sim.dtype)).sum(dim=-1)

@@ -71,6 +71,42 @@ def lower_toma_ops(ep: torch.export.ExportedProgram, selection: Selection) -> to
     return ep.run_decompositions(table)
 
 
+def promote_mixed_dtypes(ep: torch.export.ExportedProgram) -> int:
+    """Cast the inputs of ATen ops that promote mixed float dtypes (``cat``/``stack``/``where`` of fp16 and
+    fp32, as SDXL's ``add_embedding`` concatenates fp16 text embeddings with fp32 time features) to
+    the dtype the op produces; returns how many casts it inserted.
+
+    torch promotes such inputs implicitly; ONNX ``Concat`` needs one type, and the exporter does not
+    insert the cast, so an fp16/bf16 graph would fail to load ("Type parameter (T) of Optype (Concat)
+    bound to different types"). The casts are exactly what eager does, so the graph stays exact.
+    """
+    aten = torch.ops.aten
+    promoting = {aten.cat.default, aten.stack.default, aten.concat.default}
+    graph = ep.graph_module.graph
+    inserted = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in promoting:
+            continue
+        out = node.meta.get("val")
+        if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+            continue
+        parts = list(node.args[0])
+        changed = False
+        for i, part in enumerate(parts):
+            val = part.meta.get("val") if isinstance(part, torch.fx.Node) else None
+            if isinstance(val, torch.Tensor) and val.dtype != out.dtype:
+                with graph.inserting_before(node):
+                    cast = graph.call_function(torch.ops.prims.convert_element_type.default, (part, out.dtype))
+                cast.meta["val"] = val.to(out.dtype)
+                parts[i], changed = cast, True
+                inserted += 1
+        if changed:
+            node.args = (parts, *node.args[1:])
+    if inserted:
+        ep.graph_module.recompile()
+    return inserted
+
+
 def export_onnx(
     ep: torch.export.ExportedProgram,
     path: str | Path,
@@ -86,6 +122,7 @@ def export_onnx(
         raise ToMAError(f"selection={selection!r}: use 'unrolled' (standard ops) or 'plugin' (TensorRT node).")
     path = Path(path)
     lowered = lower_toma_ops(ep, selection)
+    promote_mixed_dtypes(lowered)
     table: dict[Any, Any] | None = (
         {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
     )

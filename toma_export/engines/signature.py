@@ -21,7 +21,8 @@ def dump_spec(example_kwargs: dict[str, Any]) -> str:
 
 
 def _key_order(spec: pytree.TreeSpec) -> list[str]:
-    kwargs_spec = spec.children_specs[1]
+    # ``TreeSpec.child(i)`` (torch >= 2.9); ``children_specs`` is deprecated there (FutureWarning).
+    kwargs_spec = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]
     return list(kwargs_spec.context)
 
 

@@ -1,8 +1,10 @@
-"""Embedded default models (random weights, real architectures) and local diffusers folders.
+"""Embedded default models (random weights, real architectures), local diffusers folders, Hub ids.
 
-No weights are downloaded: names build a model from a config in code; a path loads a local
-diffusers folder with ``local_files_only``. Embedded models are seeded, so a name always gives
-the same weights.
+Names build a model from a config in code; a path loads a local diffusers folder with
+``local_files_only``; a Hugging Face Hub id (``ORG/NAME``, with ``revision``/``variant``/``subfolder``)
+loads through diffusers' ``from_pretrained`` and the HF cache, without network access when
+``HF_HUB_OFFLINE`` is set or the revision is cached (see :func:`load_model`). Embedded models are
+seeded, so a name always gives the same weights.
 
 - ``sdxl-tiny`` / ``flux-tiny``: seconds on CPU, the architecture at toy width; for tests.
 - ``sdxl``: SDXL-base UNet config at full width and depth (2.6 B parameters).
@@ -15,6 +17,9 @@ the same weights.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,46 +137,262 @@ EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Modu
 }
 
 
-def load_model(name_or_path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """An embedded model by name (seeded random weights) or a local diffusers model folder."""
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a denoiser comes from: what a manifest records and what loads it (or its pipeline) again.
+
+    ``kind``: ``"embedded"`` (a name in :data:`EMBEDDED_MODELS`), ``"local"`` (a folder) or ``"hub"``
+    (a Hugging Face Hub id, read through the HF cache). ``root``: the folder or repo id as given;
+    ``subfolder``: where the denoiser sits under it (``unet``/``transformer`` in a pipeline, or the
+    user's ``--subfolder``); ``component``: the pipeline's denoiser attribute when ``root`` is a
+    pipeline (it has ``model_index.json``), else None; ``commit``: the Hub snapshot the files came from.
+    """
+
+    kind: str
+    root: str
+    revision: str | None = None
+    variant: str | None = None
+    subfolder: str | None = None
+    component: str | None = None
+    commit: str | None = None
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.component is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str:
+    """The HF hub cache as the environment says now: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default.
+
+    Read at call time (huggingface_hub and diffusers read it once, at import), so the cache a caller
+    points at is the one used.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is shaped like a Hub repo id (``org/name`` or ``name``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _not_found(key: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"model {key!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), an existing local "
+        "folder, nor a Hugging Face Hub id (ORG/NAME). Pass one of those: a name, the path of a diffusers "
+        "model or pipeline folder, or a Hub id."
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsupportedModelError(f"{path} is not a readable JSON config ({exc}); re-save the model with "
+                                    "save_pretrained or point at another folder.") from exc
+    if not isinstance(data, dict):
+        raise UnsupportedModelError(f"{path} holds no JSON object; re-save the model with save_pretrained.")
+    return data
+
+
+def _component(index: dict[str, Any]) -> str | None:
+    return next((c for c in ("unet", "transformer") if c in index), None)
+
+
+class _Hub:
+    """Files of one Hub repo revision, read through the HF cache (offline when set or cached)."""
+
+    def __init__(self, repo_id: str, revision: str | None):
+        self.repo_id, self.revision, self.cache_dir = repo_id, revision, hub_cache_dir()
+        self.offline = _hub_offline()
+        # Cached (this revision's model_index.json or config.json in the snapshot): no network at all.
+        self.local_files_only = self.offline or any(
+            isinstance(self._cached(f), str) for f in ("model_index.json", "config.json", "unet/config.json",
+                                                       "transformer/config.json")
+        )
+        self.commit: str | None = None
+
+    def _cached(self, filename: str) -> Any:
+        from huggingface_hub import try_to_load_from_cache
+
+        return try_to_load_from_cache(self.repo_id, filename, cache_dir=self.cache_dir, revision=self.revision)
+
+    def json(self, filename: str, subfolder: str | None = None) -> dict[str, Any] | None:
+        """The file parsed, or None when the repo (revision) has no such file."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            local = hf_hub_download(self.repo_id, filename, subfolder=subfolder, revision=self.revision,
+                                    cache_dir=self.cache_dir, local_files_only=self.local_files_only)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return None
+        except Exception as exc:  # repository/revision not found, gated, network: the Hub's own message
+            raise UnsupportedModelError(
+                f"Hub model {self.repo_id!r}{self._at()} could not be read: {exc}. Check the id and --revision, "
+                "log in for gated models (hf auth login), or pass a local folder."
+            ) from exc
+        parts = Path(local).parts
+        if "snapshots" in parts:
+            self.commit = parts[parts.index("snapshots") + 1]
+        return _read_config(Path(local))
+
+    def _at(self) -> str:
+        return f" at revision {self.revision!r}" if self.revision else ""
+
+    def missing(self) -> UnsupportedModelError:
+        where = f"in the Hugging Face cache at {self.cache_dir}" + (" (HF_HUB_OFFLINE is set)" if self.offline else "")
+        return UnsupportedModelError(
+            f"Hub model {self.repo_id!r}{self._at()} has no model_index.json or config.json {where}. Download it "
+            f"first (hf download {self.repo_id}), unset HF_HUB_OFFLINE, check --revision/--subfolder, or pass "
+            "a local folder."
+        )
+
+
+def resolve_model(
+    name_or_path: str | Path, *, revision: str | None = None, variant: str | None = None, subfolder: str | None = None
+) -> tuple[ModelSource, dict[str, Any] | None]:
+    """Where ``name_or_path`` is and the denoiser's config (None for embedded names).
+
+    Order: an embedded name, then an existing local folder, then a Hub id. A pipeline (a
+    ``model_index.json`` at the root) gives its ``unet``/``transformer``; ``subfolder`` picks another.
+    """
     key = str(name_or_path)
     if key in EMBEDDED_MODELS:
-        _, _, build = EMBEDDED_MODELS[key]
+        given = [f"--{n} {v}" for n, v in (("revision", revision), ("variant", variant), ("subfolder", subfolder)) if v]
+        if given:
+            raise UnsupportedModelError(
+                f"{' '.join(given)} does not apply to the embedded model {key!r} (built in code); drop it, or pass "
+                "a local folder or Hub id."
+            )
+        return ModelSource("embedded", key), None
+    path = Path(key)
+    if path.exists():
+        if revision:
+            raise UnsupportedModelError(f"--revision {revision} applies to Hub ids, not to the local folder {key}.")
+        index = path / "model_index.json"
+        component = _component(_read_config(index)) if index.is_file() else None
+        sub = subfolder or component
+        folder = path / sub if sub else path
+        if not (folder / "config.json").is_file():
+            raise UnsupportedModelError(
+                f"{folder} has no config.json: point at a diffusers model or pipeline folder"
+                + ("" if subfolder else ", or name the denoiser's folder with --subfolder") + "."
+            )
+        if subfolder and component != subfolder:
+            component = None
+        return ModelSource("local", key, None, variant, sub, component), _read_config(folder / "config.json")
+    if not is_hub_id(key):
+        raise _not_found(key)
+    hub = _Hub(key, revision)
+    index = hub.json("model_index.json") if subfolder in (None, "unet", "transformer") else None
+    component = _component(index) if index is not None else None
+    sub = subfolder or component
+    config = hub.json("config.json", sub)
+    if config is None:
+        raise hub.missing()
+    if subfolder and component != subfolder:
+        component = None
+    return ModelSource("hub", key, revision, variant, sub, component, hub.commit), config
+
+
+def _model_class(config: dict[str, Any], where: str) -> Any:
+    import diffusers
+
+    class_name = config.get("_class_name", "")
+    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if cls is None or class_name not in ("UNet2DConditionModel", "FluxTransformer2DModel"):
+        raise UnsupportedModelError(
+            f"{where} holds a {class_name or 'model of unknown class'}; toma-export supports "
+            "UNet2DConditionModel (SDXL, SD1.5) and FluxTransformer2DModel folders."
+        )
+    return cls
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    subfolder: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """An embedded model by name (seeded random weights), a local diffusers folder, or a Hub id.
+
+    - Local folders load with ``local_files_only``; a pipeline folder gives its ``unet``/``transformer``.
+    - Hub ids (``ORG/NAME``) load through diffusers' ``from_pretrained`` and the HF cache
+      (``HF_HUB_CACHE`` / ``HF_HOME`` as set at call time): with no network access when
+      ``HF_HUB_OFFLINE`` is set or this revision is already cached; downloaded otherwise.
+    - ``revision`` (Hub: branch, tag or commit), ``variant`` (weights file variant, e.g. ``fp16``),
+      ``subfolder`` (the denoiser's folder in the repo or folder; default: a pipeline's
+      ``unet``/``transformer``, else the root). ``dtype``: default float32.
+
+    The model carries its :class:`ModelSource` as ``model._toma_source``, which
+    :func:`toma_export.models.identity.model_identity` records in manifests.
+    """
+    dtype = dtype or torch.float32
+    source, config = resolve_model(name_or_path, revision=revision, variant=variant, subfolder=subfolder)
+    if source.kind == "embedded":
+        _, _, build = EMBEDDED_MODELS[source.root]
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = build()
-        return (model if dtype == torch.float32 else model.to(dtype)).eval()
-    path = Path(key)
-    if not path.exists():
+        model = (model if dtype == torch.float32 else model.to(dtype)).eval()
+    elif source.kind == "local":
+        folder = Path(source.root) / source.subfolder if source.subfolder else Path(source.root)
+        model = _load_local(folder, dtype, config or {}, variant=variant)
+    else:
+        model = _load_hub(source, dtype, config or {})
+    object.__setattr__(model, "_toma_source", source)
+    return model
+
+
+def _load_local(path: Path, dtype: torch.dtype, config: dict[str, Any], *, variant: str | None = None) -> torch.nn.Module:
+    cls = _model_class(config, str(path))
+    try:
+        model: Any = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype, variant=variant)
+    except OSError as exc:  # diffusers: "Error no file named diffusion_pytorch_model..." (missing weights)
         raise UnsupportedModelError(
-            f"model {key!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor an existing "
-            "local folder. Pass one of those names, or the path of a diffusers model folder "
-            "(nothing is downloaded)."
+            f"{path}: the weights could not be loaded ({exc}). Re-save the model with save_pretrained"
+            + (f", or check --variant {variant}" if variant else "") + "."
+        ) from exc
+    return model.eval()
+
+
+def _load_hub(source: ModelSource, dtype: torch.dtype, config: dict[str, Any]) -> torch.nn.Module:
+    cls = _model_class(config, f"Hub model {source.root!r}" + (f"/{source.subfolder}" if source.subfolder else ""))
+    hub = _Hub(source.root, source.revision)
+    try:
+        model: Any = cls.from_pretrained(
+            source.root, subfolder=source.subfolder, revision=source.commit or source.revision, variant=source.variant,
+            torch_dtype=dtype, cache_dir=hub.cache_dir, local_files_only=hub.local_files_only,
         )
-    return _load_local(path, dtype)
-
-
-def _load_local(path: Path, dtype: torch.dtype) -> torch.nn.Module:
-    import diffusers
-
-    # A pipeline folder holds the denoiser in unet/ or transformer/.
-    for sub in ("unet", "transformer"):
-        if (path / "model_index.json").exists() and (path / sub / "config.json").exists():
-            path = path / sub
-            break
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise UnsupportedModelError(f"{path} has no config.json: point at a diffusers model or pipeline folder.")
-    import json
-
-    class_name = json.loads(config_file.read_text()).get("_class_name", "")
-    cls = getattr(diffusers, class_name, None)
-    if cls is None or class_name not in ("UNet2DConditionModel", "FluxTransformer2DModel"):
+    except OSError as exc:  # diffusers' "no file named diffusion_pytorch_model..." / not cached
         raise UnsupportedModelError(
-            f"{path} holds a {class_name or 'model of unknown class'}; toma-export supports "
-            "UNet2DConditionModel (SDXL, SD1.5) and FluxTransformer2DModel folders."
-        )
-    return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
+            f"Hub model {source.root!r}: the weights could not be loaded ({exc}). Download them "
+            f"(hf download {source.root}), check --variant/--subfolder, or unset HF_HUB_OFFLINE."
+        ) from exc
+    return model.eval()
 
 
 def model_family(model: torch.nn.Module) -> str:
@@ -187,22 +408,18 @@ def model_family(model: torch.nn.Module) -> str:
     )
 
 
-def model_shell(name_or_path: str | Path) -> torch.nn.Module:
-    """The model's architecture on the meta device: its config and attributes, no weights or memory."""
-    import diffusers
+def model_shell(
+    name_or_path: str | Path, *, revision: str | None = None, variant: str | None = None, subfolder: str | None = None
+) -> torch.nn.Module:
+    """The model's architecture on the meta device: its config and attributes, no weights or memory.
 
-    key = str(name_or_path)
+    Takes what :func:`load_model` takes (embedded name, local folder, Hub id); reads only the config.
+    """
+    source, config = resolve_model(name_or_path, revision=revision, variant=variant, subfolder=subfolder)
     with torch.device("meta"):
-        if key in EMBEDDED_MODELS:
-            return EMBEDDED_MODELS[key][2]()
-        path = Path(key)
-        if (path / "model_index.json").exists():
-            path = next((path / s for s in ("unet", "transformer") if (path / s / "config.json").exists()), path)
-        import json
-
-        config = json.loads((path / "config.json").read_text())
-        cls = getattr(diffusers, config.get("_class_name", ""), None)
-        if cls is None:
-            raise UnsupportedModelError(f"{path} holds no diffusers model class toma-export knows.")
-        shell: Any = cls.from_config(config)
-        return shell
+        if config is None:
+            shell: Any = EMBEDDED_MODELS[source.root][2]()
+        else:
+            shell = _model_class(config, source.root).from_config(config)
+    object.__setattr__(shell, "_toma_source", source)
+    return shell

@@ -1,0 +1,45 @@
+"""Named ``ToMAConfig`` presets (``--preset NAME`` on the command line), picked from measured points.
+
+Torch-free on purpose: the command line reads this table to build its parser. Each preset is a
+partial ``ToMAConfig`` (field -> value); the fields it does not name keep ``ToMAConfig``'s defaults.
+The measured points behind them are in BENCHMARKS.md ("Presets"):
+
+- ``quality``: ratio 0.25, self-attention + MLP, the default level (highest-resolution attention
+  level only). SDXL block 1.31x, fidelity error 0.046 on real photos (the lowest ToMA point).
+- ``balanced``: ratio 0.5, self-attention + MLP, the default level. SDXL block 1.94x; full SDXL
+  UNet at 1024² 1.08x (only the 4096-token level merges).
+- ``fast``: ratio 0.5, self-attention + MLP, both SDXL attention levels (``max_downsample=4``).
+  Full SDXL UNet at 1024² 1.57x (95% of the ideal 1.61x).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["PRESETS", "preset"]
+
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "quality": MappingProxyType({"ratio": 0.25, "merge_attn": True, "merge_cross": False, "merge_mlp": True,
+                                 "max_downsample": None}),
+    "balanced": MappingProxyType({"ratio": 0.5, "merge_attn": True, "merge_cross": False, "merge_mlp": True,
+                                  "max_downsample": None}),
+    "fast": MappingProxyType({"ratio": 0.5, "merge_attn": True, "merge_cross": False, "merge_mlp": True,
+                              "max_downsample": 4}),
+})
+
+#: One line per preset for ``--help``.
+SUMMARY: Mapping[str, str] = MappingProxyType({
+    "quality": "ratio 0.25, attn+mlp, default level (SDXL block 1.31x)",
+    "balanced": "ratio 0.5, attn+mlp, default level (SDXL block 1.94x, full UNet 1.08x)",
+    "fast": "ratio 0.5, attn+mlp, all SDXL attention levels (full UNet 1.57x)",
+})
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The fields preset ``name`` sets; an unknown name is a ToMAConfigError naming the choices."""
+    if name not in PRESETS:
+        from toma_export.errors import ToMAConfigError
+
+        raise ToMAConfigError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}.")
+    return dict(PRESETS[name])
