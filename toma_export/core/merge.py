@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from toma_export.core.profiling import region
 from toma_export.core.tiles import TileLayout
 
 
@@ -54,18 +55,24 @@ class MergeMap:
         cls, layout: TileLayout, features: torch.Tensor, idx: torch.Tensor, temperature: float
     ) -> MergeMap:
         """Weights from ``features`` ``(B, N, C)`` and shared destinations ``idx``."""
-        tiles, rest = layout.split(features)
-        return cls(layout, idx, merge_weights(tiles, idx, temperature), source=(features, tiles, rest))
+        with region("weights"):
+            tiles, rest = layout.split(features)
+            return cls(layout, idx, merge_weights(tiles, idx, temperature), source=(features, tiles, rest))
 
     def positions(self) -> torch.Tensor:
         """Grid index of each merged token ``(B, M)`` (see :func:`merged_positions`)."""
-        return merged_positions(self.layout, self.idx)
+        with region("positions"):
+            return merged_positions(self.layout, self.idx)
 
     @property
     def num_merged(self) -> int:
         return self.layout.merged_count(self.weights.shape[2])
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
+        with region("merge"):
+            return self._merge(x)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
         if self.source is not None and x is self.source[0]:
             tiles, rest = self.source[1], self.source[2]  # the features the map came from: split once
         else:
@@ -75,6 +82,10 @@ class MergeMap:
         return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        with region("unmerge"):
+            return self._unmerge(y)
+
+    def _unmerge(self, y: torch.Tensor) -> torch.Tensor:
         b, t, k, s = self.weights.shape
         ym, rest = y[:, : t * k], y[:, t * k :]
         tiles = self.weights.to(y.dtype).transpose(-1, -2) @ ym.reshape(b, t, k, y.shape[-1])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from toma_export.core.profiling import region
+
 #: Lower bound of cosine similarity; the initial "best coverage" of every token.
 COVERAGE_FLOOR = -1.0
 #: Tie band on gains. Exact ties are common (two tokens that cover only each other have equal
@@ -63,7 +65,8 @@ def facility_location_from_similarity(sim: torch.Tensor, k: int) -> torch.Tensor
 
 def facility_location(features: torch.Tensor, k: int) -> torch.Tensor:
     """Destinations for tiles of features ``(..., S, C)``: ``(..., k)`` int64 tile-local indices."""
-    return facility_location_from_similarity(cosine_similarity_matrix(features), k)
+    with region("select"):
+        return facility_location_from_similarity(cosine_similarity_matrix(features), k)
 
 
 def facility_location_objective(sim: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from diffusers.hooks.hooks import StateManager
 
 from toma_export.baselines.todo import downsample_index, downsample_tokens
 from toma_export.config import SubLayer, ToMAConfig
+from toma_export.core.profiling import region
 from toma_export.eager.state import MergeContext
 from toma_export.methods import MergeMethod, Merger, get
 
@@ -149,8 +150,9 @@ class SiteHook(ModelHook):
 
 def _rope_rows(rope: tuple[torch.Tensor, torch.Tensor], text: int, positions: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
     """Rows of ``(S, D)`` RoPE tables for batch element ``b``: text rows, then merged image rows."""
-    index = torch.cat([torch.arange(text, device=positions.device), positions[b] + text])
-    return tuple(t[index.to(t.device)] for t in rope)
+    with region("rope_rows"):
+        index = torch.cat([torch.arange(text, device=positions.device), positions[b] + text])
+        return tuple(t[index.to(t.device)] for t in rope)
 
 
 class RopeAttentionHook(ModelHook):
