@@ -75,9 +75,10 @@ def test_inspect_cli(capsys) -> None:
     assert args.handler(args) == 0
     text = capsys.readouterr().out
     assert "6 site(s) found, 6 merged, in 1 group(s)" in text and "8x12 tokens" in text and "FLOPs" in text
-    bad = parser.parse_args(["inspect", "no-such-model"])
-    assert bad.handler(bad) == 2
-    assert "neither an embedded model" in capsys.readouterr().out
+    from toma_export.cli import main
+
+    assert main(["inspect", "no-such-model"]) == 2  # the CLI turns the ToMAError into exit 2 and a message
+    assert "neither an embedded model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "apply",
+    "load_engine",
     "remove",
     "reset",
     "rewrite",
@@ -37,11 +38,13 @@ _LAZY: dict[str, str] = {
     "ToMAError": "toma_export.errors",
     "UnsupportedModelError": "toma_export.errors",
     "rewrite": "toma_export.graph",
+    "load_engine": "toma_export.engines.swap",
 }
 
 if TYPE_CHECKING:
     from toma_export.config import METHODS, ToMAConfig
     from toma_export.eager import apply, remove, reset, state
+    from toma_export.engines.swap import load_engine
     from toma_export.errors import ToMAConfigError, ToMAError, UnsupportedModelError
     from toma_export.graph import rewrite
 

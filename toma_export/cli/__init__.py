@@ -25,7 +25,7 @@ from toma_export.errors import ToMAError
 __all__ = ["build_parser", "main"]
 
 #: Command groups, in the order ``--help`` lists them.
-_GROUPS = (demo, inspect, engines, bench, trt)
+_GROUPS = (demo, inspect, engines, bench, trt, __import__("toma_export.cli.serve", fromlist=["register"]))  # serve: fold into the import
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toma_export.cli._choices import METHODS
+from toma_export.cli.config_options import add_config_options, config_dict_from_args
 
 
 def _csv(text: str) -> list[str]:
@@ -22,9 +23,14 @@ def _csv(text: str) -> list[str]:
 
 def _ratios(text: str) -> list[float]:
     try:
-        return [float(t) for t in _csv(text)]
+        ratios = [float(t) for t in _csv(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--ratios {text!r}: give comma-separated numbers, e.g. 0.25,0.5,0.75")
+        raise argparse.ArgumentTypeError(f"--ratios {text!r}: give comma-separated numbers, e.g. 0.25,0.5,0.75") from None
+    bad = [r for r in ratios if not 0.0 <= r < 1.0]
+    if bad or not ratios:
+        raise argparse.ArgumentTypeError(
+            f"--ratios {text!r}: {bad or 'nothing'} outside [0, 1) (the share of tokens removed); use e.g. 0.25,0.5,0.75")
+    return ratios
 
 
 def _workload_names() -> str:
@@ -73,28 +79,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model and input dtype (default: float32)")
     p.add_argument("--no-ideal", action="store_true", help="skip the ideal (no-merge-cost) rows")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
-    p.add_argument("--merge", help="sub-layers to merge, e.g. attn,cross,mlp (default: ToMAConfig's)")
-    p.add_argument("--recompute-every", type=int, help="ToMAConfig.recompute_every")
-    p.add_argument("--max-downsample", type=int, help="UNet levels merged (ToMAConfig.max_downsample; default auto)")
-    p.add_argument("--threshold", type=float, help="CA-ToMe similarity threshold (ToMAConfig.threshold)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(p, exclude=("ratio", "method"))  # --ratios / --methods sweep those
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """ToMAConfig fields the flags set (applied to every method)."""
-    cfg: dict[str, Any] = {}
-    if args.merge:
-        from toma_export.config import SubLayer
+    """ToMAConfig fields the preset, --config file and flags set (applied to every method); ratio and
+    method come from --ratios / --methods, so a preset's or file's ratio/method is not used here."""
+    from toma_export.config import ToMAConfig
 
-        parts = set(SubLayer.parse(args.merge))  # a ToMAConfigError names the choices
-        cfg.update({sub.switch: sub in parts for sub in SubLayer})
-    if args.recompute_every:
-        cfg["recompute_every"] = args.recompute_every
-    if args.max_downsample:
-        cfg["max_downsample"] = args.max_downsample
-    if args.threshold is not None:
-        cfg["threshold"] = args.threshold
+    cfg = {k: v for k, v in config_dict_from_args(args).items() if k not in ("ratio", "method")}
+    ToMAConfig.from_dict(cfg)  # a bad value is a ToMAConfigError naming the fix, before anything runs
     return cfg
 
 
@@ -118,6 +114,7 @@ def handler(args: argparse.Namespace) -> int:
         if missing:
             raise SystemExit(f"unknown {what}(s) {missing}; choose from {', '.join(known)}")
     methods = _csv(args.methods)
+    overrides = config_overrides(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = Plan(
         workloads=names,
@@ -130,8 +127,8 @@ def handler(args: argparse.Namespace) -> int:
         memory=not args.no_memory,
         options=Options(model=args.model, height=args.height, width=args.width, steps=args.steps,
                         batch=args.batch, dtype=getattr(torch, args.dtype), device=device,
-                        config=config_overrides(args)),
-        config=config_overrides(args),
+                        config=overrides),
+        config=overrides,
     )
     result = run_plan(plan, progress_bar=not args.quiet)
     report = markdown_report(result)

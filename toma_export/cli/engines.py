@@ -11,40 +11,85 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from toma_export.cli._choices import METHODS
+from toma_export.cli.config_options import add_config_options, config_from_args
 from toma_export.engines import BACKENDS
+
+#: ``--dtype`` choices (toma_export.engines.build.DTYPES) and ``verify``'s default tolerance for each
+#: (toma_export.engines.verify.TOLERANCES; tests/test_cli_config.py checks both copies agree).
+PRECISIONS = ("fp32", "fp16", "bf16")
+VERIFY_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 1e-1}
+MAX_STEPS = 1000
+MAX_SEED = 2**63
+
+
+def _int_in(lo: int, hi: int, what: str, example: str) -> Any:
+    """An argparse type: an int in [lo, hi), else an error naming the range and an example."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use e.g. {example}") from None
+        if not lo <= value < hi:
+            top = "2**63" if hi == MAX_SEED else str(hi - 1)
+            raise argparse.ArgumentTypeError(
+                f"{what} {value} is outside [{lo}, {top}{')' if hi == MAX_SEED else ']'}; use e.g. {example}")
+        return value
+
+    return parse
+
+
+def _tol(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use e.g. --tol 1e-3") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--tol {text} must be a finite number >= 0, e.g. 1e-3")
+    return value
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from toma_export.engines.build import BuildRequest, build_artifact
 
+    config = config_from_args(args)
     req = BuildRequest(
-        model=args.model, method=args.method, ratio=args.ratio, backend=args.backend, height=args.height,
-        width=args.width, batch=args.batch, out=Path(args.out), selection=args.selection,
-        precision=args.precision, recompute_every=args.recompute_every, force=args.force,
-        dynamic_batch=args.dynamic_batch,
+        model=args.model, config=config, backend=args.backend, height=args.height, width=args.width,
+        batch=args.batch, out=Path(args.out), selection=args.selection, precision=args.precision,
+        force=args.force, dynamic_batch=args.dynamic_batch, revision=args.revision, variant=args.variant,
+        subfolder=args.subfolder,
     )
-    folder = build_artifact(req)
-    print(f"built {folder} ({args.backend}, method {args.method}, ratio {args.ratio})")
+    folder = build_artifact(req, progress=not args.quiet)
+    print(f"built {folder} ({args.backend}, {args.precision}, method {config.method}, ratio {config.ratio}, "
+          f"tile {config.tile[0]}x{config.tile[1]}, merge {','.join(s.value for s in config.sublayers) or 'nothing'}, "
+          f"max_downsample {config.max_downsample or 'auto'})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from toma_export.engines.verify import verify_artifact
 
-    ok, rows = verify_artifact(args.artifact, steps=args.steps, seed=args.seed, tol=args.tol)
+    ok, rows = verify_artifact(args.artifact, steps=args.steps, seed=args.seed, tol=args.tol, model=args.model)
+    tol = rows[0]["tol"] if rows else args.tol
     print(f"{'step':>4} {'variant':>7} {'max|Δ| eager':>13} {'mean|Δ| eager':>14} {'max|Δ| unmerged':>16} {'mean|Δ| unmerged':>17}")
     for r in rows:
         print(f"{r['step']:>4} {r['variant']:>7} {r['max_vs_eager']:>13.2e} {r['mean_vs_eager']:>14.2e} "
               f"{r['max_vs_unmerged']:>16.2e} {r['mean_vs_unmerged']:>17.2e}")
-    print(("PASS" if ok else "FAIL") + f": engine vs eager ToMA within {args.tol:g} max abs" + ("" if ok else " violated"))
+    print(("PASS" if ok else "FAIL") + f": engine vs the ToMA reference (eager, or the graph pass where no eager adapter exists) within {tol:g} max abs" + ("" if ok else " violated"))
     return 0 if ok else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from toma_export.engines.run import run_artifact
+    from toma_export.errors import ToMAError
 
-    res = run_artifact(args.artifact, steps=args.steps, seed=args.seed, out=args.out)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ToMAError(f"--out {out} is a folder; give the PNG file to write, e.g. --out {out / 'image.png'}.")
+    if not out.parent.is_dir() and out.parent.exists():
+        raise ToMAError(f"--out {out}: {out.parent} is not a folder; give a PNG path in a folder.")
+    res = run_artifact(args.artifact, steps=args.steps, seed=args.seed, out=args.out, prompt=args.prompt,
+                       negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale)
     print(f"wrote {args.out} ({res.steps} steps in {res.seconds:.2f} s; {res.selections} selection step(s))")
     return 0
 
@@ -52,37 +97,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     b = sub.add_parser("build", help="build an engine artifact folder (ONNX Runtime, AOTInductor, TensorRT)",
                        description="Capture, rewrite (ToMA) and export a denoiser to an artifact folder with a manifest.")
-    b.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sdxl, flux, sd15-tiny) or local diffusers folder")
-    b.add_argument("--method", choices=METHODS, default="toma", help="merging method (default: toma)")
-    b.add_argument("--ratio", type=float, default=0.5, help="share of image tokens merged away, in [0, 1)")
+    b.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sdxl, flux, sd15-tiny), a local diffusers "
+                   "model or pipeline folder, or a Hugging Face Hub id ORG/NAME (loaded from the HF cache; offline when cached)")
+    b.add_argument("--revision", help="Hub ids: branch, tag or commit to load (default: main)")
+    b.add_argument("--variant", help="weights variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
+    b.add_argument("--subfolder", help="folder of the denoiser inside a pipeline (default: unet or transformer)")
     b.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="engine backend (default: onnxruntime)")
-    b.add_argument("--height", type=int, default=256, help="image height in pixels")
-    b.add_argument("--width", type=int, default=256, help="image width in pixels")
+    b.add_argument("--height", type=int, default=256,
+                   help="image height in pixels, a multiple of 8 (UNets) or 16 (Flux), at most 4096 (default: 256)")
+    b.add_argument("--width", type=int, default=256, help="image width in pixels, as --height (default: 256)")
     b.add_argument("--batch", type=int, default=2, help="denoiser batch (SDXL with guidance: 2 per image)")
     b.add_argument("--out", required=True, help="artifact folder to create")
     b.add_argument("--selection", choices=("unrolled", "plugin"), default="unrolled",
                    help="ONNX selection as standard ops (ONNX Runtime) or a toma plugin node (TensorRT)")
-    b.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="TensorRT precision")
-    b.add_argument("--recompute-every", type=int, default=5, help="steps between destination selections")
+    b.add_argument("--dtype", "--precision", dest="precision", choices=PRECISIONS, default="fp32",
+                   help="dtype of the engine's weights and activations: the model is cast to it before capture "
+                   "(default: fp32; bf16 on ONNX Runtime computes each op in fp32 between bf16 casts)")
+    b.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --dtype fp16")
+    b.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --dtype bf16")
     b.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     b.add_argument("--dynamic-batch", action="store_true",
                    help="one artifact for any batch at this resolution (the batch is symbolic; build at --batch >= 2)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar (it is also off when stderr is not a terminal)")
+    add_config_options(b)
     b.set_defaults(handler=_cmd_build)
 
     v = sub.add_parser("verify", help="compare an artifact against the eager reference on fresh inputs",
-                       description="Run the artifact and eager ToMA on the same fresh inputs for a few steps; print errors "
-                       "against eager ToMA and against the unmerged model; exit 1 on mismatch.")
+                       description="Run the artifact and eager ToMA (in the artifact's dtype) on the same fresh inputs "
+                       "for a few steps; print errors against eager ToMA and against the unmerged model; exit 1 on mismatch.")
     v.add_argument("artifact", help="artifact folder (from toma-export build)")
-    v.add_argument("--steps", type=int, default=3, help="denoising steps compared, each on fresh random inputs (default: 3)")
-    v.add_argument("--seed", type=int, default=1234, help="seed of the random inputs (default: 1234)")
-    v.add_argument("--tol", type=float, default=1e-3, help="max abs error allowed against eager ToMA")
+    v.add_argument("--steps", type=_int_in(1, MAX_STEPS + 1, "--steps", "--steps 3"), default=3,
+                   help=f"denoising steps compared, 1 to {MAX_STEPS}, each on fresh random inputs (default: 3)")
+    v.add_argument("--seed", type=_int_in(0, MAX_SEED, "--seed", "--seed 1234"), default=1234,
+                   help="seed of the random inputs, in [0, 2**63) (default: 1234)")
+    v.add_argument("--tol", type=_tol, default=None,
+                   help="max abs error allowed against eager ToMA (default by the artifact's precision: "
+                   + ", ".join(f"{k} {t:g}" for k, t in VERIFY_TOLERANCES.items()) + ")")
+    v.add_argument("--model", help="where the artifact's model is now (local folder or Hub id), if it moved since the "
+                   "build; its class, config and weights must still match the manifest")
     v.set_defaults(handler=_cmd_verify)
 
     r = sub.add_parser("run", help="generate an image with the full pipeline around an artifact",
-                       description="Assemble the model's pipeline (tiny VAE and scheduler for embedded models, prompt "
-                       "embeddings instead of text encoders) with the artifact as its denoiser, and write a PNG.")
+                       description="Assemble the model's pipeline (a saved pipeline's own scheduler, VAE, text encoders "
+                       "and tokenizers; for embedded models a tiny VAE and scheduler and deterministic prompt embeddings) "
+                       "with the artifact as its denoiser, and write a PNG.")
     r.add_argument("artifact", help="artifact folder (from toma-export build)")
-    r.add_argument("--steps", type=int, default=10, help="denoising steps (default: 10)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the latents and prompt embeddings (default: 0)")
-    r.add_argument("--out", default="image.png", help="PNG file to write (default: image.png)")
+    r.add_argument("--steps", type=_int_in(1, MAX_STEPS + 1, "--steps", "--steps 20"), default=10,
+                   help=f"denoising steps, 1 to {MAX_STEPS} (default: 10)")
+    r.add_argument("--seed", type=_int_in(0, MAX_SEED, "--seed", "--seed 0"), default=0,
+                   help="seed of the latents and prompt embeddings, in [0, 2**63) (default: 0)")
+    r.add_argument("--out", default="image.png", help="PNG file to write, not a folder (default: image.png)")
+    r.add_argument("--prompt", help="text prompt: encoded by the pipeline's own text encoders; embedded tiny models map "
+                   "it to deterministic embeddings (a seed from the prompt's SHA-256)")
+    r.add_argument("--negative-prompt", help="negative prompt (pipelines with classifier-free guidance)")
+    r.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     r.set_defaults(handler=_cmd_run)

@@ -1,31 +1,57 @@
-"""``toma-export inspect MODEL``: the merge sites the graph pass finds (:func:`toma_export.graph.inspect.inspect_model`)."""
+"""``toma-export inspect MODEL|ARTIFACT``: the merge sites the graph pass finds
+(:func:`toma_export.graph.inspect.inspect_model`), or what an artifact folder holds
+(:func:`toma_export.graph.inspect.format_artifact`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from toma_export.cli.config_options import add_config_options, config_from_args
+
+
+def _is_artifact(target: str) -> bool:
+    return Path(target).is_dir() and (Path(target) / "manifest.json").exists()
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Print the report; bad input prints the problem and the fix, not a traceback."""
-    from toma_export.errors import ToMAError
+    """Print the report; bad input raises a ToMAError (printed as the problem and the fix, exit 2)."""
+    from toma_export.errors import ToMAConfigError
+
+    if _is_artifact(args.model):
+        from toma_export.graph.inspect import format_artifact
+
+        print(format_artifact(args.model))
+        return 0
+    from toma_export.engines.build import check_image_size
     from toma_export.graph.inspect import inspect_model
 
+    config = config_from_args(args)
+    if args.height is not None or args.width is not None:
+        check_image_size(args.model, args.height or args.width, args.width or args.height)
     try:
-        report = inspect_model(args.model, ratio=args.ratio, height=args.height, width=args.width)
-    except (ToMAError, ValueError) as e:
-        print(f"toma-export inspect: {e}")
-        return 2
+        report = inspect_model(args.model, height=args.height, width=args.width, config=config)
+    except ValueError as e:  # example_inputs: a size the model cannot take
+        if isinstance(e, ToMAConfigError):
+            raise
+        raise ToMAConfigError(f"{e}; pick --height/--width the model accepts.") from None
     print(report.format())
     return 0
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``inspect`` subcommand to a CLI's subparsers; its handler is ``args.handler``."""
-    p = subparsers.add_parser("inspect", help="list the merge sites the graph pass finds, their groups and FLOP share")
-    p.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sd15-tiny, sdxl, flux) or a local diffusers folder")
-    p.add_argument("--ratio", type=float, default=0.5, help="share of image tokens removed (default 0.5)")
+    p = subparsers.add_parser(
+        "inspect", help="list the merge sites the graph pass finds (a model), or what an artifact folder holds",
+        description="MODEL: capture it, find and rewrite its merge sites under the ToMA configuration, print sites, "
+        "groups and FLOP share. ARTIFACT (a folder with manifest.json): print its full config, backend, precision, "
+        "shapes and variants (file hashes are checked by `verify`/`run`).")
+    p.add_argument("model", metavar="MODEL|ARTIFACT",
+                   help="embedded model name (sdxl-tiny, flux-tiny, sd15-tiny, sdxl, flux), a local diffusers folder, "
+                   "or an artifact folder")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default 256 for *-tiny, else 1024)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the height)")
+    add_config_options(p)
     p.set_defaults(handler=_run)
     return p

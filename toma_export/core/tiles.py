@@ -5,7 +5,8 @@ grid is a reshape/permute (no gather, no scatter), so it exports to static ONNX 
 
 Grids that tiles do not divide: the largest tile-divisible top-left region is tiled and the
 leftover border (the right columns beside it, then the bottom rows) is carried through unmerged
-("rest" tokens). ``remainder="error"`` refuses such grids instead.
+("rest" tokens). ``remainder="error"`` refuses such grids instead. A tile larger than the grid in
+either side (not one whole tile fits) is always refused: it would merge nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class TileLayout:
         th, tw = tile
         if th < 1 or tw < 1:
             raise ToMAConfigError(f"tile={tile}: tile sides must be >= 1; use e.g. tile=(4, 4).")
+        if th > h or tw > w:
+            # Not one whole tile fits, so a merged site would merge nothing: an error, whatever the
+            # remainder rule (remainder="keep" only covers a border beside at least one whole tile).
+            raise ToMAConfigError(
+                f"tile={tile} is larger than the {h}x{w} token grid of a merged site, so nothing would merge. "
+                f"Use a tile of at most {h}x{w} (e.g. tile=({min(th, h)}, {min(tw, w)})), a larger image, or fewer "
+                "UNet levels (max_downsample)."
+            )
         if remainder == "error" and (h % th or w % tw):
             raise ToMAConfigError(
                 f"tile={tile} does not divide the {h}x{w} token grid and remainder='error'. "

@@ -36,9 +36,21 @@ def _denoiser(obj: Any) -> torch.nn.Module:
     )
 
 
+def _eager_family(model: torch.nn.Module) -> str:
+    """The model's family when an eager adapter exists for it; other architectures are refused."""
+    family = model_family(model)
+    if family not in ("unet", "flux"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: eager apply has adapters for diffusers UNets (SDXL/SD1.5) and Flux.1-style "
+            "transformers; for this architecture use the graph pass, toma_export.rewrite(model, example_kwargs, "
+            "config), or toma-export build/inspect, which find merge sites by graph pattern."
+        )
+    return family
+
+
 def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
     """Register the hooks for ``model``'s family; nothing stays registered when this raises."""
-    family = model_family(model)
+    family = _eager_family(model)
     try:
         installed = unet.install(model, config, **options) if family == "unet" else flux.install(model, config)
     except BaseException:
@@ -84,7 +96,7 @@ def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
     elif options:
         raise TypeError("pass either a ToMAConfig or keyword options, not both")
     model = _denoiser(obj)
-    model_family(model)  # refuse unsupported models before removing anything
+    _eager_family(model)  # refuse unsupported models before removing anything
     remove(obj)
     setattr(model, _INSTALLED_ATTR, install(model, config))
     return obj

@@ -11,6 +11,7 @@ Everything is written into a temporary sibling folder and renamed into place at 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -31,29 +32,114 @@ from toma_export.models.identity import model_identity
 from toma_export.models.inputs import example_inputs
 from toma_export.models.registry import load_model
 
+#: ``--dtype`` names -> torch dtypes: the model is cast to it before capture, the example inputs are
+#: in it, so the engine's weights and activations are in that type.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: The largest image side ``build`` accepts, in pixels (checked before the model is loaded).
+MAX_SIDE = 4096
+
+
 @dataclasses.dataclass
 class BuildRequest:
+    """What to build. ``config`` is the full :class:`ToMAConfig`; ``ratio`` / ``method`` /
+    ``recompute_every``, when given, override its fields (shorthands for existing callers)."""
+
     model: str
-    method: str = "toma"
-    ratio: float = 0.5
+    method: str | None = None
+    ratio: float | None = None
     backend: str = "onnxruntime"
     height: int = 256
     width: int = 256
     batch: int = 1
     out: Path = Path("engines/out/model")
     selection: str = "unrolled"  # ONNX: "unrolled" standard ops or "plugin" node (TensorRT)
-    precision: str = "fp32"
-    recompute_every: int = 5
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (DTYPES): weights and activations of the engine
+    recompute_every: int | None = None
     force: bool = False
     seed: int = 0
     dynamic_batch: bool = False  # one artifact for any batch at this resolution (built at ``batch`` >= 2)
+    config: ToMAConfig | None = None
+    revision: str | None = None  # Hub ids: the revision (branch, tag or commit)
+    variant: str | None = None  # weights variant, e.g. "fp16"
+    subfolder: str | None = None  # the denoiser's folder inside a pipeline repo
 
-    def config(self) -> ToMAConfig:
-        return ToMAConfig(ratio=self.ratio, method=self.method, recompute_every=self.recompute_every)  # type: ignore[arg-type]
+    def toma_config(self) -> ToMAConfig:
+        """The full config: ``config`` (default ``ToMAConfig()``) with the shorthands applied; validated."""
+        base = self.config if self.config is not None else ToMAConfig()
+        if not isinstance(base, ToMAConfig):
+            raise ToMAConfigError(f"BuildRequest.config must be a ToMAConfig, got {type(base).__name__}.")
+        over = {k: getattr(self, k) for k in ("ratio", "method", "recompute_every") if getattr(self, k) is not None}
+        return dataclasses.replace(base, **over) if over else base
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+#: Families / classes whose latents are packed 2x2 into tokens (image sides in multiples of 16 px).
+PACKED_FAMILIES = ("flux", "flux2", "qwen-image")
+PACKED_CLASSES = ("FluxTransformer2DModel", "Flux2Transformer2DModel", "QwenImageTransformer2DModel")
+
+
+def pixel_multiple(model: str | Path) -> int:
+    """Image sides must be multiples of this many pixels: 8 for UNets (the VAE factor), 16 for Flux
+    (2x2-packed latents). Read from the embedded table or the folder's config.json, without loading
+    weights; a folder whose config cannot be read gives 8 (loading it then names what is wrong)."""
+    from toma_export.models.inputs import FLUX_TOKEN_PIXELS, VAE_FACTOR
+    from toma_export.models.registry import EMBEDDED_MODELS
+
+    key = str(model)
+    if key in EMBEDDED_MODELS:
+        return FLUX_TOKEN_PIXELS if EMBEDDED_MODELS[key][0] in PACKED_FAMILIES else VAE_FACTOR
+    import json
+
+    path = Path(key)
+    for cfg in (path / "transformer" / "config.json", path / "config.json"):
+        try:
+            if cfg.is_file() and cfg.stat().st_size < (1 << 20):
+                if json.loads(cfg.read_text()).get("_class_name") in PACKED_CLASSES:
+                    return FLUX_TOKEN_PIXELS
+        except (OSError, ValueError, AttributeError):
+            pass
+    return VAE_FACTOR
+
+
+def check_image_size(model: str | Path, height: Any, width: Any) -> None:
+    """Image sides: positive ints, at most MAX_SIDE, multiples of what the model needs (before loading it)."""
+    multiple = None
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ToMAConfigError(f"--{name} {v!r} must be a positive number of pixels, e.g. --{name} 1024.")
+        if v > MAX_SIDE:
+            raise ToMAConfigError(
+                f"--{name} {v} is above the {MAX_SIDE} px this tool builds for (engines grow with the square of "
+                f"the side); use at most --{name} {MAX_SIDE}."
+            )
+        multiple = multiple or pixel_multiple(model)
+        if v % multiple:
+            lo = max(multiple, v // multiple * multiple)
+            raise ToMAConfigError(
+                f"--{name} {v} is not a multiple of {multiple} px, which {model} needs; use e.g. --{name} {lo} "
+                f"or {lo + multiple}."
+            )
+
+
+def _check_out(out: Path) -> None:
+    """The nearest existing folder above ``out`` must be writable (checked before the model loads)."""
+    import os
+
+    probe = Path(os.path.abspath(out)).parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ToMAError(f"--out {out}: {probe} is not a folder you can write to; choose an --out in a writable folder.")
 
 
 def _validate(req: BuildRequest) -> ToMAConfig:
-    config = req.config()  # raises on a bad ratio/method
+    config = req.toma_config()  # raises on a bad field
+    if req.precision not in DTYPES:
+        raise ToMAConfigError(f"--dtype {req.precision!r} is unknown; choose one of {', '.join(DTYPES)}.")
+    check_image_size(req.model, req.height, req.width)
     if req.backend not in BACKENDS:
         raise ToMAConfigError(f"--backend {req.backend!r} is unknown; choose one of {', '.join(BACKENDS)}.")
     refusal = methods.get(config.method).refusal(req.backend) if config.active else None
@@ -71,6 +157,7 @@ def _validate(req: BuildRequest) -> ToMAConfig:
             f"--dynamic-batch is not supported with --backend {req.backend} (its engines need an optimisation "
             "profile per batch range); build a fixed --batch for it."
         )
+    _check_out(Path(req.out))
     if req.backend in ("tensorrt", "torch-tensorrt"):
         from toma_export.engines.trt_engine import require_cuda, require_tensorrt
 
@@ -102,16 +189,22 @@ def _variants(
     return {"single": ep}, 0, None
 
 
-def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path) -> str:
-    """Write one variant's engine file(s) into ``folder``; returns its main file name."""
+def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path, phase: Callable[[str], None]) -> str:
+    """Write one variant's engine file(s) into ``folder``; returns its main file name. ``phase`` is told
+    each phase as it starts (for the progress bar)."""
     if req.backend == "onnxruntime":
         from toma_export.engines.onnx_export import export_onnx
+        from toma_export.engines.onnxruntime import OrtEngine
 
-        export_onnx(ep, folder / f"{name}.onnx", selection=req.selection)  # type: ignore[arg-type]
-        return f"{name}.onnx"
+        phase("ONNX export")
+        path = export_onnx(ep, folder / f"{name}.onnx", selection=req.selection)  # type: ignore[arg-type]
+        phase("ORT session")
+        OrtEngine(path)  # the engine must load here (kernels for its dtype), not first at run time
+        return path.name
     if req.backend == "inductor":
         from torch._inductor import aoti_compile_and_package
 
+        phase("AOTInductor compile")
         path = folder / f"{name}.pt2"
         aoti_compile_and_package(ep, package_path=str(path))
         return path.name
@@ -119,8 +212,10 @@ def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path) -> str:
         from toma_export.engines.onnx_export import export_onnx
         from toma_export.engines.trt_engine import BuildOptions, build_engine
 
+        phase("ONNX export")
         onnx_dir = folder / "onnx"
         onnx_path = export_onnx(ep, onnx_dir / f"{name}.onnx", selection="plugin")
+        phase("TensorRT engine")
         build_engine(onnx_path, folder / f"{name}.plan", BuildOptions(precision=req.precision))
         return f"{name}.plan"
     raise ToMAConfigError(
@@ -129,11 +224,26 @@ def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path) -> str:
     )
 
 
+#: Phases of one variant's engine, per backend (the progress bar's steps).
+_ENGINE_PHASES = {"onnxruntime": 2, "inductor": 1, "tensorrt": 2}
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` with floating weights and buffers in ``dtype`` (in place). Uses ``nn.Module.to``:
+    diffusers' override only adds a warning about modules kept in fp32, which these models lack."""
+    if dtype != torch.float32:
+        torch.nn.Module.to(model, dtype)
+    return model
+
+
 def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
-    """Build ``req`` into ``req.out``; returns the folder. Nothing is left under that name on failure."""
+    """Build ``req`` into ``req.out``; returns the folder. Nothing is left under that name on failure.
+
+    ``progress``: a tqdm bar on stderr over the stages and, inside the export stage, each variant's
+    phases (ONNX export, ORT session ...); tqdm shows elapsed time and an estimate from the phases
+    done so far. Off when stderr is not a terminal."""
     config = _validate(req)
-    stages = ["load model", "capture + rewrite", "export engines", "manifest"]
-    bar = tqdm(total=len(stages), desc="build", disable=not progress, unit="stage")
+    bar = tqdm(total=3, desc="build", disable=None if progress else True, unit="step", leave=False)
     timings: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
@@ -144,17 +254,48 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
         bar.update(1)
         return result
 
-    with atomic_folder(Path(req.out), overwrite=req.force) as tmp:
-        model = stage("load model", lambda: load_model(req.model, seed=req.seed))
-        kwargs = example_inputs(model, batch=req.batch, height=req.height, width=req.width)
+    def export_all(variants: dict[str, Any], tmp: Path) -> dict[str, str]:
+        files = {}
+        for n, ep in variants.items():
+            last: list[str] = []
+
+            def phase(what: str, n: str = n, last: list[str] = last) -> None:
+                if last:
+                    bar.update(1)
+                last[:] = [what]
+                bar.set_postfix_str(f"{n}: {what}")
+
+            files[n] = _write_engine(req, n, ep, tmp, phase)
+            bar.update(1 if last else 0)
+        return files
+
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(atomic_folder(Path(req.out), overwrite=req.force))
+        except OSError as err:
+            raise ToMAError(
+                f"cannot create the artifact at {req.out} ({err.strerror or err}); choose an --out in a folder you "
+                "can write to."
+            ) from None
+        model = stage("load model", lambda: cast_model(load_model(req.model, revision=req.revision, variant=req.variant,
+                                                           subfolder=req.subfolder, seed=req.seed), req.dtype))
+        try:
+            kwargs = example_inputs(model, batch=req.batch, height=req.height, width=req.width, dtype=req.dtype)
+        except ValueError as err:
+            raise ToMAConfigError(f"{err}; pick --height/--width the model accepts.") from None
         variants, n_groups, program = stage(
-            "capture + rewrite", lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch)
+            "capture + rewrite (torch.export)",
+            lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch),
         )
+        bar.total = 3 + len(variants) * _ENGINE_PHASES.get(req.backend, 1)
+        bar.refresh()
         first = next(iter(variants.values()))
         batch_dims, batch_range = _batch_dims(first), Captured(first, kwargs).batch_range
         if req.dynamic_batch and not any(d is not None for d in batch_dims):
             raise ToMAError("--dynamic-batch: the exported program kept a fixed batch; build without --dynamic-batch.")
-        files = stage("export engines", lambda: {n: _write_engine(req, n, ep, tmp) for n, ep in variants.items()})
+        start = time.perf_counter()
+        files = export_all(variants, tmp)
+        timings["export engines"] = round(time.perf_counter() - start, 2)
         flat_shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
         groups = [[g.layout.num_tiles, g.k] for g in program.groups] if program is not None else []
         manifest = Manifest(
@@ -169,6 +310,8 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
                 "input_spec": dump_spec(kwargs),
                 "selection": req.selection if req.backend == "onnxruntime" else "plugin",
                 "precision": req.precision,
+                "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in torch.utils._pytree.tree_leaves(kwargs)
+                                 if isinstance(t, torch.Tensor)],
                 "sites": [dataclasses.asdict(s) for s in program.sites] if program is not None else [],
                 "build_seconds": timings,
                 "seed": req.seed,

@@ -53,9 +53,16 @@ class ProgramRunner:
     num_groups: int
     shapes: dict[str, Any]
     selections: int = 0
+    #: Per flat input, the dtype the engine takes (manifest ``extra.input_dtypes``; None: as given).
+    #: Floating inputs in another floating dtype are converted (e.g. fp32 latents into an fp16
+    #: artifact); outputs come back in the artifact's precision.
+    input_dtypes: list[torch.dtype] | None = None
 
     def flatten(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
         flat = flatten_inputs(inputs, self.input_spec)
+        if self.input_dtypes is not None and len(self.input_dtypes) == len(flat):
+            flat = [t.to(d) if t.dtype != d and t.is_floating_point() and d.is_floating_point else t
+                    for t, d in zip(flat, self.input_dtypes)]
         got = [list(t.shape) for t in flat]
         if self.shapes.get("dynamic_batch"):
             if not self._fits_dynamic(got):
@@ -116,6 +123,29 @@ class ProgramRunner:
         return self.variants["reuse"](flat + (schedule.carried_list(keys) or []))[0]
 
 
+#: ``extra.precision`` -> the engine's floating dtype.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_dtype(manifest: Manifest) -> torch.dtype:
+    """The artifact's floating dtype (``extra.precision``, fp32 when absent); an unknown one is refused."""
+    name = manifest.extra.get("precision", "fp32")
+    if name not in PRECISIONS:
+        raise ArtifactError(f"manifest extra.precision {name!r} is not one of {', '.join(PRECISIONS)}; rebuild the artifact.")
+    return PRECISIONS[name]
+
+
+def input_dtypes(manifest: Manifest) -> list[torch.dtype] | None:
+    """Per flat input, its dtype as built (``extra.input_dtypes``), or None for artifacts without it."""
+    names = manifest.extra.get("input_dtypes")
+    if names is None:
+        return None
+    dtypes = [getattr(torch, str(n).removeprefix("torch."), None) for n in names] if isinstance(names, list) else [None]
+    if not all(isinstance(d, torch.dtype) for d in dtypes):
+        raise ArtifactError(f"manifest extra.input_dtypes {names!r} names unknown dtypes; rebuild the artifact.")
+    return dtypes  # type: ignore[return-value]
+
+
 @dataclass
 class LoadedArtifact:
     folder: Path
@@ -134,6 +164,7 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
 
     folder = Path(folder)
     manifest = read_manifest(folder, expect_version=__version__)
+    precision_dtype(manifest)  # an unknown precision is refused before anything opens
     extra = manifest.extra
     variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
     runner = ProgramRunner(
@@ -142,5 +173,6 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
         input_shapes=manifest.shapes["inputs"],
         num_groups=len(extra["groups"]),
         shapes=manifest.shapes,
+        input_dtypes=input_dtypes(manifest),
     )
     return LoadedArtifact(folder, manifest, runner)

@@ -114,8 +114,14 @@ def export_onnx(
     selection: Selection = "unrolled",
     opset: int = 18,
     external_data: bool | None = None,
+    bf16_in_fp32: bool = True,
 ) -> Path:
-    """Write ``ep`` as ONNX at ``path`` (plus ``weights.bin`` beside it when external)."""
+    """Write ``ep`` as ONNX at ``path`` (plus ``weights.bin`` beside it when external).
+
+    ``bf16_in_fp32``: a bf16 graph keeps bf16 weights, inputs and outputs, but every op computes in
+    fp32 between casts (:func:`bf16_compute_in_fp32`), since opset-18 ops such as Conv do not admit
+    bf16 and ONNX Runtime's CPU provider has few bf16 kernels. Off for TensorRT (native bf16).
+    """
     import onnx
 
     if selection not in ("unrolled", "plugin"):
@@ -142,6 +148,8 @@ def export_onnx(
         onnx.checker.check_model(str(path))
         return path
     model = cleanup(program.model_proto)
+    if bf16_in_fp32 and _has_bf16(model):
+        model = bf16_compute_in_fp32(model)
     if external_data:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
         onnx.checker.check_model(str(path))
@@ -165,3 +173,58 @@ def cleanup(model: Any) -> Any:
     out.functions.extend(f for f in model.functions if f.domain != "" and f.name not in {g.name for g in out.functions})
     return out
 
+
+
+#: Ops left as they are in a bf16 graph: their output type is an attribute, and ONNX Runtime's CPU
+#: provider has bf16 kernels for them.
+_TYPED_BY_ATTRIBUTE = {"Cast", "CastLike", "Constant", "ConstantOfShape"}
+
+
+def _has_bf16(model: Any) -> bool:
+    from onnx import TensorProto
+
+    bf16 = TensorProto.BFLOAT16
+    return any(t.data_type == bf16 for t in model.graph.initializer) or any(
+        v.type.tensor_type.elem_type == bf16 for v in model.graph.input
+    )
+
+
+def bf16_compute_in_fp32(model: Any) -> Any:
+    """Every op with a bf16 input or output computes in fp32: its bf16 inputs are cast up (exact) and
+    its bf16 outputs cast back down (round to nearest even), so values between ops are bf16 as in
+    eager bf16, whose CPU kernels also accumulate in fp32 and round each op's output. Weights stay
+    bf16 in the file; inputs and outputs of the graph stay bf16.
+
+    Why: ONNX opset 18 does not admit bf16 for Conv (and others), and ONNX Runtime's CPU provider has
+    few bf16 kernels, so a plain bf16 graph does not load ("Type 'tensor(bfloat16)' of input parameter
+    ... of operator (Conv) ... is invalid").
+    """
+    from onnx import TensorProto, helper, shape_inference
+
+    bf16, f32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+    inferred = shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    nodes: list[Any] = []
+    up: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in _TYPED_BY_ATTRIBUTE or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        for i, name in enumerate(node.input):
+            if name and types.get(name) == bf16:
+                if name not in up:
+                    up[name] = f"{name}__fp32"
+                    nodes.append(helper.make_node("Cast", [name], [up[name]], to=f32, name=f"{name}__cast_up"))
+                node.input[i] = up[name]
+        down = []
+        for i, name in enumerate(node.output):
+            if name and types.get(name) == bf16:
+                node.output[i] = f"{name}__fp32out"
+                down.append(helper.make_node("Cast", [node.output[i]], [name], to=bf16, name=f"{name}__cast_down"))
+        nodes.append(node)
+        nodes.extend(down)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)  # value names keep their bf16 types (the casts down produce them)
+    return model

@@ -66,12 +66,18 @@ class OrtEngine:
         if missing:
             raise ToMAError(f"engine {self.path.name} needs inputs {missing}; got {sorted(feeds)}")
         binding = self.session.io_binding()
-        kept = []
+        kept: list[Any] = []
         for name in self.input_names:
             t = feeds[name].contiguous()
             if t.device.type != self.device:
                 t = t.to(self.device)
             kept.append(t)  # keep alive until the run finishes
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: bind the bits with ONNX's type
+                binding.bind_ortvalue_input(name, _bf16_ortvalue(t))
+                continue
+            if t.dtype not in _NP_TYPES:
+                raise ToMAError(f"engine {self.path.name}: input {name} is {t.dtype}, which it cannot take; "
+                                "pass the dtype the artifact was built for (its manifest's extra.precision).")
             binding.bind_input(
                 name,
                 device_type=t.device.type,
@@ -85,5 +91,21 @@ class OrtEngine:
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         if self.device == "cpu":
-            return [torch.from_numpy(o.numpy()) for o in outs]
-        return [torch.from_dlpack(o.to_dlpack()) for o in outs]
+            return [_cpu_tensor(o) for o in outs]
+        return [torch.from_dlpack(o._ortvalue.to_dlpack() if not hasattr(o, "to_dlpack") else o.to_dlpack())
+                for o in outs]
+
+
+def _bf16_ortvalue(t: torch.Tensor) -> Any:
+    """A CPU bf16 tensor as an OrtValue of ONNX type BFLOAT16 (its bits as int16; numpy has no bf16)."""
+    import onnxruntime as ort
+
+    bits = t.cpu().view(torch.int16).numpy()
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, 16)  # TensorProto.BFLOAT16
+
+
+def _cpu_tensor(value: Any) -> torch.Tensor:
+    """An ONNX Runtime CPU output as a torch tensor (bf16 through DLPack, which numpy cannot hold)."""
+    if value.data_type() == "tensor(bfloat16)":
+        return torch.from_dlpack(value._ortvalue.to_dlpack())
+    return torch.from_numpy(value.numpy())

@@ -12,12 +12,13 @@ import torch
 
 from toma_export import ops as _ops  # noqa: F401  (registers the toma:: custom ops)
 from toma_export.config import ToMAConfig
+from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured, batch_dynamic_shapes, capture
 from toma_export.graph.decompositions import decompositions, lower
 from toma_export.graph.grids import Grid, token_grids
 from toma_export.graph.patterns import Site, find_sites
 from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
-from toma_export.graph.rewriter import add_selection, plan, rewrite_graph
+from toma_export.graph.rewriter import Plan, add_selection, plan, rewrite_graph
 
 
 def rewrite(
@@ -40,10 +41,23 @@ def rewrite(
 
 
 def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
-    found = find_sites(captured.ep.graph, token_grids(captured.example_kwargs))
+    """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
+    region explains leaves every site unmerged, each reported with that reason (``program.skipped``)."""
+    try:
+        found = find_sites(captured.ep.graph, token_grids(captured.example_kwargs, captured.model_config))
+    except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
+        raise UnsupportedModelError(
+            f"matching merge sites failed on this graph ({type(e).__name__}: {e}); the model is not supported by "
+            "the graph pass. Run it unmerged, or ToMA eagerly where an adapter exists (toma_export.apply)."
+        ) from e
     p = plan(found, config)
-    rewritten, p = rewrite_graph(captured.ep.graph_module, p, config) if p.sites else (None, p)
-    select_gm = add_selection(rewritten, p) if rewritten is not None else None
+    try:
+        rewritten, p = rewrite_graph(captured.ep.graph_module, p, config) if p.sites else (None, p)
+        select_gm = add_selection(rewritten, p) if rewritten is not None else None
+    except Exception as e:  # noqa: BLE001 - not attributable to one site: leave all unmerged, say why
+        reason = f"rewrite failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
+        p = Plan([], [], [], p.skipped + [(s, reason) for s in p.sites], p.limit)
+        rewritten, select_gm = None, None
     return ToMAProgram(captured, config, p, rewritten, select_gm)
 
 

@@ -26,6 +26,8 @@ class Captured:
 
     ep: ExportedProgram
     example_kwargs: dict[str, Any]
+    #: The model's config (diffusers ``model.config``), for grid hints the inputs cannot give (patch sizes).
+    model_config: Any = None
 
     @property
     def lifted(self) -> list[torch.Tensor]:
@@ -165,6 +167,25 @@ def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shap
             return torch.export.export(model, (), dict(example_kwargs), dynamic_shapes=refined, strict=False)
 
 
+def export_failure(model: torch.nn.Module, e: BaseException) -> str:
+    """Why ``torch.export`` could not capture ``model``, and what to do, from the exception torch raised."""
+    name = type(model).__name__
+    text = f"{type(e).__name__}: {str(e).strip()}"
+    first = text.splitlines()[0][:300]
+    low = text.lower()
+    if any(k in low for k in ("data-dependent", "data dependent", "guardondatadependent", "unbacked", "symint",
+                               "could not guard", "item()", "nonzero")):
+        reason = ("its forward reads tensor values to decide shapes or control flow (data-dependent lengths such as "
+                  "text lengths taken from an attention mask, per-sample sequence packing, or mixture-of-experts "
+                  "routing), which torch.export cannot capture as one static graph")
+        fix = ("pass inputs that make those lengths static (e.g. no padding mask / full-length text), use a model "
+               "variant without data-dependent routing, or run ToMA eagerly with toma_export.apply")
+    else:
+        reason = "torch.export failed on its forward"
+        fix = "check that model(**example_kwargs) runs with these inputs, or run ToMA eagerly with toma_export.apply"
+    return f"{name} cannot be captured for the graph pass: {reason} (torch: {first}). Fix: {fix}."
+
+
 def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batch: bool = False) -> Captured:
     """``torch.export`` (non-strict) of ``model(**example_kwargs)``.
 
@@ -176,12 +197,12 @@ def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batc
         ep = _export(model, example_kwargs, dynamic_shapes)
     except Exception as e:
         if not dynamic_batch:
-            raise
+            raise UnsupportedModelError(export_failure(model, e)) from e
         raise UnsupportedModelError(
             f"{type(model).__name__} does not export with a dynamic batch: {str(e).strip()[:2000]}\n"
             "Capture with dynamic_batch=False and rewrite once per batch size."
         ) from e
-    captured = Captured(ep, dict(example_kwargs))
+    captured = Captured(ep, dict(example_kwargs), getattr(model, "config", None))
     if dynamic_batch and not any(d is not None for d in captured.batch_dims):
         raise UnsupportedModelError("the captured program has no symbolic batch dim; capture with dynamic_batch=False.")
     return captured

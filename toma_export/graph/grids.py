@@ -1,62 +1,183 @@
 """Which token counts are image grids, read from the model's example inputs (not its class).
 
-A merge site needs the 2-D grid of its image tokens. Two sources cover diffusers' families:
+A merge site needs the 2-D grid of its image tokens. Sources, in order of trust:
 
-- a 4-D latent input ``(B, C, H, W)`` (UNets, DiT, PixArt, SD3): the grids are ``H x W`` and its
-  ceil-halvings (UNet levels: stride-2 convs with padding 1; patch embeddings of size 2, 4, ...
-  give the same sides when they divide);
-- position ids ``(N, 3)`` / ``(B, N, 3)`` holding a full row-major grid (Flux's ``img_ids``).
+- position ids ``(N, A)`` / ``(B, N, A)`` of any dtype and any number of axes ``A >= 2`` (Flux's
+  float ``(N, 3)``, FLUX.2's int64 ``(B, N, 4)`` = (t, h, w, l), scaled or offset ids): the axes that
+  vary are ranked (so a scale or offset does not matter) and must enumerate a full row-major grid;
+  two varying axes give ``rows x cols``, three give ``frames x rows x cols`` (video);
+- grid shapes passed as plain ints: tuples ``(f, h, w)`` / ``(h, w)`` anywhere in the inputs
+  (Qwen-Image's ``img_shapes``), or ``num_frames`` / ``height`` / ``width`` ints (LTX's packed video);
+- a 4-D latent input ``(B, C, H, W)`` (UNets, DiT, PixArt, SD3): ``H x W`` and its ceil-halvings
+  (UNet levels; patch embeddings of size 2, 4, ... give the same sides when they divide), the
+  model config's ``patch_size`` first when known;
+- a 5-D video latent ``(B, C, F, H, W)`` (Wan): ``F' x H' x W'`` with the config's patch sizes
+  (else spatial halvings, frames kept).
+
+Video grids are frame-major: a :class:`Grid` with ``frames = F`` is the row-major ``(F * h) x w``
+grid of the sequence, and tiles whose height divides ``h`` never cross frames (the plan refuses
+tiles that would).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
-from toma_export.eager.flux import image_grid
-
 
 @dataclass(frozen=True)
 class Grid:
-    """A token grid and its downsampling factor relative to the input it was derived from."""
+    """A token grid and its downsampling factor relative to the input it was derived from.
+
+    ``h`` counts all rows of the sequence: ``frames`` stacked frames of ``h // frames`` rows each.
+    """
 
     h: int
     w: int
     downsample: int = 1
+    frames: int = 1
 
     @property
     def tokens(self) -> int:
         return self.h * self.w
 
+    @property
+    def frame_h(self) -> int:
+        return self.h // self.frames
 
-def token_grids(example_kwargs: dict[str, Any]) -> list[Grid]:
-    """Candidate image grids of a model's inputs, highest resolution first, one per token count.
 
-    A latent level whose token count equals the length of a sequence input (text) is dropped:
-    such a site could be either, and merging text tokens would be wrong.
+def _ranks(col: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Dense rank of each value of a 1-D column (0 .. n_unique-1) and the number of unique values."""
+    uniq, inv = torch.unique(col, sorted=True, return_inverse=True)
+    return inv, int(uniq.numel())
+
+
+def grid_from_ids(ids: torch.Tensor) -> Grid | None:
+    """The row-major grid position ids ``(N, A)`` or ``(B, N, A)`` enumerate, or None.
+
+    Axes that are constant are ignored; the varying ones, ranked, must be a full grid in row-major
+    order (first varying axis slowest). Two varying axes: ``rows x cols``; three: frames x rows x cols.
+    """
+    if ids.ndim not in (2, 3) or ids.shape[-1] < 2 or ids.shape[-2] < 2 or ids.is_complex():
+        return None
+    ids = (ids[0] if ids.ndim == 3 else ids).detach().cpu()
+    if ids.is_floating_point():
+        if not bool(torch.isfinite(ids).all()):
+            return None
+        ids = ids.double()
+    n = ids.shape[0]
+    cols = []
+    for a in range(ids.shape[1]):
+        r, u = _ranks(ids[:, a])
+        if u > 1:
+            cols.append((r, u))
+    if len(cols) not in (2, 3) or math.prod(u for _, u in cols) != n:
+        return None
+    flat = torch.zeros(n, dtype=torch.long)
+    for r, u in cols:
+        flat = flat * u + r
+    if not torch.equal(flat, torch.arange(n)):
+        return None
+    sides = [u for _, u in cols]
+    if len(sides) == 2:
+        return Grid(sides[0], sides[1])
+    return Grid(sides[0] * sides[1], sides[2], frames=sides[0])
+
+
+def _shape_tuples(obj: Any) -> list[tuple[int, ...]]:
+    """Tuples of 2 or 3 positive ints nested in lists/tuples/dicts (Qwen-Image's ``img_shapes``)."""
+    out: list[tuple[int, ...]] = []
+    if isinstance(obj, (list, tuple)):
+        if len(obj) in (2, 3) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in obj):
+            out.append(tuple(obj))
+        else:
+            for v in obj:
+                out.extend(_shape_tuples(v))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            out.extend(_shape_tuples(v))
+    return out
+
+
+def _grid_of_shape(t: tuple[int, ...]) -> Grid | None:
+    if len(t) == 2:
+        h, w, f = t[0], t[1], 1
+    else:
+        f, h, w = t
+    if h * w < 2:
+        return None
+    return Grid(f * h, w, frames=f) if f > 1 else Grid(h, w)
+
+
+def _patch(config: Any) -> tuple[int, int, int] | None:
+    """(temporal, height, width) patch sizes from a model config's ``patch_size`` (+ ``patch_size_t``)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    p = get("patch_size", None)
+    if p is None:
+        return None
+    if isinstance(p, int):
+        return int(get("patch_size_t", None) or 1), p, p
+    p = tuple(int(v) for v in p)
+    if len(p) == 3:
+        return p[0], p[1], p[2]
+    if len(p) == 2:
+        return 1, p[0], p[1]
+    return None
+
+
+def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid]:
+    """Candidate image grids of a model's inputs, one per token count, most trusted first.
+
+    ``config`` (the model's config, optional) supplies patch sizes when the latent's shape alone
+    cannot tell. A latent level whose token count equals the length of a sequence input (text) is
+    dropped: such a site could be either, and merging text tokens would be wrong.
     """
     latent: list[Grid] = []
-    from_ids: list[Grid] = []
+    exact: list[Grid] = []
     lengths: set[int] = set()
+    patch = _patch(config) if config is not None else None
     for leaf in pytree.tree_leaves(example_kwargs):
-        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        if leaf.ndim in (2, 3) and 2 <= leaf.shape[-1] <= 8 and leaf.shape[-2] > 1:
+            g = grid_from_ids(leaf)
+            if g is not None:
+                exact.append(g)
+        if not leaf.is_floating_point():
             continue
         if leaf.ndim == 4:
-            h, w, f = int(leaf.shape[-2]), int(leaf.shape[-1]), 1
+            h, w = int(leaf.shape[-2]), int(leaf.shape[-1])
+            if patch is not None and patch[1:] != (1, 1) and h % patch[1] == 0 and w % patch[2] == 0:
+                latent.append(Grid(h // patch[1], w // patch[2], patch[1]))
+            f = 1
             while h * w > 1:
                 latent.append(Grid(h, w, f))
                 h, w, f = -(-h // 2), -(-w // 2), f * 2
-        elif leaf.ndim in (2, 3) and leaf.shape[-1] == 3 and leaf.shape[-2] > 1:
-            hw = image_grid(leaf)
-            if hw is not None:
-                from_ids.append(Grid(hw[0], hw[1], 1))
+        elif leaf.ndim == 5:
+            fr, h, w = (int(s) for s in leaf.shape[-3:])
+            if patch is not None and fr % patch[0] == 0 and h % patch[1] == 0 and w % patch[2] == 0:
+                pf = fr // patch[0]
+                latent.append(Grid(pf * (h // patch[1]), w // patch[2], patch[1], frames=pf))
+            f = 1
+            while h * w > 1:
+                latent.append(Grid(fr * h, w, f, frames=fr))
+                h, w, f = -(-h // 2), -(-w // 2), f * 2
         if leaf.ndim == 3:
             lengths.add(int(leaf.shape[1]))
+    for t in _shape_tuples(example_kwargs):
+        g = _grid_of_shape(t)
+        if g is not None:
+            exact.append(g)
+    ints = {k: v for k, v in example_kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
+    if "height" in ints and "width" in ints:
+        f = ints.get("num_frames", 1)
+        exact.append(Grid(f * ints["height"], ints["width"], frames=f) if f > 1 else Grid(ints["height"], ints["width"]))
     seen: dict[int, Grid] = {}
-    for g in from_ids + [g for g in latent if g.tokens not in lengths]:
+    for g in exact + [g for g in latent if g.tokens not in lengths]:
         seen.setdefault(g.tokens, g)
     return sorted(seen.values(), key=lambda g: -g.tokens)
 

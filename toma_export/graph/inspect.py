@@ -68,6 +68,7 @@ class InspectReport:
     covered_flops: int
     after_flops: int
     notes: list[str] = field(default_factory=list)
+    config: ToMAConfig | None = None
 
     @property
     def covered_share(self) -> float:
@@ -75,6 +76,8 @@ class InspectReport:
 
     def format(self) -> str:
         lines = [f"{self.model} at {self.height}x{self.width}, ratio {self.ratio}"]
+        if self.config is not None:
+            lines.append("config: " + _format_config(self.config.to_dict()))
         found = len(self.sites) + len(self.skipped)
         if not found:
             lines.append(
@@ -115,7 +118,7 @@ def report_for(program: ToMAProgram, model: str, height: int, width: int, covera
     if coverage is not None and regions:
         notes.append("(coverage measured on a ratio-0.5 rewrite, since this ratio merges nothing)")
     return InspectReport(model, height, width, program.config.ratio, program.sites, program.skipped, program.groups,
-                         total, covered, after, notes)
+                         total, covered, after, notes, program.config)
 
 
 def inspect_model(
@@ -142,3 +145,43 @@ def inspect_model(
         coverage = rewrite_captured(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
     return report_for(program, name, height, width, coverage)
 
+
+
+def _format_config(config: dict[str, Any]) -> str:
+    def show(k: str, v: Any) -> str:
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            return f"{v[0]}x{v[1]}"
+        return ("auto" if k == "max_downsample" else "none") if v is None else str(v)
+
+    return ", ".join(f"{k} {show(k, v)}" for k, v in config.items())
+
+
+def format_artifact(folder: Any) -> str:
+    """What an artifact folder holds (``toma-export inspect ARTIFACT``): model, full config, backend,
+    precision, shapes, variants and destination groups. The manifest's schema and paths are checked;
+    file hashes are not (``verify`` and ``run`` check them before anything runs)."""
+    from toma_export.engines.artifact import read_manifest
+
+    m = read_manifest(folder, verify_files=False)
+    extra, shapes = m.extra, m.shapes
+    lines = [f"artifact {folder}"]
+    lines.append(f"model: {m.model.get('name')} ({m.model.get('class', '?')}, weights {str(m.model.get('weights_hash', '?'))[:12]})")
+    lines.append(f"backend: {m.backend}, precision {extra.get('precision', 'fp32')}, selection {extra.get('selection', '?')}")
+    lines.append("config: " + _format_config(m.config))
+    batch = f"any batch 1..{shapes.get('batch_max') or 'n'} (built at {shapes['batch']})" if shapes.get("dynamic_batch") \
+        else f"batch {shapes['batch']}"
+    lines.append(f"shapes: {shapes['height']}x{shapes['width']} px, {batch}; inputs {shapes.get('inputs')}")
+    if extra.get("input_dtypes"):
+        lines.append(f"input dtypes: {', '.join(extra['input_dtypes'])}")
+    lines.append("variants: " + ", ".join(f"{k} ({v})" for k, v in extra.get("variants", {}).items()))
+    groups = extra.get("groups") or []
+    if groups:
+        lines.append("groups: " + ", ".join(f"{t} tiles x {k} destinations" for t, k in groups))
+    sites = extra.get("sites") or []
+    if sites:
+        lines.append(f"sites: {len(sites)} merged (" + ", ".join(sorted({str(s.get('kind')) for s in sites})) + ")")
+    if extra.get("build_seconds"):
+        lines.append("build seconds: " + ", ".join(f"{k} {v}" for k, v in extra["build_seconds"].items()))
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items())))
+    lines.append(f"files: {len(m.files)} (hashes checked by verify/run)")
+    return "\n".join(lines)

@@ -13,9 +13,15 @@ it. Three patterns, anchored on ATen ops only:
 - MLP: ``norm -> linear -> activation (gelu/silu/relu, GEGLU's chunk*gelu) -> linear``, with no
   attention in between and ``X`` used by nothing else.
 
-``X`` must come from a norm (layer/rms/group norm, optionally modulated by adaLN ``* (1+s) + b``),
-and hold an image grid (``grids.py``): the whole sequence, or one segment of a token-dim ``cat``
-(Flux's single-stream ``[text; image]``). ``nn_module_stack`` metadata is used only to name sites.
+``X`` must come from a norm (layer/rms/group norm, decomposed RMSNorm ``pow/mean/rsqrt``, FP32LayerNorm's
+``float -> norm -> type_as``; optionally modulated by adaLN ``* (1+s) + b``, where a per-token scale/shift
+shaped like the tokens is told apart by following every operand to the norm), and hold an image grid
+(``grids.py``): the whole sequence, or one segment of a token-dim ``cat`` (Flux's single-stream
+``[text; image]``; a ``cat`` of separately normalised text and image before one Q/K/V, CogView4; a
+``pad_sequence`` of equal-length per-sample sequences). A normalised sequence that is sliced into its
+image and text parts (and joined again) before Q/K/V is the site itself (HunyuanImage single blocks).
+MLPs include SwiGLU split by ``chunk`` or by channel ``slice``. ``nn_module_stack`` metadata is used
+only to name sites.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ MLP_BODY = ACTIVATIONS | {
     aten.to.dtype,
     aten.to.dtype_layout,
     aten._to_copy.default,
+    aten.type_as.default,
     aten.clone.default,
     aten.contiguous.default,
     aten._assert_tensor_metadata.default,
@@ -73,6 +80,7 @@ MODULATION = {
     aten.clone.default,
     aten.contiguous.default,
     aten.squeeze.dim,
+    aten.type_as.default,
 }
 
 
@@ -127,46 +135,153 @@ def linears_feeding(node: Node, limit: int = 200) -> list[Node]:
     return found
 
 
+def _stream_inputs(node: Node) -> list[Node]:
+    """Operands of a channel-wise op that may carry the token stream (same shape as the output).
+
+    Per-token modulation (scale/shift shaped like the tokens, e.g. Wan with per-token timesteps)
+    gives several such operands; callers try each (the stream is the one that leads to a norm).
+    """
+    out = _val(node)
+    if out is None:
+        return []
+    return [a for a in node.all_input_nodes if (v := _val(a)) is not None and tuple(v.shape) == tuple(out.shape)]
+
+
 def _main_input(node: Node) -> Node | None:
     """The operand of a channel-wise op that carries the token stream (same shape as the output)."""
-    out = _val(node)
-    for a in node.all_input_nodes:
-        v = _val(a)
-        if v is not None and out is not None and tuple(v.shape) == tuple(out.shape):
-            return a
-    return None
+    ins = _stream_inputs(node)
+    return ins[0] if ins else None
+
+
+_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default, aten.type_as.default, aten.clone.default}
+
+
+def _through_casts(n: object) -> object:
+    while isinstance(n, Node) and n.op == "call_function" and n.target in _CASTS:
+        n = n.args[0]
+    return n
+
+
+def _is_decomposed_rms(n: Node) -> bool:
+    """``x * rsqrt(mean(x ** 2, -1, keepdim) + eps)`` (diffusers' RMSNorm traced op by op), or the
+    same with ``torch.rsqrt`` replaced by ``1 / sqrt``; the weight multiplies the result afterwards."""
+    if not _is(n, {aten.mul.Tensor, aten.div.Tensor}):
+        return False
+    for r in n.args:
+        r = _through_casts(r)
+        if not isinstance(r, Node) or not _is(r, {aten.rsqrt.default, aten.sqrt.default}):
+            continue
+        a = _through_casts(r.args[0])
+        if isinstance(a, Node) and _is(a, {aten.add.Tensor, aten.add.Scalar}):
+            a = _through_casts(a.args[0])
+        if not (isinstance(a, Node) and _is(a, {aten.mean.dim})):
+            continue
+        p = _through_casts(a.args[0])
+        if isinstance(p, Node) and (
+            _is(p, {aten.pow.Tensor_Scalar}) and p.args[1] == 2 or _is(p, {aten.mul.Tensor}) and p.args[0] is p.args[1]
+        ):
+            return True
+    return False
+
+
+def _is_norm(n: Node) -> bool:
+    return _is(n, NORMS) or _is_decomposed_rms(n)
 
 
 def _norm_source(x: Node, depth: int = 8) -> Node | None:
-    """The norm ``x`` is derived from through channel-wise modulation, or None."""
-    n: Node | None = x
-    for _ in range(depth):
-        if n is None or n.op != "call_function":
-            return None
-        if _is(n, NORMS):
-            return n
-        if n.target is operator.getitem and _is(n.args[0], NORMS):  # native_layer_norm's output tuple
-            return n.args[0]
-        if not _is(n, MODULATION):
-            return None
-        n = _main_input(n)
+    """The norm ``x`` is derived from through channel-wise modulation, or None.
+
+    Norms: ATen layer/rms/group norm (also inside casts: FP32LayerNorm's ``float -> norm -> type_as``)
+    and decomposed RMSNorm (``pow/mean/rsqrt``). Every token-shaped operand is tried, so a per-token
+    scale/shift cannot send the search down the wrong operand.
+    """
+    if depth <= 0 or not isinstance(x, Node) or x.op != "call_function":
+        return None
+    if _is_norm(x):
+        return x
+    if x.target is operator.getitem and _is(x.args[0], NORMS):  # native_layer_norm's output tuple
+        return x.args[0]
+    if not _is(x, MODULATION):
+        return None
+    for a in _stream_inputs(x):
+        found = _norm_source(a, depth - 1)
+        if found is not None:
+            return found
     return None
 
 
-def _token_cat(x: Node, depth: int = 12) -> Node | None:
-    """A ``cat`` along the token dim that ``x`` derives from through norms and modulation."""
-    n: Node | None = x
-    for _ in range(depth):
-        if n is None or n.op != "call_function":
-            return None
-        if n.target is aten.cat.default:
-            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-            v = _val(n)
-            return n if v is not None and dim % v.ndim == 1 else None
-        if not (_is(n, MODULATION) or _is(n, NORMS)):
-            return None
-        n = n.args[0] if _is(n, NORMS) else _main_input(n)
+def _token_cat(x: Node, depth: int = 12, tdim: int = 1) -> tuple[Node, int] | None:
+    """A ``cat`` along the token dim that ``x`` derives from through norms and modulation, and that dim.
+
+    Sequences packed with ``pad_sequence(batch_first=True)`` of equal-length per-sample sequences
+    (``(S, C)`` each, e.g. ``cat([image_i, text_i])``) are followed into their first sample, whose
+    token dim is 0 (the lengths are static in a captured graph, so no padding happens).
+    """
+    if depth <= 0 or not isinstance(x, Node) or x.op != "call_function":
+        return None
+    v = _val(x)
+    if x.target is aten.cat.default:
+        dim = x.args[1] if len(x.args) > 1 else x.kwargs.get("dim", 0)
+        return (x, tdim) if v is not None and dim % v.ndim == tdim else None
+    if x.target is aten.pad_sequence.default and tdim == 1:
+        seqs = x.args[0]
+        batch_first = x.args[1] if len(x.args) > 1 else x.kwargs.get("batch_first", False)
+        lens = {int(_val(q).shape[0]) for q in seqs if _val(q) is not None}  # type: ignore[union-attr]
+        if batch_first and len(lens) == 1 and v is not None and int(v.shape[1]) in lens:
+            return _token_cat(seqs[0], depth - 1, 0)
+        return None
+    if _is(x, NORMS):
+        return _token_cat(x.args[0], depth - 1, tdim)
+    if not (_is(x, MODULATION) or _is_norm(x)):
+        return None
+    for a in _stream_inputs(x):
+        found = _token_cat(a, depth - 1, tdim)
+        if found is not None:
+            return found
     return None
+
+
+def _token_slice_of(n: object) -> Node | None:
+    """``y`` when ``n`` is a slice of ``y`` ``(B, S, C)`` along the token dim, else None."""
+    if not (isinstance(n, Node) and _is(n, {aten.slice.Tensor, aten.narrow.default})):
+        return None
+    v = _val(n.args[0])
+    d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    return n.args[0] if v is not None and v.ndim == 3 and d % 3 == 1 else None  # type: ignore[return-value]
+
+
+def _lift(x: object) -> Node | None:
+    """``y`` when ``x`` is a token slice of ``y``, or ``y`` cut into token slices and concatenated again
+    (HunyuanImage's single-stream attention splits a normalised ``[image; text]`` sequence and joins it
+    inside the processor): the site is then ``y`` itself, whose consumers see the merged sequence."""
+    y = _token_slice_of(x)
+    if y is not None:
+        return y
+    if isinstance(x, Node) and x.target is aten.cat.default and len(x.args[0]) > 1:
+        srcs = {_token_slice_of(p) for p in x.args[0]}
+        dim = x.args[1] if len(x.args) > 1 else 0
+        if len(srcs) == 1 and None not in srcs and dim % 3 == 1:
+            return srcs.pop()
+    return None
+
+
+def _normalised(x: Node, span: tuple[Grid, int] | None) -> bool:
+    """``x`` is a normalised sequence: derived from a norm, or a token ``cat`` of normalised parts
+    (joint attention that concatenates normalised text and image before one Q/K/V projection, e.g.
+    CogView4): then the image segment must come from a norm."""
+    if _norm_source(x) is not None:
+        return True
+    found = _token_cat(x)
+    if found is None or span is None:
+        return False
+    cat, tdim = found
+    start = 0
+    for part in cat.args[0]:
+        n = int(_val(part).shape[tdim])  # type: ignore[union-attr]
+        if start == span[1] and n == span[0].tokens:
+            return _norm_source(part) is not None
+        start += n
+    return False
 
 
 def image_span(x: Node, grids: list[Grid]) -> tuple[Grid, int] | None:
@@ -178,10 +293,11 @@ def image_span(x: Node, grids: list[Grid]) -> tuple[Grid, int] | None:
     g = grid_for(grids, s)
     if g is not None:
         return g, 0
-    cat = _token_cat(x)
-    if cat is None:
+    found = _token_cat(x)
+    if found is None:
         return None
-    sizes = [int(_val(t).shape[1]) for t in cat.args[0]]  # type: ignore[union-attr]
+    cat, tdim = found
+    sizes = [int(_val(t).shape[tdim]) for t in cat.args[0]]  # type: ignore[union-attr]
     hits = [(i, grid_for(grids, n)) for i, n in enumerate(sizes) if grid_for(grids, n) is not None]
     if len(hits) != 1 or sum(sizes) != s:
         return None
@@ -195,6 +311,20 @@ def _site_name(node: Node) -> str:
         path = list(stack.values())[-1][0]
         return path.rsplit(".", 1)[0] if path.endswith(("to_q", "proj", "proj_mlp")) else path
     return node.name
+
+
+def _channel_slice(n: Node) -> bool:
+    """A ``slice`` / ``narrow`` along the last (channel) dim: SwiGLU's ``x[..., :half]`` halves."""
+    v = _val(n.args[0]) if n.op == "call_function" and n.args else None
+    if v is None:
+        return False
+    if n.target is aten.slice.Tensor:
+        d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    elif n.target is aten.narrow.default:
+        d = n.args[1]
+    else:
+        return False
+    return d % v.ndim == v.ndim - 1
 
 
 def _mlp_second_linear(l1: Node) -> Node | None:
@@ -216,7 +346,7 @@ def _mlp_second_linear(l1: Node) -> Node | None:
         if n.target is operator.getitem:
             frontier.extend(n.users)
             continue
-        if not _is(n, MLP_BODY):
+        if not (_is(n, MLP_BODY) or _channel_slice(n)):
             return None
         act = act or _is(n, ACTIVATIONS)
         frontier.extend(n.users)
@@ -235,14 +365,17 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
         kv_inputs = {lin.args[0] for lin in k_lin + v_lin}
         for lin in q_lin:
             x = lin.args[0]
-            if not isinstance(x, Node) or x in sites or _norm_source(x) is None:
+            whole = _lift(x)
+            if whole is not None and (whole in kv_inputs or any(_lift(i) is whole for i in kv_inputs)):
+                x = whole  # image and text sliced out of one normalised [image; text] sequence (HunyuanImage single)
+            if not isinstance(x, Node) or x in sites:
                 continue
             span = image_span(x, grids)
-            if span is None:
+            if span is None or not _normalised(x, span):
                 continue
-            self_attn = x in kv_inputs
+            self_attn = x is whole or x in kv_inputs
             consumers = list(x.users) if self_attn else [lin]
-            if self_attn and not all(_is(u, LINEAR) for u in consumers):
+            if self_attn and not all(_is(u, LINEAR) or _token_slice_of(u) is x for u in consumers):
                 continue  # x feeds something we cannot follow
             xv = _val(x)
             sites[x] = Site(
@@ -258,12 +391,12 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
             )
     for l1 in (n for n in graph.nodes if _is(n, LINEAR)):
         x = l1.args[0]
-        if l1 in attn_linears or not isinstance(x, Node) or x in sites or _norm_source(x) is None:
+        if l1 in attn_linears or not isinstance(x, Node) or x in sites:
             continue
         if any(u is not l1 for u in x.users):
             continue
         span = image_span(x, grids)
-        l2 = _mlp_second_linear(l1) if span is not None else None
+        l2 = _mlp_second_linear(l1) if span is not None and _normalised(x, span) else None
         if l2 is None or l2 in attn_linears:
             continue
         xv = _val(x)

@@ -60,6 +60,11 @@ class Plan:
     limit: int | None  # the max_downsample applied
 
 
+def _divisor(n: int, near: int) -> int:
+    """The divisor of ``n`` closest to ``near`` (ties: the smaller)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+
+
 def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Plan:
     """Choose the sites that merge under ``config`` and group them by layout (first-seen order).
 
@@ -81,6 +86,11 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
             skipped.append((s, f"{SubLayer(s.kind).switch}=False"))
         elif len(grids) > 1 and limit is not None and s.grid.downsample > limit:
             skipped.append((s, f"level /{s.grid.downsample} above max_downsample {limit}"))
+        elif s.grid.frames > 1 and s.grid.frame_h % config.tile[0]:
+            skipped.append((s, f"tile height {config.tile[0]} does not divide the frame height {s.grid.frame_h} of this "
+                               f"{s.grid.frames}-frame video grid, so tiles would cross frames; pick a tile height that "
+                               f"divides {s.grid.frame_h} (e.g. tile=({_divisor(s.grid.frame_h, config.tile[0])}, "
+                               f"{config.tile[1]}))"))
         else:
             layout = TileLayout.create(s.grid.h, s.grid.w, config.tile, config.remainder)
             k = tokens_kept(layout.tile_size, config.ratio)

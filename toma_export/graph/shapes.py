@@ -11,7 +11,9 @@ closes it:
 
 - residual add: ``add(region, stream)`` with equal old shapes -> ``unmerge`` the region operand;
 - positional table: ``mul(region, table)`` where the table broadcasts over the batch (RoPE cos/sin)
-  -> ``gather_positions`` the table rows of the merged tokens (their destinations' positions).
+  -> ``gather_positions`` the table rows of the merged tokens (their destinations' positions);
+- attention mask: an SDPA mask over the old sequence (``(B, 1, S, S)``, ``(B, 1, 1, S)``, ``(S, S)``)
+  -> ``gather_positions`` its query rows and key columns (a merged token keeps its destination's).
 
 Anything else (the region reaching the output, a reduction over tokens, a token-dim split that
 cuts a merged segment, two sites mixing) raises :class:`RegionError` naming the site, and the pass
@@ -55,6 +57,12 @@ DIM_ARG = {
     aten.unbind.int: (1, 0),
     aten.select.int: (1, 0),
     aten.narrow.default: (1, 0),
+}
+#: Attention ops that take a mask: (position of the mask argument, its keyword).
+SDPA_MASK = {
+    aten.scaled_dot_product_attention.default: (3, "attn_mask"),
+    aten._scaled_dot_product_efficient_attention.default: (3, "attn_bias"),
+    aten._scaled_dot_product_flash_attention_for_cpu.default: (99, "attn_mask"),
 }
 #: Ops whose output shape equals an input's while mixing tokens; allowed only with no token change.
 NO_OUTPUT = {aten._assert_tensor_metadata.default}
@@ -282,6 +290,8 @@ class Retargeter:
             if not isinstance(tr, Track) or _dim(node.args[1], src.meta["val"].ndim) == tr.dim:
                 raise ValueError("the size of a merged tensor's token dim is read as a symbol")
             return
+        if node.target in SDPA_MASK:
+            self._merge_mask(node, site)
         if node.target in POINTWISE_BINARY:
             self._close(node, site)
             if not any(i in self.track for i in node.all_input_nodes):
@@ -337,6 +347,33 @@ class Retargeter:
                     ops.closers.append(g)
                     continue
                 raise RegionError(site, f"{node.name} combines merged tokens with an unmerged tensor of {tuple(uv.shape)}")
+
+    def _merge_mask(self, node: Node, site: int) -> None:
+        """An attention mask follows the merge: rows (queries) and columns (keys) of merged tokens are
+        their destinations' (a gather, as RoPE rows), so ``(B, 1, S, S)`` / ``(B, 1, 1, S)`` masks fit."""
+        pos, key = SDPA_MASK[node.target]
+        mask = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
+        if not isinstance(mask, Node) or mask in self.track or not isinstance(mask.meta.get("val"), torch.Tensor):
+            return
+        ops = self.sites[site]
+        new = mask
+        for src, from_end in ((node.args[1], 1), (node.args[0], 2)):  # keys: last dim; queries: the one before
+            tr = self.track.get(src)
+            if not isinstance(tr, Track):
+                continue
+            mv = new.meta["val"]
+            old_tok = self._old_shape(src)[tr.dim]
+            d = mv.ndim - from_end
+            if d < 0 or old_tok == 1 or mv.shape[d] != old_tok:
+                continue
+            while new.meta["val"].ndim < 4:  # a batch dim for the per-batch gather
+                new = self._insert(node, aten.unsqueeze.default, (new, 0))
+            d = new.meta["val"].ndim - from_end
+            args = (new, ops.positions(node), d, _offset(tr), ops.image_tokens)
+            new = self._insert(node, torch.ops.toma.gather_positions.default, args)
+            ops.closers.append(new)
+        if new is not mask:
+            node.replace_input_with(mask, new)
 
     @staticmethod
     def _is_table(v: torch.Tensor) -> bool:

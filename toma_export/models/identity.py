@@ -27,11 +27,33 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_identity(model: torch.nn.Module, name: str) -> dict[str, Any]:
+def model_identity(
+    model: torch.nn.Module,
+    name: str,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    subfolder: str | None = None,
+) -> dict[str, Any]:
+    """What a manifest records about the model: name, class, hashes, and where it came from.
+
+    ``source`` (``embedded``/``local``/``hub``), ``revision``, ``variant``, ``subfolder`` and ``commit``
+    (the Hub snapshot) come from the model's :class:`~toma_export.models.registry.ModelSource` when
+    :func:`~toma_export.models.registry.load_model` loaded it; keyword arguments given here take
+    precedence. ``component`` names the pipeline's denoiser (``unet``/``transformer``) when the model
+    came from a pipeline folder or repo, so ``run`` can load that pipeline around the artifact.
+    """
+    src = getattr(model, "_toma_source", None)
     return {
         "name": name,
         "family": model_family(model),
         "class": type(model).__name__,
         "config_hash": config_hash(model),
         "weights_hash": weights_hash(model),
+        "source": getattr(src, "kind", None),
+        "revision": revision if revision is not None else getattr(src, "revision", None),
+        "variant": variant if variant is not None else getattr(src, "variant", None),
+        "subfolder": subfolder if subfolder is not None else getattr(src, "subfolder", None),
+        "component": getattr(src, "component", None),
+        "commit": getattr(src, "commit", None),
     }

@@ -33,13 +33,20 @@ def example_inputs(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    frames: int = 1,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``model(**kwargs)`` at ``height x width`` pixels."""
+    """Keyword arguments for ``model(**kwargs)`` at ``height x width`` pixels (``frames``: video models)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
+    from toma_export.models.architectures import architecture_family, example_inputs_for
+
+    if architecture_family(model) is not None:  # FLUX.2, Qwen-Image, SD3.5, Wan: as their pipelines build them
+        return example_inputs_for(
+            model, batch, height, width, frames=frames, text_len=text_len, seed=seed, dtype=dtype, device=device
+        )
     cfg: Any = model.config
     if model_family(model) == "unet":
         if height % VAE_FACTOR or width % VAE_FACTOR:

@@ -135,6 +135,10 @@ EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Modu
     "flux-tiny": ("flux", FLUX_TINY, _flux(FLUX_TINY)),
     "flux": ("flux", FLUX, _flux(FLUX)),
 }
+# FLUX.2, Qwen-Image, SD3.5 and Wan tiny configs: toma_export/models/architectures.py
+from toma_export.models.architectures import ARCHITECTURES as _ARCHITECTURES  # noqa: E402
+
+EMBEDDED_MODELS.update(_ARCHITECTURES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +189,15 @@ def hub_cache_dir() -> str:
 
 
 def is_hub_id(name: str) -> bool:
-    """Whether ``name`` is shaped like a Hub repo id (``org/name`` or ``name``)."""
+    """Whether ``name`` is shaped like a Hub repo id ``ORG/NAME``.
+
+    Bare names (legacy ids such as ``gpt2``) are not taken as Hub ids, so a mistyped embedded name fails
+    at once instead of trying the network.
+    """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    if name.count("/") != 1:
+        return False
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -215,7 +225,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _component(index: dict[str, Any]) -> str | None:
-    return next((c for c in ("unet", "transformer") if c in index), None)
+    """The pipeline's denoiser attribute: ``unet`` or ``transformer`` where ``model_index.json`` names a class."""
+    return next((c for c in ("unet", "transformer") if isinstance(index.get(c), list) and any(index[c])), None)
 
 
 class _Hub:
@@ -260,7 +271,9 @@ class _Hub:
         return f" at revision {self.revision!r}" if self.revision else ""
 
     def missing(self) -> UnsupportedModelError:
-        where = f"in the Hugging Face cache at {self.cache_dir}" + (" (HF_HUB_OFFLINE is set)" if self.offline else "")
+        where = f"in the Hugging Face cache at {self.cache_dir}" + (
+            " (HF_HUB_OFFLINE is set)" if self.offline else "" if self.local_files_only else " and could not download it"
+        )
         return UnsupportedModelError(
             f"Hub model {self.repo_id!r}{self._at()} has no model_index.json or config.json {where}. Download it "
             f"first (hf download {self.repo_id}), unset HF_HUB_OFFLINE, check --revision/--subfolder, or pass "
@@ -289,8 +302,8 @@ def resolve_model(
     if path.exists():
         if revision:
             raise UnsupportedModelError(f"--revision {revision} applies to Hub ids, not to the local folder {key}.")
-        index = path / "model_index.json"
-        component = _component(_read_config(index)) if index.is_file() else None
+        index_file = path / "model_index.json"
+        component = _component(_read_config(index_file)) if index_file.is_file() else None
         sub = subfolder or component
         folder = path / sub if sub else path
         if not (folder / "config.json").is_file():
@@ -396,15 +409,23 @@ def _load_hub(source: ModelSource, dtype: torch.dtype, config: dict[str, Any]) -
 
 
 def model_family(model: torch.nn.Module) -> str:
-    """'unet' or 'flux', from the module tree (duck-typed, not by an exact class)."""
+    """'unet', 'flux' (Flux.1-style double/single-stream blocks), or 'transformer' (another diffusers
+    denoiser with a config: the graph pass handles it, the eager adapters do not), from the module
+    tree and class family; anything else is refused."""
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "down_block_types") and hasattr(model, "down_blocks"):
         return "unet"
-    if hasattr(model, "transformer_blocks") and hasattr(model, "single_transformer_blocks"):
+    from toma_export.models.architectures import architecture_family
+
+    if architecture_family(model) is None and all(
+        hasattr(model, a) for a in ("transformer_blocks", "single_transformer_blocks", "pos_embed")
+    ):
         return "flux"
+    if cfg is not None and isinstance(model, torch.nn.Module) and hasattr(model, "from_config"):
+        return "transformer"
     raise UnsupportedModelError(
-        f"{type(model).__name__} is not supported: toma-export patches diffusers UNet2DConditionModel "
-        "(SDXL/SD1.5) and FluxTransformer2DModel, or pipelines holding one as .unet/.transformer."
+        f"{type(model).__name__} is not supported: toma-export takes diffusers denoisers (UNet2DConditionModel, "
+        "FluxTransformer2DModel and other diffusers transformers), or pipelines holding one as .unet/.transformer."
     )
 
 

@@ -8,6 +8,14 @@ again), which needs no change to the pipeline; ``reset()`` forces it.
 
 Attributes the pipeline reads from the model (``config``, ``add_embedding``, ``cache_context``,
 ...) come from a weightless meta-device copy of the original, so no second set of weights is held.
+
+Dtype and device boundary: the pipeline sees the wrapper in the pipeline's dtype and device
+(``dtype``/``device``, moved by ``pipe.to(...)`` like any component); the engine sees its own dtype
+(``engine_dtype``, the artifact's precision). Floating inputs are cast to the engine's dtype on the
+way in — except the inputs the artifact takes in float32 whatever its precision
+(:data:`FLOAT32_INPUTS`, mirroring :func:`toma_export.models.inputs.example_inputs`) — and the
+output is cast back to the pipeline's dtype and device on the way out, so a bf16 or fp16 pipeline
+runs an fp32 engine (and an fp32 pipeline a half-precision one).
 """
 
 from __future__ import annotations
@@ -32,6 +40,28 @@ class StepRunner(Protocol):
     def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor: ...
 
 
+#: Inputs that artifacts take in float32 at every precision (position ids; the UNet's timestep), as
+#: :func:`toma_export.models.inputs.example_inputs` builds them; every other floating input is cast to
+#: the engine's dtype. Keys are input names; nested inputs are named ``parent.child``.
+FLOAT32_INPUTS: dict[str, frozenset[str]] = {
+    "unet": frozenset({"timestep"}),
+    "flux": frozenset({"img_ids", "txt_ids"}),
+}
+
+
+def _cast(value: Any, dtype: torch.dtype, keep: frozenset[str], name: str = "") -> Any:
+    """``value`` with every floating tensor in ``dtype`` (those named in ``keep``: float32), recursively."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            return value
+        return value.to(torch.float32 if name in keep else dtype)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype, keep, f"{name}.{k}" if name else k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype, keep, name) for v in value)
+    return value
+
+
 def _meta_shell(model: torch.nn.Module) -> torch.nn.Module:
     """The model's class rebuilt from its config on the meta device: attributes without weights."""
     with torch.device("meta"):
@@ -50,7 +80,10 @@ class ToMADenoiser(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         output_class: Callable[..., Any] | None = None,
+        engine_dtype: torch.dtype = torch.float32,
     ):
+        """``dtype``/``device``: the pipeline's (what the pipeline reads and gets back); ``engine_dtype``:
+        the artifact's precision (what the engine is fed)."""
         super().__init__()
         self.runner = runner
         self.schedule = StepSchedule(recompute_every)
@@ -59,6 +92,9 @@ class ToMADenoiser(torch.nn.Module):
         self._dtype = dtype
         self._device = torch.device(device)
         self._output_class = output_class
+        self.engine_dtype = engine_dtype
+        family = "unet" if hasattr(self._shell.config, "down_block_types") else "flux"  # type: ignore[attr-defined]
+        self._float32_inputs = FLOAT32_INPUTS[family]
 
     # What pipelines read off the model ------------------------------------------------------
     @property
@@ -78,6 +114,34 @@ class ToMADenoiser(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(object.__getattribute__(self, "_shell"), name)
+
+    def to(self, *args: Any, **kwargs: Any) -> "ToMADenoiser":  # type: ignore[override]
+        """Move the pipeline-facing side (what the wrapper returns and reports): ``pipe.to(...)`` calls this.
+
+        The engine keeps its own dtype and device; the wrapper converts at its boundary."""
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise TypeError(f"ToMADenoiser.to: {dtype} is not a floating dtype.")
+            self._dtype = dtype
+        if device is not None:
+            self._device = torch.device(device)
+        return self
+
+    def half(self) -> "ToMADenoiser":  # type: ignore[override]
+        return self.to(torch.float16)
+
+    def bfloat16(self) -> "ToMADenoiser":  # type: ignore[override]
+        return self.to(torch.bfloat16)
+
+    def float(self) -> "ToMADenoiser":  # type: ignore[override]
+        return self.to(torch.float32)
+
+    def cpu(self) -> "ToMADenoiser":  # type: ignore[override]
+        return self.to("cpu")
+
+    def cuda(self, device: Any = None) -> "ToMADenoiser":  # type: ignore[override]
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
 
     def reset(self) -> None:
         """Start a new generation (also detected automatically from the timestep schedule)."""
@@ -100,7 +164,8 @@ class ToMADenoiser(torch.nn.Module):
         t = inputs.get("timestep")
         on_cpu = isinstance(t, torch.Tensor) and t.device.type == "cpu"
         self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu else None)  # type: ignore[union-attr]
-        out = self.runner(inputs, self.schedule)
+        out = self.runner(_cast(inputs, self.engine_dtype, self._float32_inputs), self.schedule)
+        out = out.to(device=self._device, dtype=self._dtype)
         self.schedule.advance()
         if not return_dict:
             return (out,)

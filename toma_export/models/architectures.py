@@ -1,0 +1,199 @@
+"""Current diffusers transformer architectures at toy width, and their inputs as their pipelines build them.
+
+Tiny random-weight configs for tests (built in code, nothing downloaded):
+
+- ``flux2-tiny``: ``Flux2TransformerModel`` (FLUX.2): 4-axis int64 position ids ``(B, N, 4)``
+  ``(t, h, w, l)``, shared adaLN modulation, SwiGLU MLPs, one fused QKV+MLP linear in the single blocks.
+- ``qwen-image-tiny``: ``QwenImageTransformer2DModel``: 2x2-packed latents whose grid arrives as plain
+  ints (``img_shapes``), a text mask ``(B, L)``, RMSNorm q/k norms, a joint dual-stream attention.
+- ``sd35-tiny``: ``SD3Transformer2DModel`` with SD3.5's q/k RMSNorm and a dual-attention layer (MMDiT-X).
+- ``wan-tiny``: ``WanTransformer3DModel`` (Wan 2.x video): 5-D latents ``(B, C, F, H, W)``, patch
+  (1, 2, 2), FP32LayerNorm, per-token modulation when timesteps are per token.
+
+:func:`example_inputs_for` gives keyword arguments at a pixel resolution, as each pipeline builds them
+(VAE factor 8; FLUX.2 and Qwen-Image pack 2x2 latents, so one token per 16x16 pixels; Wan: latent
+frames ``(frames - 1) // 4 + 1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+VAE_FACTOR = 8
+PACKED_TOKEN_PIXELS = 16  # 2x2-packed latents: FLUX.2, Qwen-Image
+
+FLUX2_TINY: dict[str, Any] = dict(
+    patch_size=1,
+    in_channels=32,
+    num_layers=2,
+    num_single_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    timestep_guidance_channels=32,
+    mlp_ratio=3.0,
+    axes_dims_rope=(4, 4, 4, 4),
+    guidance_embeds=True,
+)
+
+QWEN_IMAGE_TINY: dict[str, Any] = dict(
+    patch_size=2,
+    in_channels=16,
+    out_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    axes_dims_rope=(4, 6, 6),
+)
+
+SD35_TINY: dict[str, Any] = dict(
+    sample_size=32,
+    patch_size=2,
+    in_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    caption_projection_dim=32,
+    pooled_projection_dim=16,
+    out_channels=4,
+    pos_embed_max_size=32,
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
+)
+
+WAN_TINY: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
+)
+
+
+def _builder(cls_name: str, cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        import diffusers
+
+        model: Any = getattr(diffusers, cls_name)(**cfg)  # weights from the caller's seed (load_model seeds)
+        return model.eval()
+
+    return build
+
+
+build_flux2_tiny = _builder("Flux2Transformer2DModel", FLUX2_TINY)
+build_qwen_image_tiny = _builder("QwenImageTransformer2DModel", QWEN_IMAGE_TINY)
+build_sd35_tiny = _builder("SD3Transformer2DModel", SD35_TINY)
+build_wan_tiny = _builder("WanTransformer3DModel", WAN_TINY)
+
+#: name -> (family, config, builder); the families' entries for the embedded-model table.
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
+    "flux2-tiny": ("flux2", FLUX2_TINY, build_flux2_tiny),
+    "qwen-image-tiny": ("qwen-image", QWEN_IMAGE_TINY, build_qwen_image_tiny),
+    "sd35-tiny": ("sd35", SD35_TINY, build_sd35_tiny),
+    "wan-tiny": ("wan", WAN_TINY, build_wan_tiny),
+}
+
+#: diffusers class name -> family of :func:`example_inputs_for`.
+FAMILY_OF_CLASS = {
+    "Flux2Transformer2DModel": "flux2",
+    "QwenImageTransformer2DModel": "qwen-image",
+    "SD3Transformer2DModel": "sd35",
+    "WanTransformer3DModel": "wan",
+}
+
+
+def architecture_family(model: torch.nn.Module) -> str | None:
+    """The family of :func:`example_inputs_for` for ``model`` (by its diffusers class), or None."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in FAMILY_OF_CLASS:
+            return FAMILY_OF_CLASS[cls.__name__]
+    return None
+
+
+def flux2_ids(h: int, w: int, batch: int, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLUX.2's int64 position ids as its pipeline builds them: image ``(B, h*w, 4)`` = (t=0, row, col, l=0)
+    (``torch.cartesian_prod``), text ``(B, L, 4)`` = (0, 0, 0, l)."""
+    img = torch.cartesian_prod(torch.arange(1), torch.arange(h), torch.arange(w), torch.arange(1))
+    txt = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text_len))
+    return img.unsqueeze(0).expand(batch, -1, -1), txt.unsqueeze(0).expand(batch, -1, -1)
+
+
+def example_inputs_for(
+    model: torch.nn.Module,
+    batch: int = 1,
+    height: int = 128,
+    width: int = 128,
+    frames: int = 1,
+    *,
+    text_len: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Keyword arguments for ``model(**kw)`` at ``height x width`` pixels (``frames`` video frames for Wan)."""
+    family = architecture_family(model)
+    if family is None:
+        raise ValueError(f"no example-input builder for {type(model).__name__}")
+    g = torch.Generator().manual_seed(seed)
+    cfg: Any = model.config
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    def full(v: float) -> torch.Tensor:
+        return torch.full((batch,), v, dtype=dtype, device=device)
+
+    if family in ("flux2", "qwen-image"):
+        if height % PACKED_TOKEN_PIXELS or width % PACKED_TOKEN_PIXELS:
+            raise ValueError(f"height and width must be multiples of {PACKED_TOKEN_PIXELS} pixels, got {height}x{width}")
+        h, w = height // PACKED_TOKEN_PIXELS, width // PACKED_TOKEN_PIXELS
+        text_len = text_len or 8
+        if family == "flux2":
+            img_ids, txt_ids = flux2_ids(h, w, batch, text_len)
+            kw: dict[str, Any] = dict(
+                hidden_states=randn(batch, h * w, cfg.in_channels),
+                encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
+                timestep=full(0.5),
+                img_ids=img_ids.to(device),
+                txt_ids=txt_ids.to(device),
+            )
+            if cfg.guidance_embeds:
+                kw["guidance"] = full(4.0)
+            return kw
+        mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
+        return dict(
+            hidden_states=randn(batch, h * w, cfg.in_channels),
+            encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
+            encoder_hidden_states_mask=mask,
+            timestep=full(0.5),
+            img_shapes=[[(1, h, w)]] * batch,
+        )
+    if height % VAE_FACTOR or width % VAE_FACTOR:
+        raise ValueError(f"height and width must be multiples of {VAE_FACTOR} pixels, got {height}x{width}")
+    if family == "sd35":
+        text_len = text_len or 8
+        return dict(
+            hidden_states=randn(batch, cfg.in_channels, height // VAE_FACTOR, width // VAE_FACTOR),
+            encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
+            pooled_projections=randn(batch, cfg.pooled_projection_dim),
+            timestep=full(500.0),
+        )
+    # wan: (B, C, latent frames, H/8, W/8); the pipeline's latent frames are (frames - 1) // 4 + 1
+    text_len = text_len or 8
+    latent_frames = (frames - 1) // 4 + 1 if frames > 1 else 1
+    return dict(
+        hidden_states=randn(batch, cfg.in_channels, latent_frames, height // VAE_FACTOR, width // VAE_FACTOR),
+        timestep=full(500.0),
+        encoder_hidden_states=randn(batch, text_len, cfg.text_dim),
+    )

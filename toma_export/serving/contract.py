@@ -1,0 +1,178 @@
+"""The served model's contract: names, datatypes, shapes and limits, and the parsing of one request.
+
+Model ``toma_pipeline`` (KServe v2, HTTP and gRPC):
+
+=================== ======== ======= ==========================================================
+input               datatype shape   meaning
+=================== ======== ======= ==========================================================
+``prompt``          BYTES    [1]     UTF-8, 1 to :data:`MAX_PROMPT_BYTES` bytes
+``negative_prompt`` BYTES    [1]     optional, 0 to :data:`MAX_PROMPT_BYTES` bytes (SDXL only)
+``seed``            INT64    [1]     any int64: the initial-noise generator's seed
+``steps``           INT32    [1]     1 to the server's ``--max-steps`` (default 50)
+``guidance_scale``  FP32     [1]     optional, finite, 0 to :data:`MAX_GUIDANCE` (default 5 SDXL, 3.5 Flux)
+=================== ======== ======= ==========================================================
+
+Output ``image``: UINT8 ``[H, W, 3]`` (RGB, the server's resolution). The model batches
+(``max_batch_size`` > 0), so on the wire every tensor carries a leading batch dimension: one request
+is ``[n, 1]`` per input and ``[n, H, W, 3]`` out; each of the ``n`` rows is one generation.
+
+Prompts to embeddings: pipelines with text encoders encode the strings themselves; the embedded
+encoder-free models map a prompt deterministically through
+:func:`toma_export.models.pipelines.prompt_embeddings_for` (normal embeddings from a CPU
+``torch.Generator`` seeded with the first 8 bytes of SHA-256 of the prompt's UTF-8: the same prompt
+gives the same image in ``toma-export run``, in tests and here).
+
+Everything in this module is plain Python and numpy (no torch): the Triton Python-backend model and
+the tests parse requests with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from toma_export.errors import ToMAError
+
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_MAX_STEPS",
+    "GenerationRequest",
+    "INPUTS",
+    "MAX_GUIDANCE",
+    "MAX_PROMPT_BYTES",
+    "MODEL_NAME",
+    "OUTPUT",
+    "RequestError",
+    "Limits",
+    "TensorSpec",
+    "parse_rows",
+]
+
+MODEL_NAME = "toma_pipeline"
+#: Longest prompt (and negative prompt) accepted, in UTF-8 bytes; longer ones get a 400.
+MAX_PROMPT_BYTES = 2048
+DEFAULT_MAX_STEPS = 50
+MAX_GUIDANCE = 50.0
+DEFAULT_GUIDANCE = {"unet": 5.0, "flux": 3.5}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # KServe v2 / Triton datatype name ("BYTES", "INT64", ...)
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    @property
+    def triton_type(self) -> str:
+        """The ``config.pbtxt`` data type (BYTES is TYPE_STRING there)."""
+        return "TYPE_STRING" if self.datatype == "BYTES" else f"TYPE_{self.datatype}"
+
+
+INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("prompt", "BYTES", (1,)),
+    TensorSpec("negative_prompt", "BYTES", (1,), optional=True),
+    TensorSpec("seed", "INT64", (1,)),
+    TensorSpec("steps", "INT32", (1,)),
+    TensorSpec("guidance_scale", "FP32", (1,), optional=True),
+)
+
+
+def OUTPUT(height: int, width: int) -> TensorSpec:  # noqa: N802 (a spec, named like the constants)
+    return TensorSpec("image", "UINT8", (height, width, 3))
+
+
+class RequestError(ToMAError):
+    """A request the contract refuses (answered with a 400-class error; the server keeps serving)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
+    family: str = "unet"  # "unet" (SDXL) or "flux": default guidance, negative prompts
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation (one row of one request)."""
+
+    prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    negative_prompt: str | None = None
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Generations that can share one pipeline call: same step count, guidance and conditioning kind."""
+        return (self.steps, self.guidance_scale, self.negative_prompt is not None)
+
+
+_DTYPES = {"prompt": np.object_, "negative_prompt": np.object_, "seed": np.int64, "steps": np.int32,
+           "guidance_scale": np.float32}
+
+
+def _text(value: Any, name: str, limits: Limits, *, allow_empty: bool) -> str:
+    raw = value if isinstance(value, bytes) else (value.encode("utf-8") if isinstance(value, str) else None)
+    if raw is None:
+        raise RequestError(f"{name} must be BYTES (UTF-8 text), got {type(value).__name__}.")
+    if len(raw) > limits.max_prompt_bytes:
+        raise RequestError(f"{name} is {len(raw)} bytes; the limit is {limits.max_prompt_bytes} bytes of UTF-8.")
+    if not raw.strip() and not allow_empty:
+        raise RequestError(f"{name} is empty; send 1 to {limits.max_prompt_bytes} bytes of UTF-8 text.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(f"{name} is not valid UTF-8 ({err.reason} at byte {err.start}).") from None
+
+
+def parse_rows(inputs: Mapping[str, np.ndarray | None], limits: Limits) -> list[GenerationRequest]:
+    """The generations of one request, from its input arrays (each ``[n, 1]``; ``None`` = absent).
+
+    Raises :class:`RequestError` naming the problem. Triton itself already refuses unknown or missing
+    required inputs and wrong datatypes or shapes; this checks them again (the same parser serves the
+    in-process tests) and then the values.
+    """
+    unknown = sorted(set(inputs) - set(_DTYPES))
+    if unknown:
+        raise RequestError(f"unknown inputs {unknown}; the inputs are {[s.name for s in INPUTS]}.")
+    arrays: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    for spec in INPUTS:
+        value = inputs.get(spec.name)
+        if value is None:
+            if not spec.optional:
+                raise RequestError(f"input {spec.name!r} ({spec.datatype} [1]) is missing.")
+            continue
+        arr = np.asarray(value)
+        want = _DTYPES[spec.name]
+        if (want is np.object_ and arr.dtype.kind not in "OSU") or (want is not np.object_ and arr.dtype != want):
+            raise RequestError(f"input {spec.name!r} must be {spec.datatype}, got numpy dtype {arr.dtype}.")
+        if arr.ndim != 2 or arr.shape[1] != 1 or arr.shape[0] < 1:
+            raise RequestError(f"input {spec.name!r} must have shape [1] per row ([n, 1] batched), got {list(arr.shape)}.")
+        if rows is not None and arr.shape[0] != rows:
+            raise RequestError(f"input {spec.name!r} has {arr.shape[0]} rows, the others {rows}.")
+        rows = arr.shape[0]
+        arrays[spec.name] = arr
+    assert rows is not None
+    out = []
+    for i in range(rows):
+        prompt = _text(arrays["prompt"][i, 0], "prompt", limits, allow_empty=False)
+        negative = None
+        if "negative_prompt" in arrays:
+            if limits.family == "flux":
+                raise RequestError("negative_prompt is not supported for Flux pipelines (they run without true CFG here).")
+            negative = _text(arrays["negative_prompt"][i, 0], "negative_prompt", limits, allow_empty=True)
+        steps = int(arrays["steps"][i, 0])
+        if not 1 <= steps <= limits.max_steps:
+            raise RequestError(f"steps={steps} is outside 1..{limits.max_steps} (the server's --max-steps).")
+        guidance = DEFAULT_GUIDANCE.get(limits.family, 5.0)
+        if "guidance_scale" in arrays:
+            guidance = float(arrays["guidance_scale"][i, 0])
+            if not math.isfinite(guidance) or not 0.0 <= guidance <= MAX_GUIDANCE:
+                raise RequestError(f"guidance_scale={guidance} must be finite and within 0..{MAX_GUIDANCE}.")
+        out.append(GenerationRequest(prompt, int(arrays["seed"][i, 0]), steps, guidance, negative))
+    return out
