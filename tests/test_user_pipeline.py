@@ -212,3 +212,24 @@ def test_save_png_uses_the_umask_and_refuses_a_folder(tmp_path: Path) -> None:
     assert (tmp_path / "sub" / "x.png").stat().st_mode & 0o777 == 0o640
     with pytest.raises(ToMAError, match="is a folder"):
         save_png(torch.zeros(3, 4, 4), tmp_path)
+
+
+def test_verify_finds_a_moved_model_with_model_option(artifact: Path, pipeline_folder: Path, tmp_path: Path) -> None:
+    """The pipeline folder moved after the build: verify refuses with a clear error, and passes with
+    --model naming the new place (the identity must still match)."""
+    import shutil
+
+    from toma_export.cli import main
+    from toma_export.engines.verify import verify_artifact
+
+    moved = tmp_path / "moved"
+    shutil.copytree(pipeline_folder, moved)
+    hidden = pipeline_folder.with_name(pipeline_folder.name + "-away")
+    pipeline_folder.rename(hidden)
+    try:
+        assert main(["verify", str(artifact), "--steps", "1"]) == 2  # the manifest's folder is gone: a ToMAError
+        ok, rows = verify_artifact(artifact, steps=2, model=moved)
+        assert ok and len(rows) == 2, rows
+        assert main(["verify", str(artifact), "--steps", "1", "--model", str(moved)]) == 0
+    finally:
+        hidden.rename(pipeline_folder)

@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 
 from toma_export import __version__
-from toma_export.cli import bench, demo, engines, inspect, trt
+from toma_export.cli import bench, demo, engines, inspect, serve, trt
 from toma_export.errors import ToMAError
 
 __all__ = ["build_parser", "main"]
 
 #: Command groups, in the order ``--help`` lists them.
-_GROUPS = (demo, inspect, engines, bench, trt, __import__("toma_export.cli.serve", fromlist=["register"]))  # serve: fold into the import
+_GROUPS = (demo, inspect, engines, bench, serve, trt)
 
 
 def build_parser() -> argparse.ArgumentParser:
