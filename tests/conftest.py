@@ -7,6 +7,15 @@ import torch
 
 from toma_export.models import load_model
 
+# diffusers and transformers attach a StreamHandler to the sys.stderr of the moment their logging is
+# first used; configured here, it is the session's stream rather than one test's capsys stream,
+# which is closed after that test (a later warning would then print a "Logging error" traceback).
+from diffusers.utils import logging as _diffusers_logging  # noqa: E402
+from transformers.utils import logging as _transformers_logging  # noqa: E402
+
+_diffusers_logging.get_logger("diffusers")
+_transformers_logging.get_logger("transformers")
+
 
 @pytest.fixture(scope="session")
 def sdxl_tiny() -> torch.nn.Module:

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from toma_export.cli.argtypes import MAX_SEED, int_in, nonneg_float
 from toma_export.cli.config_options import add_config_options, config_from_args
 from toma_export.engines import BACKENDS
 
@@ -19,34 +20,9 @@ from toma_export.engines import BACKENDS
 PRECISIONS = ("fp32", "fp16", "bf16")
 VERIFY_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 1e-1}
 MAX_STEPS = 1000
-MAX_SEED = 2**63
 
 
-def _int_in(lo: int, hi: int, what: str, example: str) -> Any:
-    """An argparse type: an int in [lo, hi), else an error naming the range and an example."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use e.g. {example}") from None
-        if not lo <= value < hi:
-            top = "2**63" if hi == MAX_SEED else str(hi - 1)
-            raise argparse.ArgumentTypeError(
-                f"{what} {value} is outside [{lo}, {top}{')' if hi == MAX_SEED else ']'}; use e.g. {example}")
-        return value
-
-    return parse
-
-
-def _tol(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use e.g. --tol 1e-3") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"--tol {text} must be a finite number >= 0, e.g. 1e-3")
-    return value
+_tol = nonneg_float("--tol", "--tol 1e-3")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -126,9 +102,9 @@ def register(sub: Any) -> None:
                        description="Run the artifact and eager ToMA (in the artifact's dtype) on the same fresh inputs "
                        "for a few steps; print errors against eager ToMA and against the unmerged model; exit 1 on mismatch.")
     v.add_argument("artifact", help="artifact folder (from toma-export build)")
-    v.add_argument("--steps", type=_int_in(1, MAX_STEPS + 1, "--steps", "--steps 3"), default=3,
+    v.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 3"), default=3,
                    help=f"denoising steps compared, 1 to {MAX_STEPS}, each on fresh random inputs (default: 3)")
-    v.add_argument("--seed", type=_int_in(0, MAX_SEED, "--seed", "--seed 1234"), default=1234,
+    v.add_argument("--seed", type=int_in(0, MAX_SEED, "--seed", "--seed 1234"), default=1234,
                    help="seed of the random inputs, in [0, 2**63) (default: 1234)")
     v.add_argument("--tol", type=_tol, default=None,
                    help="max abs error allowed against eager ToMA (default by the artifact's precision: "
@@ -142,9 +118,9 @@ def register(sub: Any) -> None:
                        "and tokenizers; for embedded models a tiny VAE and scheduler and deterministic prompt embeddings) "
                        "with the artifact as its denoiser, and write a PNG.")
     r.add_argument("artifact", help="artifact folder (from toma-export build)")
-    r.add_argument("--steps", type=_int_in(1, MAX_STEPS + 1, "--steps", "--steps 20"), default=10,
+    r.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 20"), default=10,
                    help=f"denoising steps, 1 to {MAX_STEPS} (default: 10)")
-    r.add_argument("--seed", type=_int_in(0, MAX_SEED, "--seed", "--seed 0"), default=0,
+    r.add_argument("--seed", type=int_in(0, MAX_SEED, "--seed", "--seed 0"), default=0,
                    help="seed of the latents and prompt embeddings, in [0, 2**63) (default: 0)")
     r.add_argument("--out", default="image.png", help="PNG file to write, not a folder (default: image.png)")
     r.add_argument("--prompt", help="text prompt: encoded by the pipeline's own text encoders; embedded tiny models map "
