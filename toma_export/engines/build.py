@@ -100,7 +100,7 @@ def pixel_multiple(model: str | Path) -> int:
                 if json.loads(cfg.read_text()).get("_class_name") in PACKED_CLASSES:
                     return FLUX_TOKEN_PIXELS
         except (OSError, ValueError, AttributeError):
-            pass
+            continue  # an unreadable config: loading the model later names what is wrong
     return VAE_FACTOR
 
 

@@ -167,7 +167,8 @@ class TritonServing:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
-                pass
+                time.sleep(0.25)  # not listening yet: poll again until the deadline
+                continue
             time.sleep(0.25)
         raise ToMAError(f"model {MODEL_NAME} not ready after {self.options.ready_timeout_s:.0f} s")
 
