@@ -30,3 +30,15 @@ def flux_tiny() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def sd15_tiny() -> torch.nn.Module:
     return load_model("sd15-tiny")
+
+
+@pytest.fixture
+def one_thread_quiet_fakes():
+    """One torch thread (graph-pass tests trace many small graphs) and no fake-tensor log noise."""
+    import logging
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
+    yield
+    torch.set_num_threads(n)

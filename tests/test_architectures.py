@@ -13,7 +13,6 @@ hand-written references on synthetic blocks in ``tests/test_graph_mechanisms.py`
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,7 @@ CASES: dict[str, tuple[int, int, int, dict[str, int], bool]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_quiet_fakes")
 
 
 def _setup(name: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:

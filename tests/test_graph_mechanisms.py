@@ -7,7 +7,6 @@ core maths (`toma_export.core`) on the same destinations.
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -28,13 +27,7 @@ C = 16
 TAU = 1000.0
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_quiet_fakes")
 
 
 # -- grid discovery ------------------------------------------------------------------------------------
