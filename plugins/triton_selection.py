@@ -338,8 +338,20 @@ def build_ptx(
                         "bytes": len(ck.ptx),
                     }
                 )
-    _write_atomic(out / "manifest.json", json.dumps({"kernels": entries}, indent=2) + "\n")
+    manifest = {"triton": triton.__version__, "kernel_source_sha256": kernel_source_digest(), "kernels": entries}
+    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return entries
+
+
+def kernel_source_digest() -> str:
+    """SHA-256 of the kernel's source and the constants it bakes in: a manifest records it, so a
+    committed PTX that no longer matches the kernel is caught without a GPU."""
+    import hashlib
+    import inspect
+
+    fn = getattr(facility_location_kernel, "fn", facility_location_kernel)
+    text = inspect.getsource(fn) + f"TIE_BAND={TIE_BAND!r} NORM_EPS={NORM_EPS!r}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -12,6 +12,8 @@ to standard ATen ops for exporters.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from toma_export.core.merge import MergeMap
@@ -29,6 +31,18 @@ def facility_location(features: torch.Tensor, k: int) -> torch.Tensor:
 @facility_location.register_fake
 def _(features: torch.Tensor, k: int) -> torch.Tensor:
     return features.new_empty((*features.shape[:-2], k), dtype=torch.long)
+
+
+@facility_location.register_kernel("cuda")
+def _(features: torch.Tensor, k: int) -> torch.Tensor:
+    """On CUDA: the Triton kernel, one program per tile (measured on an H100, SDXL/Flux tile batches:
+    0.03-0.25 ms against 1.2-2.4 ms for the torch ops, whose k greedy steps are launch-bound).
+    Same picks as the torch ops up to fp32 summation order in near-ties (tests/test_gpu_kernel.py)."""
+    from plugins.triton_selection import MAX_TILE, facility_location_triton
+
+    if features.shape[-2] > MAX_TILE or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return _facility_location(features, k)
+    return facility_location_triton(features, k).long()
 
 
 # --- merge / unmerge ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from toma_export.bench.backends import SELF_MERGING, get_backend
-from toma_export.bench.timing import calls_total, run_interleaved
+from toma_export.bench.timing import calls_total, run_interleaved, time_call
 from toma_export.bench.workloads import Built, Options, get_workload, shared_clone
 from toma_export.config import ToMAConfig
 
@@ -44,6 +44,7 @@ class Case:
     handle: Any = None
     note: str = ""
     label: str = ""
+    first_call_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,16 @@ def _merged_share(handle: Any) -> float | None:
     return sum(shares) / len(shares) if shares else None
 
 
-def _probe(cases: list[Case], errors: list[dict[str, Any]], progress: Callable[[int], None]) -> list[Case]:
-    """First warm-up call of every case (compiles, allocates); failures become error rows."""
+def _probe(
+    cases: list[Case], errors: list[dict[str, Any]], progress: Callable[[int], None], device: Any = None
+) -> list[Case]:
+    """First warm-up call of every case (compiles, allocates; its time is the row's ``first_call_ms``,
+    compile time included); failures become error rows."""
     ok = []
     for case in cases:
         try:
             case.before()
-            case.call()
+            case.first_call_ms = time_call(case.call, device)
             ok.append(case)
         except Exception as exc:
             errors.append(dict(method=case.method, ratio=case.ratio, variant=case.label or case.method,
@@ -195,7 +199,7 @@ def run_plan(plan: Plan, progress_bar: bool = True) -> dict[str, Any]:
             cases, errors = _cases(built, backend, plan)
             later = calls_total(len(cases), repeats, max(warmup - 1, 0), plan.memory)
             bar = tqdm(total=len(cases) + later, desc=f"{wname}/{backend}", disable=not progress_bar, unit="call")
-            cases = _probe(cases, errors, bar.update)
+            cases = _probe(cases, errors, bar.update, plan.options.device)
             bar.total = len(cases) + calls_total(len(cases), repeats, max(warmup - 1, 0), plan.memory) + len(errors)
             stats, memory = run_interleaved(
                 [c.call for c in cases],
@@ -217,6 +221,7 @@ def run_plan(plan: Plan, progress_bar: bool = True) -> dict[str, Any]:
                     max_ms=st.max_ms if st.times_ms else None,
                     times_ms=st.times_ms, peak_mem_mb=mem, memory_method=how,
                     repeats=repeats, warmup=warmup, status="ok", note=case.note,
+                    first_call_ms=case.first_call_ms,
                 )
                 share = _merged_share(case.handle) if case.method == "catome" else None
                 if share is not None:
@@ -246,12 +251,34 @@ def machine_meta(
         diffusers=diffusers.__version__,
         device=plan.options.device,
         cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **(cuda_meta() if torch.cuda.is_available() else {}),
         dtype=str(plan.options.dtype).replace("torch.", ""),
         workloads=workloads or {w: get_workload(w).summary for w in plan.workloads},
         config=plan.config,
         memory_methods=memory_methods or [],
         timing="interleaved round-robin after warm-up; speedup = baseline median / row median (same backend, same run)",
     )
+
+
+def cuda_meta() -> dict[str, Any]:
+    """The GPU's driver, CUDA runtime and Triton versions (rows name what produced them)."""
+    import subprocess
+
+    try:
+        import triton
+
+        triton_version: str | None = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        driver: str | None = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        driver = None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return dict(cuda_driver=driver, cuda_runtime=torch.version.cuda, triton=triton_version,
+                cuda_capability=f"{props.major}.{props.minor}", cuda_memory_gb=round(props.total_memory / 2**30, 1))
 
 
 def _cpu_count() -> int | None:

@@ -140,7 +140,7 @@ def _unet_ideal(model: torch.nn.Module, kwargs: dict[str, Any], config_for: Call
 
 def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
-        model = load_model(opts.model or default_model, dtype=opts.dtype).to(opts.device)
+        model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
         h, w = opts.height or default_px, opts.width or default_px
         kwargs = example_inputs(model, batch=opts.batch, height=h, width=w, dtype=opts.dtype, device=opts.device)
         kwargs["return_dict"] = False
@@ -160,7 +160,7 @@ def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[O
 # -- Flux ---------------------------------------------------------------------------------
 def _flux_builder(default_model: str, default_px: int, text_len: int, name: str) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
-        model = load_model(opts.model or default_model, dtype=opts.dtype).to(opts.device)
+        model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
         h, w = opts.height or default_px, opts.width or default_px
 
         def inputs(width: int) -> dict[str, Any]:
@@ -189,19 +189,28 @@ def _flux_builder(default_model: str, default_px: int, text_len: int, name: str)
 
 
 # -- denoising loop -------------------------------------------------------------------------
-def _loop_builder(default_model: str, default_px: int, default_steps: int) -> Callable[[Options], Built]:
-    base = _unet_builder(default_model, default_px, "sdxl-loop")
+def _loop_builder(
+    base: Callable[[Options], Built], name: str, default_steps: int, sample_key: str, t_max: float
+) -> Callable[[Options], Built]:
+    """``steps`` calls of ``base``'s denoiser with a fixed Euler-style update between them, so the
+    recompute schedule's select and reuse steps are both in one timed call. ``t_max``: the first
+    timestep as the model takes it (UNet: 999; Flux: 1.0)."""
 
     def build(opts: Options) -> Built:
         built = base(opts)
+        built.name = name
         steps = opts.steps or default_steps
-        timesteps = torch.linspace(999, 0, steps).round()
+        timesteps = torch.linspace(t_max, 0, steps)
+        if t_max > 1:
+            timesteps = timesteps.round()
 
         def run(fn: Callable[..., Any], kwargs: dict[str, Any]) -> torch.Tensor:
-            sample = kwargs["sample"]
+            sample = kwargs[sample_key]
+            t_like = kwargs["timestep"]
             for t in timesteps:
-                eps = first(fn(**dict(kwargs, sample=sample, timestep=t)))
-                sample = sample - eps / steps  # a fixed Euler-style update: cost is the UNet's
+                t_in = t.to(t_like).expand(t_like.shape) if isinstance(t_like, torch.Tensor) else t
+                eps = first(fn(**dict(kwargs, **{sample_key: sample, "timestep": t_in})))
+                sample = sample - eps / steps  # the update's cost is negligible next to the model's
             return sample
 
         built.run = run
@@ -224,7 +233,10 @@ WORKLOADS: dict[str, Workload] = {
         Workload("flux-tiny", "tiny Flux transformer, 256^2 = 256 image tokens (tests)",
                  _flux_builder("flux-tiny", 256, 16, "flux-tiny"), 5, 1),
         Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
-                 _loop_builder("sdxl-tiny", 1024, 10), 3, 1),
+                 _loop_builder(_unet_builder("sdxl-tiny", 1024, "sdxl-loop"), "sdxl-loop", 10, "sample", 999.0), 3, 1),
+        Workload("flux-loop", "denoising loop of n Flux steps with the recompute schedule",
+                 _loop_builder(_flux_builder("flux", 1024, 512, "flux-loop"), "flux-loop", 20, "hidden_states", 1.0),
+                 2, 1, opt_in=True),
     )
 }
 

@@ -17,8 +17,9 @@ from diffusers.hooks.hooks import BaseState
 
 from toma_export.config import ToMAConfig
 from toma_export.core.merge import MergeMap
-from toma_export.core.selection import facility_location, tokens_kept
+from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout, unet_level
+from toma_export.ops import facility_location as select_op  # the op: CUDA selects with the Triton kernel
 from toma_export.schedule import StepSchedule
 
 
@@ -88,7 +89,7 @@ class MergeContext(BaseState):
         idx = self._step_idx.get(key)
         if idx is None:
             k = tokens_kept(layout.tile_size, self.config.ratio)
-            idx = self.schedule.carry(key, lambda: facility_location(layout.split(features)[0], k))
+            idx = self.schedule.carry(key, lambda: select_op(layout.split(features)[0], k))
             self._step_idx[key] = idx
         mm = MergeMap.build(layout, features, idx, self.config.temperature)
         if self.config.share_weights:

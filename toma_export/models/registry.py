@@ -106,6 +106,10 @@ FLUX: dict[str, Any] = dict(
     axes_dims_rope=(16, 56, 56),
 )
 
+#: The Flux.1 [dev] transformer at full depth (19 double- + 38 single-stream blocks, 11.9 B
+#: parameters: 24 GB in bf16). For GPU benchmarks; build it with ``load_model(..., device="cuda")``.
+FLUX_FULL: dict[str, Any] = dict(FLUX, num_layers=19, num_single_layers=38)
+
 
 def _unet(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
@@ -134,6 +138,7 @@ EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Modu
     "sd15-tiny": ("sd15", SD15_TINY, _unet(SD15_TINY)),
     "flux-tiny": ("flux", FLUX_TINY, _flux(FLUX_TINY)),
     "flux": ("flux", FLUX, _flux(FLUX)),
+    "flux-full": ("flux", FLUX_FULL, _flux(FLUX_FULL)),
 }
 # FLUX.2, Qwen-Image, SD3.5 and Wan tiny configs: toma_export/models/architectures.py
 from toma_export.models.architectures import ARCHITECTURES as _ARCHITECTURES  # noqa: E402
@@ -349,6 +354,7 @@ def load_model(
     subfolder: str | None = None,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.nn.Module:
     """An embedded model by name (seeded random weights), a local diffusers folder, or a Hub id.
 
@@ -367,7 +373,9 @@ def load_model(
     source, config = resolve_model(name_or_path, revision=revision, variant=variant, subfolder=subfolder)
     if source.kind == "embedded":
         _, _, build = EMBEDDED_MODELS[source.root]
-        with torch.random.fork_rng():
+        target = torch.device(device or "cpu")
+        cuda = [target] if target.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), target:
             torch.manual_seed(seed)
             model = build()
         model = (model if dtype == torch.float32 else model.to(dtype)).eval()
@@ -376,6 +384,8 @@ def load_model(
         model = _load_local(folder, dtype, config or {}, variant=variant)
     else:
         model = _load_hub(source, dtype, config or {})
+    if device is not None:
+        model = model.to(device)
     object.__setattr__(model, "_toma_source", source)
     return model
 

@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""GPU truth: the selection kernel, its AOT PTX, and speed-ups at 1024² on the real architectures.
+
+    python scripts/gpu_truth.py --out docs/benchmarks/gpu [--sections env,kernel,sdxl,flux,compile,loop]
+
+Runs the same on any CUDA machine (random weights; nothing is downloaded). Sections:
+
+- ``env``: device, driver, CUDA, torch, Triton (``env.json``);
+- ``kernel``: the Triton selection kernel and the committed sm_90a PTX (launched through the
+  driver, as the TensorRT plugin would) against the torch reference on SDXL (64x64x640,
+  32x32x1280) and Flux (64x64x3072) tile batches, batch 1/2, fp16/bf16/fp32, with the time per
+  call of each next to selection done with torch ops (``kernel.json``);
+- ``sdxl``: the SDXL-architecture UNet (2.6 B), fp16, 1024², eager, unmerged vs ToMA vs ToMeSD vs
+  ToDo at r = 0.25/0.5/0.75 with ideal rows, default level and all attention levels; batch 2 at r=0.5;
+- ``flux``: the Flux.1-architecture transformer at full depth (``flux-full``: 19 + 38 blocks,
+  11.9 B), bf16, 1024² (4096 image + 512 text tokens), eager, same rows;
+- ``compile``: ``torch.compile`` (inductor) of unmerged vs eager-applied ToMA vs ToDo, and the graph
+  pass compiled (``inductor-pass``), SDXL all levels r=0.5; first-call (compile) time in each row;
+- ``loop``: 20-step denoising loops with ``recompute_every=5`` (SDXL fp16 all levels; Flux bf16),
+  so selection and reuse steps are both in the figure.
+
+Each speed section is one ``toma-export bench`` run (rows interleaved, each against the same
+backend's unmerged baseline in the same run); its JSON rows name the device, driver and versions.
+``--quick`` shrinks everything to the tiny models (a smoke test of this script, CPU or GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SECTIONS = ("env", "kernel", "sdxl", "flux", "compile", "loop")
+LEVELS = {"sdxl-64x64x640": ((64, 64), 640), "sdxl-32x32x1280": ((32, 32), 1280), "flux-64x64x3072": ((64, 64), 3072)}
+
+
+def env_section(out: Path) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    from toma_export.bench.runner import cuda_meta
+
+    info: dict[str, Any] = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), machine=platform.platform(),
+                                python=platform.python_version(), torch=torch.__version__)
+    if torch.cuda.is_available():
+        info.update(device=torch.cuda.get_device_name(), **cuda_meta())
+        info["sdpa_flash"] = torch.backends.cuda.flash_sdp_enabled()
+    (out / "env.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _bench_ms(fn: Any, cuda: bool) -> float:
+    """Median ms per call: CUDA events through ``triton.testing.do_bench``; host clock otherwise."""
+    if cuda:
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
+    import statistics
+
+    fn()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def kernel_section(out: Path, quick: bool) -> list[dict[str, Any]]:
+    import torch
+
+    from plugins.selection_check import check_picks, tile_features
+    from toma_export.core.selection import facility_location, tokens_kept
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    k = tokens_kept(16, 0.5)
+    ptx_ok = False
+    if cuda and torch.cuda.get_device_capability() == (9, 0):
+        try:
+            import cupy  # noqa: F401
+
+            ptx_ok = True
+        except ImportError:
+            print("CuPy is missing: the PTX launch is skipped", file=sys.stderr)
+    if cuda:
+        from plugins.triton_selection import facility_location_triton
+    rows = []
+    levels = {"quick-16x16x64": ((16, 16), 64)} if quick else LEVELS
+    for level, (grid, channels) in levels.items():
+        for batch in (1, 2):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                x = tile_features(batch, grid, channels, dtype=dtype, device=device, seed=batch * 7 + channels)
+                ref = facility_location(x.float(), k)
+                row: dict[str, Any] = dict(level=level, batch=batch, dtype=str(dtype).replace("torch.", ""),
+                                           tiles=int(x.shape[0] * x.shape[1]), k=k, channels=channels)
+                row["torch_ops_ms"] = _bench_ms(lambda: facility_location(x, k), cuda)
+                if cuda:
+                    got = facility_location_triton(x, k)
+                    row["triton"] = check_picks(x, got, ref).as_dict()
+                    row["triton_ms"] = _bench_ms(lambda: facility_location_triton(x, k), cuda)
+                    if ptx_ok and dtype != torch.bfloat16:
+                        from plugins.ptx_launch import launch_committed_ptx
+
+                        got = launch_committed_ptx(x, k)
+                        row["ptx"] = dict(check_picks(x, got, ref).as_dict(), unwritten=int((got < 0).sum()))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    (out / "kernel.json").write_text(json.dumps({"env": env_section(out), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def _bench(out: Path, name: str, args: list[str], timeout: int) -> None:
+    """One ``toma-export bench`` run in a child process (its own GPU memory), JSON + markdown into ``out``."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *args, "--quiet",
+           "--json", str(out / f"{name}.json"), "--markdown", str(out / f"{name}.md")]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        status = f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired as exc:
+        tail = str(exc.stdout or "")[-2000:] + str(exc.stderr or "")[-2000:]
+        status = f"timed out after {timeout} s"
+    (out / f"{name}.log").write_text(" ".join(cmd[1:]) + "\n" + status + "\n" + tail)
+    print(f"[{name}] {status} in {time.time() - t0:.0f} s", flush=True)
+    if (out / f"{name}.md").exists():
+        print((out / f"{name}.md").read_text(), flush=True)
+    else:
+        print(tail, flush=True)
+
+
+def speed_runs(quick: bool) -> dict[str, list[tuple[str, list[str], int]]]:
+    """Section -> [(run name, bench arguments, timeout s)]."""
+    sdxl = ["--workload", "sdxl-unet", "--model", "sdxl-tiny" if quick else "sdxl", "--dtype", "float16"]
+    flux = ["--workload", "flux", "--model", "flux-tiny" if quick else "flux-full", "--dtype", "bfloat16"]
+    px = ["--height", "256", "--width", "256"] if quick else ["--height", "1024", "--width", "1024"]
+    all_levels = ["--max-downsample", "4"]
+    reps = ["--repeats", "2", "--warmup", "1"] if quick else ["--repeats", "10", "--warmup", "3"]
+    three = ["--ratios", "0.25,0.5,0.75"]
+    methods = ["--methods", "none,toma,tomesd,todo"]
+    return {
+        "sdxl": [
+            ("sdxl_default_levels", [*sdxl, *px, *methods, *three, "--backends", "eager", *reps], 420),
+            ("sdxl_all_levels", [*sdxl, *px, *methods, *three, *all_levels, "--backends", "eager", *reps], 420),
+            ("sdxl_all_levels_b2", [*sdxl, *px, *methods, "--ratios", "0.5", *all_levels, "--batch", "2",
+                                    "--backends", "eager", *reps], 300),
+        ],
+        "flux": [
+            ("flux_full", [*flux, *px, "--methods", "none,toma,todo", *three, "--backends", "eager", *reps], 150),
+        ],
+        "compile": [
+            ("sdxl_compile", [*sdxl, *px, "--methods", "none,toma,todo", "--ratios", "0.5", *all_levels,
+                              "--backends", "inductor", *reps], 400),
+            # Two compiles of the full UNet (about 2 min each on 16 cores) where four do not fit a 10-min call.
+            ("sdxl_compile_toma", [*sdxl, *px, "--methods", "none,toma", "--ratios", "0.5", *all_levels, "--no-ideal",
+                                   "--backends", "inductor", *reps], 300),
+            # Compile time grows with depth: the depth-reduced Flux (2 + 4 blocks, full width).
+            ("flux_compile", ["--workload", "flux", "--model", "flux-tiny" if quick else "flux", "--dtype", "bfloat16",
+                              *px, "--methods", "none,toma", "--ratios", "0.5", "--backends", "inductor", *reps], 180),
+        ],
+        "loop": [
+            ("sdxl_loop20", ["--workload", "sdxl-loop", "--model", "sdxl-tiny" if quick else "sdxl", "--dtype",
+                             "float16", *px, "--steps", "20", "--recompute-every", "5", "--methods", "none,toma,todo",
+                             "--ratios", "0.5", *all_levels, "--backends", "eager",
+                             *(["--repeats", "1", "--warmup", "1"] if quick else ["--repeats", "5", "--warmup", "1"])],
+             120),
+            ("flux_loop20", ["--workload", "flux-loop", "--model", "flux-tiny" if quick else "flux-full", "--dtype",
+                             "bfloat16", *px, "--steps", "20", "--recompute-every", "5", "--methods", "none,toma",
+                             "--ratios", "0.5", "--backends", "eager",
+                             *(["--repeats", "1", "--warmup", "1"] if quick else ["--repeats", "3", "--warmup", "1"])],
+             200),
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sections: " + ", ".join(SECTIONS))
+    p.add_argument("--out", type=Path, required=True, help="folder for the JSON rows, markdown tables and logs")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
+    p.add_argument("--only", default="", help="comma-separated run names within the sections (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny models and few repeats: a smoke test of this script")
+    args = p.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    runs = speed_runs(args.quick)
+    for section in sections:
+        t0 = time.time()
+        print(f"== {section}", flush=True)
+        if section == "env":
+            print(json.dumps(env_section(args.out), indent=2), flush=True)
+        elif section == "kernel":
+            kernel_section(args.out, args.quick)
+        else:
+            for name, bench_args, timeout in runs[section]:
+                if not only or name in only:
+                    _bench(args.out, name, bench_args, timeout)
+        print(f"== {section} done in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
