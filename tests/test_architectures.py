@@ -172,3 +172,94 @@ def test_onnxruntime_engines_match_the_program(name: str, tmp_path: Path) -> Non
         assert (got_out - want_out).abs().max().item() <= 1e-3
         got_reuse = reuse(dict(zip(reuse.input_names, [*flat, want_dest])))[0]
         assert (got_reuse - want_reuse).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_eager_apply_runs_the_graph_pass(name: str) -> None:
+    """``apply`` on a model without a hand-written adapter: the first call captures and rewrites,
+    calls then equal the graph pass's program step by step (select, reuse), diffusers' reset starts a
+    new generation, ratio 0 is the model itself, and ``remove`` restores it exactly."""
+    model, kw, program = _program(name)
+    program.reset()
+    with torch.inference_mode():
+        plain = _first(model(**kw))
+        expected = [_first(program(**kw)) for _ in range(3)]
+    program.reset()
+    toma_export.apply(model, toma_export.ToMAConfig(ratio=0.5, recompute_every=2))
+    try:
+        with torch.inference_mode():
+            got = [_first(model(**kw)) for _ in range(3)]
+            st = toma_export.state(model)
+            assert (st.step, st.selections) == (3, 2)
+            assert {s.kind for s in st.sites} >= {"attn"}
+            model._reset_stateful_cache()  # what a pipeline calls after each generation
+            assert st.step == 0
+            again = _first(model(**kw))
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again, expected[0], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got[0], plain, atol=1e-4), "ratio 0.5 merged nothing"
+    finally:
+        toma_export.remove(model)
+    assert "toma_graph_pass" not in getattr(getattr(model, "_diffusers_hook", None), "hooks", {})
+    with torch.inference_mode():
+        torch.testing.assert_close(_first(model(**kw)), plain, rtol=0, atol=0)
+        toma_export.apply(model, toma_export.ToMAConfig(ratio=0.0))
+        try:
+            torch.testing.assert_close(_first(model(**kw)), plain, rtol=0, atol=0)
+        finally:
+            toma_export.remove(model)
+
+
+def test_eager_apply_refuses_a_model_whose_sites_do_not_match() -> None:
+    """A diffusers model the pass finds no merge site in: a ToMA error naming inspect at the first call
+    (never a raw exception, never a silent no-op), and after remove() the model runs as before."""
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+    class Plain(ModelMixin, ConfigMixin):
+        @register_to_config
+        def __init__(self, channels: int = 8):
+            super().__init__()
+            self.proj = torch.nn.Linear(channels, channels)
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return self.proj(hidden_states)
+
+    model = Plain().eval()
+    x = torch.randn(1, 16, 8)
+    toma_export.apply(model, toma_export.ToMAConfig(ratio=0.5))
+    for _ in range(2):  # refused once, and the same answer without a second capture
+        with pytest.raises(toma_export.UnsupportedModelError, match="matched no merge site.*toma-export inspect"):
+            model(hidden_states=x)
+    toma_export.remove(model)
+    torch.testing.assert_close(model(hidden_states=x), model.proj(x))
+
+
+def test_flux_look_alike_takes_the_graph_pass_not_the_flux_adapter() -> None:
+    """Chroma has Flux.1's attribute names but other blocks: the Flux adapter crashed on it; apply now
+    sends it through the graph pass (structure matched), and it merges like the pass."""
+    from diffusers import ChromaTransformer2DModel
+
+    from toma_export.models.inputs import flux_image_ids
+
+    torch.manual_seed(0)
+    model = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=8, approximator_hidden_dim=32,
+        approximator_layers=1,
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    kw = dict(hidden_states=torch.randn(1, 64, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+              timestep=torch.full((1,), 0.5), img_ids=flux_image_ids(8, 8), txt_ids=torch.zeros(8, 3),
+              attention_mask=torch.ones(1, 72, dtype=torch.bool))
+    cfg = toma_export.ToMAConfig(ratio=0.5)
+    with torch.inference_mode():
+        expected = _first(toma_export.rewrite(model, kw, cfg)(**kw))
+        toma_export.apply(model, cfg)
+        try:
+            got = _first(model(**kw))
+            assert {s.kind for s in toma_export.state(model).sites} == {"attn", "mlp"}
+        finally:
+            toma_export.remove(model)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

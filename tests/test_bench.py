@@ -166,3 +166,16 @@ def test_bench_plots_skip_failed_rows(tmp_path):
     ])
     paths = bench_plots({"results": rows}, tmp_path)
     assert [p.name for p in paths] == ["w_b_latency.png", "w_b_speedup.png"]
+
+
+def test_self_merging_backends_run_toma_on_the_block() -> None:
+    """ONNX Runtime and the compiled graph pass time ToMA rows (not error rows) on the block workload,
+    select on the first call and reuse on the next, and record the first call's (build) time."""
+    from toma_export.bench.runner import Plan, run_plan
+    from toma_export.bench.workloads import Options
+
+    plan = Plan(workloads=["sdxl-block"], methods=["none", "toma"], ratios=[0.5], backends=["onnxruntime"],
+                repeats=1, warmup=1, ideal=False, memory=False, options=Options(height=128, width=128))
+    rows = run_plan(plan, progress_bar=False)["results"]
+    assert [(r["method"], r["status"]) for r in rows] == [("none", "ok"), ("toma", "ok")], rows
+    assert all(r["first_call_ms"] > 0 and r["median_ms"] > 0 for r in rows)

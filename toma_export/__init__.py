@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from toma_export.config import METHODS, ToMAConfig
-    from toma_export.eager import apply, remove, reset, state
+    from toma_export.eager.api import apply, remove, reset, state
     from toma_export.engines.swap import load_engine
     from toma_export.errors import ToMAConfigError, ToMAError, UnsupportedModelError
     from toma_export.graph import rewrite

@@ -33,7 +33,8 @@ class StepSchedule:
             raise ToMAConfigError(f"recompute_every={recompute_every!r} must be an int >= 1 (1 = select every step).")
         self.recompute_every = recompute_every
         #: Steps done in this generation; a CPU tensor so traced code reads it as data, not a constant.
-        self.counter = torch.zeros((), dtype=torch.int64)
+        with torch.inference_mode(False):  # made during an inference-mode call, still resettable outside one
+            self.counter = torch.zeros((), dtype=torch.int64)
         #: Destinations carried between steps, by the caller's key (group layout and batch).
         self.carried: dict[Hashable, torch.Tensor] = {}
         #: Selection runs over the schedule's lifetime (not reset): tests and reports count reuse with it.

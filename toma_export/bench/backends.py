@@ -129,7 +129,9 @@ def onnxruntime(model: torch.nn.Module, config: ToMAConfig | None, example: dict
     _refuse(cfg, "onnxruntime")
     folder = tempfile.TemporaryDirectory(prefix="toma-bench-ort-")
     variants, n_groups, _ = _variants(model, example, cfg)
-    engines = {name: _named(OrtEngine(export_onnx(ep, Path(folder.name) / f"{name}.onnx"))) for name, ep in variants.items()}
+    # Every row holds its sessions for the whole run: without the arena, each frees its activations.
+    engines = {name: _named(OrtEngine(export_onnx(ep, Path(folder.name) / f"{name}.onnx"), memory_arena=False))
+               for name, ep in variants.items()}
     shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
     runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
     schedule = StepSchedule(cfg.recompute_every)

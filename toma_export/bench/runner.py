@@ -182,8 +182,11 @@ def add_derived(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_plan(plan: Plan, progress_bar: bool = True) -> dict[str, Any]:
-    """Run ``plan``; returns ``{"meta": ..., "results": [rows]}``."""
+def run_plan(
+    plan: Plan, progress_bar: bool = True, on_backend: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run ``plan``; returns ``{"meta": ..., "results": [rows]}``. ``on_backend`` gets the result so far
+    after each workload x backend (the CLI writes it, so a run killed later keeps what it measured)."""
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []
@@ -230,6 +233,9 @@ def run_plan(plan: Plan, progress_bar: bool = True) -> dict[str, Any]:
             for err in errors:
                 rows.append(dict(workload=wname, backend=backend, median_ms=None, min_ms=None, max_ms=None,
                                  times_ms=[], peak_mem_mb=None, repeats=repeats, warmup=warmup, **err))
+            if on_backend is not None:
+                on_backend({"meta": machine_meta(plan, dict(described), sorted(mem_methods)),
+                            "results": add_derived([dict(r) for r in rows])})
         del built
     meta = machine_meta(plan, described, sorted(mem_methods))
     return {"meta": meta, "results": add_derived(rows)}

@@ -157,6 +157,10 @@ def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[O
     return build
 
 
+#: The ideal of transformers whose every block merges: the same model on a narrower token grid.
+NARROWER_GRID = "the same transformer on (1-r)*N image tokens (narrower grid), same text tokens"
+
+
 # -- Flux ---------------------------------------------------------------------------------
 def _flux_builder(default_model: str, default_px: int, text_len: int, name: str) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
@@ -181,8 +185,46 @@ def _flux_builder(default_model: str, default_px: int, text_len: int, name: str)
             inputs(w),
             EagerHandle,
             ideal,
-            "the same transformer on (1-r)*N image tokens (narrower grid), same text tokens",
+            NARROWER_GRID,
             f"Flux {opts.model or default_model} at {h}x{w} px = {n} image + {text_len} text tokens, batch {opts.batch}",
+        )
+
+    return build
+
+
+# -- other diffusers transformers (FLUX.2, Qwen-Image, SD3.5, Wan): eager apply runs the graph pass --
+def _arch_builder(
+    default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
+) -> Callable[[Options], Built]:
+    def build(opts: Options) -> Built:
+        from toma_export.models.architectures import example_inputs_for
+
+        model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
+        px = default_px if isinstance(default_px, tuple) else (default_px, default_px)
+        h, w = opts.height or px[0], opts.width or px[1]
+
+        def inputs(width: int) -> dict[str, Any]:
+            kw = example_inputs_for(model, opts.batch, h, width, frames, text_len=text_len, dtype=opts.dtype,
+                                    device=opts.device)
+            kw["return_dict"] = False
+            return kw
+
+        def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+            cols = max(1, round((w // 16) * (1 - ratio)))  # 16 px per image token in all four families
+            return shared_clone(model), inputs(cols * 16)
+
+        latent_frames = (frames - 1) // 4 + 1
+        n = (h // 16) * (w // 16) * latent_frames
+        clip = f", {frames} frames ({latent_frames} latent)" if frames > 1 else ""
+        return Built(
+            name,
+            model,
+            inputs(w),
+            EagerHandle,
+            ideal,
+            NARROWER_GRID,
+            f"{type(model).__name__} {opts.model or default_model} at {h}x{w} px{clip} = {n} image + {text_len} text "
+            f"tokens, batch {opts.batch} (ToMA through the graph pass behind a hook)",
         )
 
     return build
@@ -232,6 +274,13 @@ WORKLOADS: dict[str, Workload] = {
                  _flux_builder("flux", 1024, 512, "flux"), 3, 1, opt_in=True),
         Workload("flux-tiny", "tiny Flux transformer, 256^2 = 256 image tokens (tests)",
                  _flux_builder("flux-tiny", 256, 16, "flux-tiny"), 5, 1),
+        Workload("sd35", "SD3.5 Medium width (1536), 2 layers (one dual-attention), 4096 image + 333 text tokens",
+                 _arch_builder("sd35-medium-d2", 1024, 333, "sd35"), 3, 1, opt_in=True),
+        Workload("qwen-image", "Qwen-Image width (3072), 2 layers, 4096 image + 512 text tokens",
+                 _arch_builder("qwen-image-d2", 1024, 512, "qwen-image"), 3, 1, opt_in=True),
+        Workload("wan", "Wan 2.1 1.3B width (1536), 2 layers, 480x832 px x 17 frames = 5x30x52 latent tokens",
+                 _arch_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
+        Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _arch_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),
         Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
                  _loop_builder(_unet_builder("sdxl-tiny", 1024, "sdxl-loop"), "sdxl-loop", 10, "sample", 999.0), 3, 1),
         Workload("flux-loop", "denoising loop of n Flux steps with the recompute schedule",

@@ -130,13 +130,15 @@ def handler(args: argparse.Namespace) -> int:
                         config=overrides),
         config=overrides,
     )
-    result = run_plan(plan, progress_bar=not args.quiet)
-    report = markdown_report(result)
-    print(report)
-    if args.json:
-        write_json(args.json, result)
-    if args.markdown:
-        write_atomic(args.markdown, report)
+    def save(result: dict[str, Any]) -> None:
+        if args.json:
+            write_json(args.json, result)
+        if args.markdown:
+            write_atomic(args.markdown, markdown_report(result))
+
+    result = run_plan(plan, progress_bar=not args.quiet, on_backend=save)  # saved after each backend too
+    print(markdown_report(result))
+    save(result)
     if args.plots:
         for path in bench_plots(result, args.plots):
             print(f"wrote {path}", file=sys.stderr)

@@ -14,6 +14,8 @@ import torch
 
 from toma_export.config import ToMAConfig
 from toma_export.eager import flux, unet
+from toma_export.eager.graph_hook import HOOK_NAME as GRAPH_HOOK
+from toma_export.eager.graph_hook import GraphPassHook
 from toma_export.eager.hooks import Installed
 from toma_export.eager.state import MergeContext
 from toma_export.errors import ToMAError, UnsupportedModelError
@@ -37,14 +39,16 @@ def _denoiser(obj: Any) -> torch.nn.Module:
 
 
 def _eager_family(model: torch.nn.Module) -> str:
-    """The model's family when an eager adapter exists for it; other architectures are refused."""
+    """``"unet"`` / ``"flux"`` (hand-written hook adapters) or ``"transformer"`` (the graph pass behind a
+    hook, :mod:`toma_export.eager.graph_hook`: accepted at its first call only where sites match).
+    The Flux adapter is for ``FluxTransformer2DModel`` itself: look-alikes with the same attribute
+    names (Chroma, ...) differ inside their blocks, so they take the graph pass, which matches structure."""
     family = model_family(model)
-    if family not in ("unet", "flux"):
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: eager apply has adapters for diffusers UNets (SDXL/SD1.5) and Flux.1-style "
-            "transformers; for this architecture use the graph pass, toma_export.rewrite(model, example_kwargs, "
-            "config), or toma-export build/inspect, which find merge sites by graph pattern."
-        )
+    if family == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        if not isinstance(model, FluxTransformer2DModel):
+            return "transformer"
     return family
 
 
@@ -52,7 +56,23 @@ def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Insta
     """Register the hooks for ``model``'s family; nothing stays registered when this raises."""
     family = _eager_family(model)
     try:
-        installed = unet.install(model, config, **options) if family == "unet" else flux.install(model, config)
+        if family == "unet":
+            installed = unet.install(model, config, **options)
+        elif family == "flux":
+            installed = flux.install(model, config)
+        else:
+            if options:
+                raise TypeError(f"options {sorted(options)} apply to UNets only")
+            from toma_export.methods import get as get_method
+
+            if config.active and not get_method(config.method).graph_pass:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__}: eager apply runs this architecture through the graph pass, which "
+                    f"implements ToMA only; {config.method!r} has eager adapters for UNets and Flux.1 transformers."
+                )
+            hook = GraphPassHook(config)
+            installed = Installed(model, hook)  # type: ignore[arg-type]  # its root has reset_state/active too
+            installed.add(model, hook, GRAPH_HOOK)
     except BaseException:
         _strip(model)
         raise
@@ -112,7 +132,9 @@ def remove(obj: Any) -> Any:
 
 
 def state(obj: Any) -> MergeContext:
-    """The merge state of a patched pipeline or model (the cache context last run, or the default)."""
+    """The merge state of a patched pipeline or model (the cache context last run, or the default);
+    for architectures run through the graph pass, the program of the last call (``.step``,
+    ``.selections``, ``.sites``), None before the first call."""
     installed = getattr(_denoiser(obj), _INSTALLED_ATTR, None)
     if installed is None:
         raise ToMAError("this model is not patched: call toma_export.apply(model, config) first.")

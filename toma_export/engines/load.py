@@ -105,7 +105,8 @@ class ProgramRunner:
 
     def _batch(self, flat: list[torch.Tensor]) -> int:
         dims = self.shapes.get("batch_dims") or [0]
-        return next((int(t.shape[d]) for t, d in zip(flat, dims) if d is not None), int(self.shapes["batch"]))
+        found = next((int(t.shape[d]) for t, d in zip(flat, dims) if d is not None), None)
+        return found if found is not None else int(self.shapes["batch"])
 
     def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor:
         """One step: the select variant when ``schedule`` says so (or carries nothing for this batch),

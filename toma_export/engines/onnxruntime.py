@@ -34,10 +34,16 @@ def default_providers() -> list[str]:
 class OrtEngine:
     """One ONNX Runtime session over an ``.onnx`` file, called with named torch tensors."""
 
-    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(
+        self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None,
+        memory_arena: bool = True,
+    ):
+        """``memory_arena=False`` frees activations after each run instead of keeping the session's peak:
+        for processes holding many sessions at once (the benchmark's rows), at some allocation cost."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = memory_arena
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads:

@@ -81,6 +81,58 @@ WAN_TINY: dict[str, Any] = dict(
 )
 
 
+#: SD3.5 Medium's width (24 heads x 64 = 1536, qk RMSNorm, dual attention in the first layers,
+#: position table 384) with the depth reduced to 2 layers (24 in the real model) for CPU benchmarks.
+SD35_MEDIUM_D2: dict[str, Any] = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=2,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
+)
+
+
+#: Wan 2.1 T2V 1.3B's width (12 heads x 128 = 1536, FFN 8960, umT5 text 4096) with the depth reduced
+#: to 2 layers (30 in the real model) for CPU benchmarks.
+WAN_1_3B_D2: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+
+
+#: Qwen-Image's width (24 heads x 128 = 3072, Qwen2.5-VL text 3584, real RoPE axes) with the depth
+#: reduced to 2 layers (60 in the real model) for CPU benchmarks.
+QWEN_IMAGE_D2: dict[str, Any] = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3584,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
 def _builder(cls_name: str, cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
         import diffusers
@@ -102,6 +154,9 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module
     "qwen-image-tiny": ("qwen-image", QWEN_IMAGE_TINY, build_qwen_image_tiny),
     "sd35-tiny": ("sd35", SD35_TINY, build_sd35_tiny),
     "wan-tiny": ("wan", WAN_TINY, build_wan_tiny),
+    "sd35-medium-d2": ("sd35", SD35_MEDIUM_D2, _builder("SD3Transformer2DModel", SD35_MEDIUM_D2)),
+    "qwen-image-d2": ("qwen-image", QWEN_IMAGE_D2, _builder("QwenImageTransformer2DModel", QWEN_IMAGE_D2)),
+    "wan-1.3b-d2": ("wan", WAN_1_3B_D2, _builder("WanTransformer3DModel", WAN_1_3B_D2)),
 }
 
 #: diffusers class name -> family of :func:`example_inputs_for`.
