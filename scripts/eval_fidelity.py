@@ -35,17 +35,30 @@ def _csv(s: str) -> list[str]:
     return [t for t in (x.strip() for x in s.split(",")) if t]
 
 
-def configs(methods: list[str], ratios: list[float], sublayers: bool) -> list[tuple[str, ToMAConfig]]:
-    out = [(m, ToMAConfig(ratio=r, method=m)) for r in ratios for m in methods if m != "none"]
+def configs(methods: list[str], ratios: list[float], sublayers: bool,
+            tile: tuple[int, int] = (4, 4)) -> list[tuple[str, ToMAConfig]]:
+    out = [(m, ToMAConfig(ratio=r, method=m, tile=tile)) for r in ratios for m in methods if m != "none"]
     if sublayers:
-        out += [(f"toma[{n}]", ToMAConfig(ratio=r, method="toma", **c)) for r in ratios for n, c in SUBLAYERS.items()]
+        out += [(f"toma[{n}]", ToMAConfig(ratio=r, method="toma", tile=tile, **c))
+                for r in ratios for n, c in SUBLAYERS.items()]
     return out
+
+
+def _tile(s: str) -> tuple[int, int]:
+    try:
+        r, c = (int(x) for x in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile {s!r}: give rows x cols, e.g. 4x4") from None
+    return r, c
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| variant | ratio | rel. error (mean ± std) | max | cosine (mean) | min | speed-up |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("refused"):
+            lines.append(f"| {r['variant']} | {r['ratio']:g} | refused: {r['refused']} | | | | |")
+            continue
         sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "–"
         lines.append(f"| {r['variant']} | {r['ratio']:g} | {r['rel_error']:.4f} ± {r['rel_error_std']:.4f} | "
                      f"{r['rel_error_max']:.4f} | {r['cosine']:.5f} | {r['cosine_min']:.5f} | {sp} |")
@@ -58,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=512, help="square image side in pixels (or --height/--width)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int, default=1, help="pixel frames of the clip (video models; a still clip)")
+    p.add_argument("--tile", type=_tile, default=(4, 4), help="ToMA tile, rows x cols (default 4x4)")
     p.add_argument("--images", default=",".join(DEFAULT_IMAGES), help="skimage.data photo names")
     p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)), help="of 1000")
     p.add_argument("--methods", default="toma,tomesd,todo,catome")
@@ -78,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     h, w = args.height or args.size, args.width or args.size
     model = load_model(args.model)
-    inputs = samples(model, _csv(args.images), [int(t) for t in _csv(args.timesteps)], h, w)
-    cfgs = configs(_csv(args.methods), [float(r) for r in _csv(args.ratios)], args.sublayers)
+    inputs = samples(model, _csv(args.images), [int(t) for t in _csv(args.timesteps)], h, w, frames=args.frames)
+    cfgs = configs(_csv(args.methods), [float(r) for r in _csv(args.ratios)], args.sublayers, args.tile)
     with tqdm(total=len(inputs) * (1 + len(cfgs)), disable=args.quiet, desc="fidelity", unit="fwd") as bar:
         rows = evaluate(model, cfgs, inputs, progress=bar.update)
     if args.bench:
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
             frontier_plot(points, args.frontier, f"{args.model} {h}x{w}: speed vs fidelity")
             print(f"wrote {args.frontier}", file=sys.stderr)
-    meta = dict(model=args.model, height=h, width=w, images=_csv(args.images), timesteps=_csv(args.timesteps),
+    meta = dict(model=args.model, height=h, width=w, frames=args.frames, tile=list(args.tile), images=_csv(args.images), timesteps=_csv(args.timesteps),
                 encoding="avg-pool 8 + fixed seeded 3->C unit-row projection, standardised; random text embedding",
                 bench=str(args.bench) if args.bench else None)
     text = (f"## Fidelity: {args.model} at {h}x{w}, images {', '.join(meta['images'])}, "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 75 minutes on 2 CPU cores and 24 GiB. Results land in results/ (JSON, markdown, plots).
+# About 3 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +49,43 @@ step "8. sdxl-lite, 1024^2, ONNX Runtime and eager: ToDo beside its own unmerged
 run 8 toma-export bench --workload sdxl-unet --model sdxl-lite --methods none,todo --ratios 0.5 \
     --backends eager,onnxruntime --max-downsample 4 --repeats 2 --warmup 1 --no-ideal \
     --json results/bench_sdxl_lite_ort_todo.json --markdown results/bench_sdxl_lite_ort_todo.md --plots results/plots
+
+step "9. Other architectures at real width (2 layers; FLUX.2 1+1 blocks), eager: SD3.5 also on ONNX Runtime (~35 min)"
+run 9 toma-export bench --workload sd35 --methods none,toma --ratios 0.25,0.5,0.75 --backends eager,onnxruntime \
+    --repeats 3 --warmup 1 --json results/bench_sd35.json --markdown results/bench_sd35.md
+run 9 toma-export bench --workload qwen-image --methods none,toma --ratios 0.25,0.5,0.75 --backends eager \
+    --repeats 3 --warmup 1 --json results/bench_qwen_image.json --markdown results/bench_qwen_image.md
+run 9 toma-export bench --workload wan --tile 3x4 --methods none,toma --ratios 0.25,0.5,0.75 --backends eager \
+    --repeats 3 --warmup 1 --json results/bench_wan.json --markdown results/bench_wan.md
+run 9 toma-export bench --workload flux2 --methods none,toma --ratios 0.5 --backends eager \
+    --repeats 2 --warmup 1 --json results/bench_flux2.json --markdown results/bench_flux2.md
+
+# One ratio on ONNX Runtime: every ToMA ratio holds a select and a reuse session of the whole model.
+step "10. Qwen-Image and Wan on ONNX Runtime, ratio 0.5 (~30 min)"
+run 10 toma-export bench --workload qwen-image --methods none,toma --ratios 0.5 --backends onnxruntime \
+    --repeats 5 --warmup 1 --json results/bench_qwen_image_ort.json --markdown results/bench_qwen_image_ort.md
+run 10 toma-export bench --workload wan --tile 3x4 --methods none,toma --ratios 0.5 --backends onnxruntime \
+    --repeats 3 --warmup 1 --json results/bench_wan_ort.json --markdown results/bench_wan_ort.md
+
+step "11. Fidelity on photos per family (real width, 2 layers, 512 px) (~15 min)"
+run 11 python scripts/eval_fidelity.py --model sd35-medium-d2 --size 512 --images astronaut,coffee,chelsea \
+    --timesteps 800,300 --methods toma,todo --ratios 0.25,0.5,0.75 --json results/fidelity_sd35.json \
+    --markdown results/fidelity_sd35.md --bench results/bench_sd35.json --frontier results/plots/frontier_sd35.png
+run 11 python scripts/eval_fidelity.py --model qwen-image-d2 --size 512 --images astronaut,coffee,chelsea \
+    --timesteps 800,300 --methods toma --ratios 0.25,0.5,0.75 --json results/fidelity_qwen_image.json \
+    --markdown results/fidelity_qwen_image.md --bench results/bench_qwen_image.json \
+    --frontier results/plots/frontier_qwen_image.png
+run 11 python scripts/eval_fidelity.py --model wan-1.3b-d2 --height 512 --width 832 --frames 5 \
+    --images astronaut,coffee,chelsea --timesteps 800,300 --methods toma --ratios 0.25,0.5,0.75 \
+    --json results/fidelity_wan.json --markdown results/fidelity_wan.md --bench results/bench_wan.json \
+    --frontier results/plots/frontier_wan.png
+
+step "12. sdxl-lite 1024^2 eager and torch.compile (inductor), both levels; sdxl-block on AOTInductor (~35 min)"
+run 12 toma-export bench --workload sdxl-unet --model sdxl-lite --methods none,toma --ratios 0.5 --backends eager,inductor \
+    --max-downsample 4 --repeats 2 --warmup 1 --json results/bench_sdxl_lite_inductor.json \
+    --markdown results/bench_sdxl_lite_inductor.md
+run 12 toma-export bench --workload sdxl-block --methods none,toma --ratios 0.5 --backends aotinductor \
+    --repeats 5 --warmup 1 --json results/bench_sdxl_block_aoti.json --markdown results/bench_sdxl_block_aoti.md
+
+step "13. Speed-up against the FLOP ceiling, from the JSON files above (FLOPs counted on meta tensors, ~2 min)"
+run 13 python scripts/plot_ceiling.py results/*.json --out results

@@ -81,3 +81,43 @@ def test_eval_fidelity_script(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert {r["variant"]: r["speedup"] for r in rows} == {"toma": 1.4, "todo": 1.2}
     assert (tmp_path / "fr.png").exists()
+
+
+@pytest.mark.parametrize("name, frames, ndim", [("sd35-tiny", 1, 4), ("wan-tiny", 5, 5), ("qwen-image-tiny", 1, 3),
+                                                ("flux2-tiny", 1, 3)])
+def test_photo_latents_take_each_family_layout(name, frames, ndim):
+    """The stand-in encoder lays the photo out as the model's own latents (4-D, video 5-D, packed 2x2):
+    a still clip repeats one frame, packed tokens are the 2x2 patches, and the flow-matching noise
+    level reaches the model on its pipeline's timestep scale."""
+    from toma_export.bench.fidelity import latent_key, photo_latents
+    from toma_export.models.inputs import example_inputs
+
+    model = load_model(name)
+    base = example_inputs(model, height=64, width=64, frames=frames)
+    key = latent_key(base)
+    x0 = photo_latents(load_image("coffee", 64, 64).unsqueeze(0), base[key], 64, 64)
+    assert x0.shape == base[key].shape and x0.ndim == ndim
+    if ndim == 5:
+        assert torch.equal(x0[:, :, 0], x0[:, :, -1])
+    (s,) = samples(model, ["coffee"], [300], 64, 64, frames=frames)
+    assert s.kwargs[key].shape == base[key].shape
+    want = 0.3 if float(base["timestep"].max()) <= 1 else 300.0
+    assert float(s.kwargs["timestep"]) == pytest.approx(want)
+
+
+def test_transformer_fidelity_rows_and_refusals():
+    """FLUX.2 through the graph hook: ratio 0 is exact, ratio 0.5 perturbs; ToDo (no adapter for this
+    family) is a row naming the refusal, not a crash."""
+    model = load_model("flux2-tiny")
+    inputs = samples(model, ["astronaut"], [800, 300], 64, 64)
+    cfgs = [("toma0", ToMAConfig(ratio=0.0)), ("toma", ToMAConfig(ratio=0.5)),
+            ("todo", ToMAConfig(ratio=0.5, method="todo"))]
+    rows = {r["variant"]: r for r in evaluate(model, cfgs, inputs)}
+    assert rows["toma0"]["rel_error_max"] <= 1e-6
+    assert 0 < rows["toma"]["rel_error"] < 1 and rows["toma"]["n"] == 2
+    assert "todo" in rows["todo"]["refused"].lower() and rows["todo"]["n"] == 0
+    import toma_export
+    from toma_export.errors import ToMAError
+
+    with pytest.raises(ToMAError, match="not patched"):  # evaluate left the model unpatched
+        toma_export.state(model)

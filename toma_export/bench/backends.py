@@ -70,11 +70,15 @@ def eager(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, 
 
 def _raise_recompile_limits() -> None:
     """Every case is its own module tree running the same code objects: raise dynamo's per-code
-    recompile limits to cover them."""
+    recompile limits to cover them, and guard on module hooks. The cases share weights
+    (``shared_clone``), so with dynamo's default (hooks unguarded) a case whose only difference is a
+    forward hook (the UNet ideal row's ``IdealSites``) passes the guards of an already compiled
+    case and runs its graph: measured, the compiled ideal row returned the unmerged output."""
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
+    dynamo_config.skip_nnmodule_hook_guards = False
 
 
 def inductor(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
@@ -110,40 +114,68 @@ register_backend("inductor", inductor)
 register_backend("inductor-pass", inductor_pass, merges=True)
 
 
-def onnxruntime(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
-    """ONNX Runtime engines built like ``toma-export build`` (graph pass for ToMA), held in a temp folder.
+def _engine_backend(
+    name: str, build_variant: Callable[[Any, Any], Callable[[list[torch.Tensor]], list[torch.Tensor]]],
+) -> Backend:
+    """A backend that builds engines like ``toma-export build`` (graph pass for ToMA; one engine per
+    variant, files in a temp folder living as long as the callable) and runs them through the
+    artifact runtime's :class:`~toma_export.engines.load.ProgramRunner`. ToMA runs its select/reuse
+    variants on the recompute schedule, so timed calls include reuse steps as a denoising loop would.
+    ``build_variant(exported_program, path_stem)`` returns the variant's callable on flat inputs."""
 
-    ToMA runs its select/reuse variants on the recompute schedule, so timed calls include reuse
-    steps exactly as a denoising loop would.
-    """
-    import tempfile
-    from pathlib import Path
+    def backend(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+        import tempfile
+        from pathlib import Path
 
-    from toma_export.engines.build import _variants
-    from toma_export.engines.load import ProgramRunner, _named
+        from toma_export.engines.build import _variants
+        from toma_export.engines.load import ProgramRunner
+        from toma_export.engines.signature import dump_spec
+
+        cfg = config or ToMAConfig(ratio=0.0, method="none")
+        _refuse(cfg, name)
+        folder = tempfile.TemporaryDirectory(prefix=f"toma-bench-{name}-")
+        variants, n_groups, _ = _variants(model, example, cfg)
+        engines = {v: build_variant(ep, Path(folder.name) / v) for v, ep in variants.items()}
+        shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
+        runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
+        schedule = StepSchedule(cfg.recompute_every)
+
+        def step(**kwargs: Any) -> tuple[torch.Tensor]:
+            out = runner(kwargs, schedule)
+            schedule.advance()
+            return (out,)
+
+        step.keep_alive = folder  # type: ignore[attr-defined]  # the engine files live as long as the callable
+        step.handle = ScheduleHandle(schedule)  # type: ignore[attr-defined]
+        return step
+
+    backend.__doc__ = f"{name} engines built like ``toma-export build``: " + (_engine_backend.__doc__ or "")
+    return backend
+
+
+def _ort_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    from toma_export.engines.load import _named
     from toma_export.engines.onnx_export import export_onnx
     from toma_export.engines.onnxruntime import OrtEngine
-    from toma_export.engines.signature import dump_spec
 
-    cfg = config or ToMAConfig(ratio=0.0, method="none")
-    _refuse(cfg, "onnxruntime")
-    folder = tempfile.TemporaryDirectory(prefix="toma-bench-ort-")
-    variants, n_groups, _ = _variants(model, example, cfg)
     # Every row holds its sessions for the whole run: without the arena, each frees its activations.
-    engines = {name: _named(OrtEngine(export_onnx(ep, Path(folder.name) / f"{name}.onnx"), memory_arena=False))
-               for name, ep in variants.items()}
-    shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
-    runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
-    schedule = StepSchedule(cfg.recompute_every)
-
-    def step(**kwargs: Any) -> tuple[torch.Tensor]:
-        out = runner(kwargs, schedule)
-        schedule.advance()
-        return (out,)
-
-    step.keep_alive = folder  # type: ignore[attr-defined]  # the engine files live as long as the callable
-    step.handle = ScheduleHandle(schedule)  # type: ignore[attr-defined]
-    return step
+    return _named(OrtEngine(export_onnx(ep, stem.with_suffix(".onnx")), memory_arena=False))
 
 
+def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """AOTInductor: the variant compiled ahead of time to a ``.pt2`` package (as ``build --backend
+    inductor`` writes it) and loaded back; compile time lands in the row's first-call time."""
+    from torch._inductor import aoti_compile_and_package
+
+    from toma_export.engines.load import open_aoti_package
+    from toma_export.graph.decompositions import lower
+
+    path = stem.with_suffix(".pt2")
+    aoti_compile_and_package(lower(ep), package_path=str(path))
+    return open_aoti_package(path)
+
+
+onnxruntime = _engine_backend("onnxruntime", _ort_variant)
+aotinductor = _engine_backend("aotinductor", _aoti_variant)
 register_backend("onnxruntime", onnxruntime, merges=True)
+register_backend("aotinductor", aotinductor, merges=True)

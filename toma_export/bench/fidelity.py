@@ -3,9 +3,10 @@
 There are no VAE weights here, so images are "encoded" by a fixed, deterministic stand-in:
 centre-crop to the target aspect, resize to the pixel size, average-pool by 8 (the VAE factor)
 and map RGB to the latent channels with a fixed 3->C matrix (seeded, unit-norm rows), then scale
-to unit variance. Flux latents are 16 channels packed 2x2 into 64-channel tokens, as in
-diffusers (latent channels = the model's in_channels / 4). Noise is mixed in at several timesteps: DDPM ``sqrt(abar)·x0 + sqrt(1-abar)·eps``
-with SD's scaled-linear betas for UNets, flow matching ``(1-s)·x0 + s·eps`` (s = t/1000) for Flux.
+to unit variance, laid out as the model's own example latents are (:func:`photo_latents`: 4-D,
+video 5-D, or packed 2x2 into tokens as Flux, FLUX.2 and Qwen-Image pipelines pack them). Noise is
+mixed in at several timesteps: DDPM ``sqrt(abar)·x0 + sqrt(1-abar)·eps`` with SD's scaled-linear
+betas for UNets, flow matching ``(1-s)·x0 + s·eps`` (s = t/1000) for transformers.
 Text conditioning is a fixed random embedding (no text encoder). Each merged model's output is
 compared to the unmerged model's on the same input: relative L2 error and cosine similarity.
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 import toma_export
 from toma_export.config import ToMAConfig
+from toma_export.errors import ToMAError
 from toma_export.models.inputs import VAE_FACTOR, example_inputs
 from toma_export.models.registry import model_family
 
@@ -85,6 +87,32 @@ class Sample:
     kwargs: dict[str, Any]
 
 
+def latent_key(template: dict[str, Any]) -> str:
+    """The example inputs' latent argument: ``sample`` (UNets) or ``hidden_states`` (transformers)."""
+    for key in ("sample", "hidden_states"):
+        if isinstance(template.get(key), torch.Tensor):
+            return key
+    raise ValueError(f"no latent input (sample / hidden_states) among {sorted(template)}")
+
+
+def photo_latents(pixels: torch.Tensor, like: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` pixels as latents in the layout of ``like`` (the model's example latents), so one
+    stand-in encoder serves every family: ``(B, C, h, w)`` maps to C channels at 1/8 scale (UNets,
+    SD3); ``(B, C, F, h, w)`` is a still clip of F latent frames (video); ``(B, N, D)`` with N =
+    (H/16)(W/16) tokens is D/4 channels packed 2x2 per token (Flux, FLUX.2, Qwen-Image)."""
+    if like.ndim == 4:
+        return encode(pixels, like.shape[1])
+    if like.ndim == 5:
+        return encode(pixels, like.shape[1]).unsqueeze(2).expand(-1, -1, like.shape[2], -1, -1).contiguous()
+    tokens = (height // (2 * VAE_FACTOR)) * (width // (2 * VAE_FACTOR))
+    if like.ndim == 3 and like.shape[1] == tokens and like.shape[2] % 4 == 0:
+        return pack_flux(encode(pixels, like.shape[2] // 4))
+    raise ValueError(
+        f"latents shaped {tuple(like.shape)} at {height}x{width} px are none of (B, C, h, w), (B, C, F, h, w) or "
+        "2x2-packed (B, N, 4C): the stand-in encoder cannot lay a photo out for this model."
+    )
+
+
 def samples(
     model: torch.nn.Module,
     images: Sequence[str],
@@ -92,28 +120,31 @@ def samples(
     height: int,
     width: int,
     seed: int = 0,
+    frames: int = 1,
 ) -> list[Sample]:
-    """Noisy latent-scale inputs for every image x timestep (same noise per image across methods)."""
-    family = model_family(model)
-    base = example_inputs(model, batch=1, height=height, width=width, seed=seed)
+    """Noisy latent-scale inputs for every image x timestep (same noise per image across methods).
+
+    UNets get DDPM noise and integer timesteps. Transformers are flow-matching models: noise level
+    s = t/1000, passed on the scale the pipeline's own example inputs use (s itself where the example
+    timestep is at most 1, as Flux/FLUX.2/Qwen-Image pipelines pass it; t for SD3 and Wan)."""
+    unet = model_family(model) == "unet"
+    base = example_inputs(model, batch=1, height=height, width=width, seed=seed, frames=frames)
+    key = latent_key(base)
+    step_scale = 1.0 if unet or float(base["timestep"].max()) <= 1.0 else 1000.0
     out = []
     for i, name in enumerate(images):
         pixels = load_image(name, height, width).unsqueeze(0)
         g = torch.Generator().manual_seed(seed + 1 + i)
-        in_channels = int(model.config.in_channels)  # type: ignore[union-attr,arg-type]
-        if family == "unet":
-            x0 = encode(pixels, in_channels)
-        else:
-            x0 = pack_flux(encode(pixels, in_channels // 4))
+        x0 = photo_latents(pixels, base[key], height, width)
         eps = torch.randn(x0.shape, generator=g)
         for t in timesteps:
             kw = dict(base, return_dict=False)
-            if family == "unet":
+            if unet:
                 ab = alpha_bar(t)
                 kw.update(sample=math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps, timestep=torch.tensor(float(t)))
             else:
                 s = t / 1000
-                kw.update(hidden_states=(1 - s) * x0 + s * eps, timestep=torch.full((1,), s))
+                kw.update({key: (1 - s) * x0 + s * eps, "timestep": torch.full((1,), s * step_scale)})
             out.append(Sample(name, t, kw))
     return out
 
@@ -139,7 +170,8 @@ def evaluate(
     """Rows per config: mean/std/max relative error and mean/min cosine over ``inputs``.
 
     The reference is ``model`` unpatched. Each merged forward is a fresh generation (state reset),
-    so selection runs on that input. ``model`` is left unpatched.
+    so selection runs on that input. ``model`` is left unpatched. A config ``apply`` refuses (a
+    method without an adapter for this family, no matched site) gets a row with ``refused``: why.
     """
     with torch.inference_mode():
         refs = [_first(model(**s.kwargs)).clone() for s in inputs]
@@ -148,7 +180,17 @@ def evaluate(
     rows = []
     for label, cfg in configs:
         errs, coss = [], []
-        toma_export.apply(model, cfg)
+        try:
+            toma_export.apply(model, cfg)
+            if model_family(model) == "transformer":  # the graph hook captures at the first call
+                with torch.inference_mode():
+                    model(**inputs[0].kwargs)
+        except ToMAError as exc:  # e.g. ToDo on a transformer without its adapter: a row saying why
+            toma_export.remove(model)
+            rows.append(dict(variant=label, method=cfg.method, ratio=cfg.ratio, refused=str(exc), n=0))
+            if progress:
+                progress(len(inputs))
+            continue
         try:
             with torch.inference_mode():
                 for s, ref in zip(inputs, refs):
@@ -184,6 +226,6 @@ def frontier_points(fidelity_rows: list[dict[str, Any]], bench_rows: list[dict[s
     points = []
     for f in fidelity_rows:
         sp = speed.get((f["variant"], round(f["ratio"], 6)))
-        if sp is not None:
+        if sp is not None and not f.get("refused"):
             points.append(dict(f, speedup=sp, method=f["variant"], workload=workload))
     return points

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("workload", "backend", "method", "variant", "ratio", "median_ms", "min_ms", "max_ms", "speedup",
-           "overhead_efficiency", "peak_mem_mb", "status")
+           "overhead_efficiency", "peak_mem_mb", "build_ms", "first_call_ms", "status")
 HEADERS = {"median_ms": "median ms", "min_ms": "min ms", "max_ms": "max ms", "speedup": "speed-up",
-           "overhead_efficiency": "overhead eff.", "peak_mem_mb": "peak MB"}
+           "overhead_efficiency": "overhead eff.", "peak_mem_mb": "peak MB",
+           "build_ms": "build s", "first_call_ms": "first call s"}  # compile time beside run time
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -23,6 +24,8 @@ def _fmt(key: str, value: Any) -> str:
         return f"{100 * value:.0f}%"
     if key == "ratio":
         return f"{value:g}"
+    if key in ("build_ms", "first_call_ms"):
+        return f"{value / 1e3:.1f}"
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)

@@ -45,6 +45,9 @@ class Case:
     note: str = ""
     label: str = ""
     first_call_ms: float | None = None
+    #: Wall time to make the row's callable: export and engine build/compile for engine backends
+    #: (ONNX Runtime, AOTInductor), ~0 where compilation happens at the first call (inductor).
+    build_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ def _cases(built: Built, backend_name: str, plan: Plan) -> tuple[list[Case], lis
 
     def add(method: str, ratio: float, make: Callable[[], Case], label: str = "") -> None:
         try:
-            cases.append(make())
+            start = time.perf_counter()
+            case = make()
+            case.build_ms = (time.perf_counter() - start) * 1e3
+            cases.append(case)
         except Exception as exc:  # a method that cannot run here is a row, not a crash
             errors.append(dict(method=method, ratio=ratio, variant=label or method,
                                status=f"error: {type(exc).__name__}: {exc}"))
@@ -224,7 +230,7 @@ def run_plan(
                     max_ms=st.max_ms if st.times_ms else None,
                     times_ms=st.times_ms, peak_mem_mb=mem, memory_method=how,
                     repeats=repeats, warmup=warmup, status="ok", note=case.note,
-                    first_call_ms=case.first_call_ms,
+                    first_call_ms=case.first_call_ms, build_ms=case.build_ms,
                 )
                 share = _merged_share(case.handle) if case.method == "catome" else None
                 if share is not None:
@@ -260,6 +266,8 @@ def machine_meta(
         **(cuda_meta() if torch.cuda.is_available() else {}),
         dtype=str(plan.options.dtype).replace("torch.", ""),
         workloads=workloads or {w: get_workload(w).summary for w in plan.workloads},
+        options=dict(model=plan.options.model, height=plan.options.height, width=plan.options.width,
+                     steps=plan.options.steps, batch=plan.options.batch),  # overrides of the workloads' defaults
         config=plan.config,
         memory_methods=memory_methods or [],
         timing="interleaved round-robin after warm-up; speedup = baseline median / row median (same backend, same run)",

@@ -197,7 +197,7 @@ def _arch_builder(
     default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
 ) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
-        from toma_export.models.architectures import example_inputs_for
+        from toma_export.models.architectures import architecture_family, example_inputs_for, latent_frames
 
         model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
         px = default_px if isinstance(default_px, tuple) else (default_px, default_px)
@@ -213,9 +213,9 @@ def _arch_builder(
             cols = max(1, round((w // 16) * (1 - ratio)))  # 16 px per image token in all four families
             return shared_clone(model), inputs(cols * 16)
 
-        latent_frames = (frames - 1) // 4 + 1
-        n = (h // 16) * (w // 16) * latent_frames
-        clip = f", {frames} frames ({latent_frames} latent)" if frames > 1 else ""
+        latent = latent_frames(architecture_family(model), frames, patch_size=getattr(model.config, "patch_size", None))
+        n = (h // 16) * (w // 16) * latent
+        clip = f", {frames} frames ({latent} latent)" if frames > 1 else ""
         return Built(
             name,
             model,
@@ -280,6 +280,8 @@ WORKLOADS: dict[str, Workload] = {
                  _arch_builder("qwen-image-d2", 1024, 512, "qwen-image"), 3, 1, opt_in=True),
         Workload("wan", "Wan 2.1 1.3B width (1536), 2 layers, 480x832 px x 17 frames = 5x30x52 latent tokens",
                  _arch_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
+        Workload("flux2", "FLUX.2 [dev] width (6144), 1 double + 1 single block, 4096 image + 512 text tokens",
+                 _arch_builder("flux2-dev-d1", 1024, 512, "flux2"), 2, 1, opt_in=True),
         Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _arch_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),
         Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
                  _loop_builder(_unet_builder("sdxl-tiny", 1024, "sdxl-loop"), "sdxl-loop", 10, "sample", 999.0), 3, 1),

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from toma_export.cli._choices import MODEL_HELP
 from toma_export.cli.argtypes import MAX_SEED, int_in, nonneg_float
 from toma_export.cli.config_options import add_config_options, config_from_args
 from toma_export.engines import BACKENDS
@@ -31,12 +32,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     req = BuildRequest(
         model=args.model, config=config, backend=args.backend, height=args.height, width=args.width,
-        batch=args.batch, out=Path(args.out), selection=args.selection, precision=args.precision,
+        frames=args.frames, batch=args.batch, out=Path(args.out), selection=args.selection, precision=args.precision,
         force=args.force, dynamic_batch=args.dynamic_batch, revision=args.revision, variant=args.variant,
         subfolder=args.subfolder,
     )
     folder = build_artifact(req, progress=not args.quiet)
-    print(f"built {folder} ({args.backend}, {args.precision}, method {config.method}, ratio {config.ratio}, "
+    clip = f", {args.frames} frames" if args.frames != 1 else ""
+    print(f"built {folder} ({args.backend}, {args.precision}{clip}, method {config.method}, ratio {config.ratio}, "
           f"tile {config.tile[0]}x{config.tile[1]}, merge {','.join(s.value for s in config.sublayers) or 'nothing'}, "
           f"max_downsample {config.max_downsample or 'auto'})")
     return 0
@@ -51,7 +53,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['step']:>4} {r['variant']:>7} {r['max_vs_eager']:>13.2e} {r['mean_vs_eager']:>14.2e} "
               f"{r['max_vs_unmerged']:>16.2e} {r['mean_vs_unmerged']:>17.2e}")
-    print(("PASS" if ok else "FAIL") + f": engine vs the ToMA reference (eager, or the graph pass where no eager adapter exists) within {tol:g} max abs" + ("" if ok else " violated"))
+    print(("PASS" if ok else "FAIL") + f": engine vs eager ToMA (toma_export.apply) within {tol:g} max abs"
+          + ("" if ok else " violated"))
     return 0 if ok else 1
 
 
@@ -73,8 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     b = sub.add_parser("build", help="build an engine artifact folder (ONNX Runtime, AOTInductor, TensorRT)",
                        description="Capture, rewrite (ToMA) and export a denoiser to an artifact folder with a manifest.")
-    b.add_argument("model", help="embedded model name (sdxl-tiny, flux-tiny, sdxl, flux, sd15-tiny), a local diffusers "
-                   "model or pipeline folder, or a Hugging Face Hub id ORG/NAME (loaded from the HF cache; offline when cached)")
+    b.add_argument("model", help=MODEL_HELP)
     b.add_argument("--revision", help="Hub ids: branch, tag or commit to load (default: main)")
     b.add_argument("--variant", help="weights variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
     b.add_argument("--subfolder", help="folder of the denoiser inside a pipeline (default: unet or transformer)")
@@ -82,6 +84,9 @@ def register(sub: Any) -> None:
     b.add_argument("--height", type=int, default=256,
                    help="image height in pixels, a multiple of 8 (UNets) or 16 (Flux), at most 4096 (default: 256)")
     b.add_argument("--width", type=int, default=256, help="image width in pixels, as --height (default: 256)")
+    b.add_argument("--frames", type=int, default=1,
+                   help="pixel frames of the clip, for video models (Wan: 4k+1, e.g. 17; default: 1, an image); "
+                   "recorded in the manifest, so verify needs no flag")
     b.add_argument("--batch", type=int, default=2, help="denoiser batch (SDXL with guidance: 2 per image)")
     b.add_argument("--out", required=True, help="artifact folder to create")
     b.add_argument("--selection", choices=("unrolled", "plugin"), default="unrolled",
@@ -100,7 +105,8 @@ def register(sub: Any) -> None:
 
     v = sub.add_parser("verify", help="compare an artifact against the eager reference on fresh inputs",
                        description="Run the artifact and eager ToMA (in the artifact's dtype) on the same fresh inputs "
-                       "for a few steps; print errors against eager ToMA and against the unmerged model; exit 1 on mismatch.")
+                       "for a few steps (batch, resolution and frames as the manifest records them); print errors "
+                       "against eager ToMA and against the unmerged model; exit 1 on mismatch.")
     v.add_argument("artifact", help="artifact folder (from toma-export build)")
     v.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 3"), default=3,
                    help=f"denoising steps compared, 1 to {MAX_STEPS}, each on fresh random inputs (default: 3)")

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from toma_export.cli._choices import MODEL_HELP
 from toma_export.cli.config_options import add_config_options, config_from_args
 
 
@@ -24,14 +25,15 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_artifact(args.model))
         return 0
-    from toma_export.engines.build import check_image_size
+    from toma_export.engines.build import check_frames, check_image_size
     from toma_export.graph.inspect import inspect_model
 
     config = config_from_args(args)
     if args.height is not None or args.width is not None:
         check_image_size(args.model, args.height or args.width, args.width or args.height)
+    check_frames(args.model, args.frames)  # before anything loads
     try:
-        report = inspect_model(args.model, height=args.height, width=args.width, config=config)
+        report = inspect_model(args.model, height=args.height, width=args.width, config=config, frames=args.frames)
     except ValueError as e:  # example_inputs: a size the model cannot take
         if isinstance(e, ToMAConfigError):
             raise
@@ -48,10 +50,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "groups and FLOP share. ARTIFACT (a folder with manifest.json): print its full config, backend, precision, "
         "shapes and variants (file hashes are checked by `verify`/`run`).")
     p.add_argument("model", metavar="MODEL|ARTIFACT",
-                   help="embedded model name (sdxl-tiny, flux-tiny, sd15-tiny, sdxl, flux), a local diffusers folder, "
-                   "or an artifact folder")
+                   help=MODEL_HELP + ", or an artifact folder")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default 256 for *-tiny, else 1024)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the height)")
+    p.add_argument("--frames", type=int, default=1,
+                   help="pixel frames of the clip, for video models (Wan: 4k+1, e.g. 17; default: 1, an image)")
     add_config_options(p)
     p.set_defaults(handler=_run)
     return p

@@ -48,6 +48,11 @@ class ArtifactError(ToMAError):
     """An artifact folder is missing, incomplete, corrupted, or does not fit this runtime."""
 
 
+def shape_frames(shapes: dict[str, Any]) -> int:
+    """Pixel frames of a manifest's ``shapes`` (``frames``; manifests from before it were built for 1, an image)."""
+    return int(shapes.get("frames", 1))
+
+
 @dataclass
 class Manifest:
     """What an artifact holds; serialised as ``manifest.json``."""
@@ -55,11 +60,16 @@ class Manifest:
     model: dict[str, Any]  # name, family, class, config hash, weights hash
     config: dict[str, Any]  # ToMAConfig.to_dict()
     backend: str
-    shapes: dict[str, Any]  # batch, height, width, per-input shapes
+    shapes: dict[str, Any]  # batch, height, width, frames (pixel frames; absent in older manifests: 1), per-input shapes
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # variants, groups, input_spec, ...
     format_version: int = FORMAT_VERSION
+
+    @property
+    def frames(self) -> int:
+        """Pixel frames the artifact was built for (:func:`shape_frames`)."""
+        return shape_frames(self.shapes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -167,6 +177,8 @@ def _parse(data: Any, where: str, *, expect_version: str | None = None) -> Manif
     for key in ("batch", "height", "width"):
         if _need(shapes, key, int, where, "shapes.") < 1:
             raise _bad(where, f"'shapes.{key}'", f"must be an int >= 1, not {shapes[key]!r}")
+    if "frames" in shapes and not (_is_int(shapes["frames"]) and shapes["frames"] >= 1):
+        raise _bad(where, "'shapes.frames'", f"must be an int >= 1, not {shapes['frames']!r}")
     inputs = _need(shapes, "inputs", list, where, "shapes.")
     if not all(isinstance(s, list) and all(_is_int(n) and n >= 0 for n in s) for s in inputs):
         raise _bad(where, "'shapes.inputs'", "must be a list of shapes (lists of ints >= 0)")

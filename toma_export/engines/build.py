@@ -50,6 +50,7 @@ class BuildRequest:
     backend: str = "onnxruntime"
     height: int = 256
     width: int = 256
+    frames: int = 1  # pixel frames of the clip (video models; models.architectures.latent_frames); 1 for images
     batch: int = 1
     out: Path = Path("engines/out/model")
     selection: str = "unrolled"  # ONNX: "unrolled" standard ops or "plugin" node (TensorRT)
@@ -81,6 +82,24 @@ PACKED_FAMILIES = ("flux", "flux2", "qwen-image")
 PACKED_CLASSES = ("FluxTransformer2DModel", "Flux2Transformer2DModel", "QwenImageTransformer2DModel")
 
 
+def _folder_config(model: str | Path) -> dict[str, Any]:
+    """The denoiser config of a local folder (a pipeline's transformer/config.json, else config.json) that
+    names a class, read without loading weights; {} when there is none or it cannot be read (loading
+    the model later names what is wrong)."""
+    import json
+
+    path = Path(str(model))
+    for cfg in (path / "transformer" / "config.json", path / "config.json"):
+        try:
+            if cfg.is_file() and cfg.stat().st_size < (1 << 20):
+                data = json.loads(cfg.read_text())
+                if isinstance(data, dict) and isinstance(data.get("_class_name"), str):
+                    return data
+        except (OSError, ValueError):
+            continue  # an unreadable config: loading the model later names what is wrong
+    return {}
+
+
 def pixel_multiple(model: str | Path) -> int:
     """Image sides must be multiples of this many pixels: 8 for UNets (the VAE factor), 16 for Flux
     (2x2-packed latents). Read from the embedded table or the folder's config.json, without loading
@@ -91,17 +110,29 @@ def pixel_multiple(model: str | Path) -> int:
     key = str(model)
     if key in EMBEDDED_MODELS:
         return FLUX_TOKEN_PIXELS if EMBEDDED_MODELS[key][0] in PACKED_FAMILIES else VAE_FACTOR
-    import json
+    return FLUX_TOKEN_PIXELS if _folder_config(key).get("_class_name") in PACKED_CLASSES else VAE_FACTOR
 
-    path = Path(key)
-    for cfg in (path / "transformer" / "config.json", path / "config.json"):
-        try:
-            if cfg.is_file() and cfg.stat().st_size < (1 << 20):
-                if json.loads(cfg.read_text()).get("_class_name") in PACKED_CLASSES:
-                    return FLUX_TOKEN_PIXELS
-        except (OSError, ValueError, AttributeError):
-            continue  # an unreadable config: loading the model later names what is wrong
-    return VAE_FACTOR
+
+def check_frames(model: str | Path, frames: Any) -> int | None:
+    """``--frames`` for ``model`` before loading it: the latent frames it gives, or a ToMAConfigError naming
+    the counts that work (the rule: :func:`toma_export.models.architectures.latent_frames`). The family
+    comes from the embedded table or the folder's config.json; for a Hub id (no config here before
+    loading) only the count itself is checked here, returning None, and building the example inputs
+    checks the rest on the loaded model."""
+    from toma_export.models.architectures import FAMILY_OF_CLASS, latent_frames
+    from toma_export.models.registry import EMBEDDED_MODELS
+
+    key = str(model)
+    if key in EMBEDDED_MODELS:
+        family, cfg, _ = EMBEDDED_MODELS[key]
+        return latent_frames(family, frames, patch_size=cfg.get("patch_size"), model=key)
+    cfg = _folder_config(key)
+    if not cfg and not Path(key).exists():
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            latent_frames(None, frames)  # raises: not a positive count
+        return None
+    return latent_frames(FAMILY_OF_CLASS.get(cfg.get("_class_name", "")), frames, patch_size=cfg.get("patch_size"),
+                         model=key)
 
 
 def check_image_size(model: str | Path, height: Any, width: Any) -> None:
@@ -140,6 +171,7 @@ def _validate(req: BuildRequest) -> ToMAConfig:
     if req.precision not in DTYPES:
         raise ToMAConfigError(f"--dtype {req.precision!r} is unknown; choose one of {', '.join(DTYPES)}.")
     check_image_size(req.model, req.height, req.width)
+    check_frames(req.model, req.frames)
     if req.backend not in BACKENDS:
         raise ToMAConfigError(f"--backend {req.backend!r} is unknown; choose one of {', '.join(BACKENDS)}.")
     refusal = methods.get(config.method).refusal(req.backend) if config.active else None
@@ -280,7 +312,10 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
         model = stage("load model", lambda: cast_model(load_model(req.model, revision=req.revision, variant=req.variant,
                                                            subfolder=req.subfolder, seed=req.seed), req.dtype))
         try:
-            kwargs = example_inputs(model, batch=req.batch, height=req.height, width=req.width, dtype=req.dtype)
+            kwargs = example_inputs(model, batch=req.batch, height=req.height, width=req.width, frames=req.frames,
+                                    dtype=req.dtype)
+        except ToMAConfigError:
+            raise  # names its own fix (e.g. --frames)
         except ValueError as err:
             raise ToMAConfigError(f"{err}; pick --height/--width the model accepts.") from None
         variants, n_groups, program = stage(
@@ -336,10 +371,12 @@ def _batch_dims(ep: Any) -> list[int | None]:
 def _shapes(
     req: BuildRequest, flat_shapes: list[list[int]], batch_dims: list[int | None], batch_range: tuple[int, int | None] | None
 ) -> dict[str, Any]:
-    """Manifest shapes: the example batch and resolution, per-input shapes; with a dynamic batch also
+    """Manifest shapes: the example batch, resolution and pixel frames (``frames``; manifests from before
+    it mean 1), per-input shapes; with a dynamic batch also
     ``dynamic_batch``, which dim of each input is the batch and the largest batch the exported program
     is valid for (``batch_max``, None: unbounded; e.g. 63 for UNets, whose upsampler branches at 64)."""
-    shapes: dict[str, Any] = {"batch": req.batch, "height": req.height, "width": req.width, "inputs": flat_shapes}
+    shapes: dict[str, Any] = {"batch": req.batch, "height": req.height, "width": req.width, "frames": req.frames,
+                              "inputs": flat_shapes}
     if req.dynamic_batch:
         shapes.update(dynamic_batch=True, batch_dims=batch_dims[: len(flat_shapes)],
                       batch_max=batch_range[1] if batch_range else None)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest
+from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest, shape_frames
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
 from toma_export.schedule import StepSchedule
@@ -27,15 +27,23 @@ def _open_variant(folder: Path, backend: str, file: str) -> Variant:
 
         return _named(OrtEngine(path))
     if backend == "inductor":
-        from torch._inductor import aoti_load_package
-
-        runner = aoti_load_package(str(path))
-        return lambda flat: list(runner(*flat))
+        return open_aoti_package(path)
     if backend == "tensorrt":
         from toma_export.engines.trt_engine import TrtEngine
 
         return _named(TrtEngine(path))
     raise ArtifactError(f"{folder}: backend {backend!r} is not one this runtime can load.")
+
+
+def open_aoti_package(path: Path) -> Variant:
+    """An AOTInductor ``.pt2`` as a variant on flat tensor inputs. The package's own ``__call__`` wants
+    the exported call structure (keyword arguments, non-tensor leaves such as ``return_dict``) for a
+    model captured with keywords; its loader's ``boxed_run`` takes the flat tensors, in the order
+    :func:`~toma_export.engines.signature.flatten_inputs` gives them, for every variant alike."""
+    from torch._inductor import aoti_load_package
+
+    loader = aoti_load_package(str(path)).loader
+    return lambda flat: list(loader.boxed_run(list(flat)))  # boxed: it may consume the list it is given
 
 
 class ShapeMismatchError(ToMAError):
@@ -69,18 +77,26 @@ class ProgramRunner:
                 raise ShapeMismatchError(
                     f"inputs of shapes {got} do not fit this artifact, built for any batch "
                     f"({self._batches()}, one for all inputs; built at batch {self.shapes['batch']}) at "
-                    f"{self.shapes['height']}x{self.shapes['width']} "
+                    f"{self._size()} "
                     f"(input shapes {self.input_shapes}, dim 0 free where the batch is). Build an artifact for "
-                    "this resolution (toma-export build --height/--width --dynamic-batch)."
+                    f"this resolution (toma-export build --height/--width{self._frames_flag()} --dynamic-batch)."
                 )
             return flat
         if got != self.input_shapes:
             raise ShapeMismatchError(
                 f"inputs of shapes {got} do not fit this artifact, built for batch {self.shapes['batch']} at "
-                f"{self.shapes['height']}x{self.shapes['width']} (input shapes {self.input_shapes}). "
-                "Build an artifact for this batch size and resolution (toma-export build --batch/--height/--width)."
+                f"{self._size()} (input shapes {self.input_shapes}). Build an artifact for this batch size and "
+                f"resolution (toma-export build --batch/--height/--width{self._frames_flag()})."
             )
         return flat
+
+    def _size(self) -> str:
+        """``HxW`` and, for a clip, its pixel frames."""
+        frames = shape_frames(self.shapes)
+        return f"{self.shapes['height']}x{self.shapes['width']}" + (f" x {frames} frames" if frames > 1 else "")
+
+    def _frames_flag(self) -> str:
+        return "/--frames" if shape_frames(self.shapes) > 1 else ""
 
     def _fits_dynamic(self, got: list[list[int]]) -> bool:
         """Same shapes as built, except dim 0 of the batch-leading inputs: any batch >= 1, one for all."""

@@ -3,7 +3,8 @@
 The toma custom ops are lowered before translation: merge/unmerge always to standard ATen ops
 (so to Gather/MatMul/Softmax...), selection either unrolled (``selection="unrolled"``: the fixed
 trip count becomes k copies of ArgMax/Where/...) or kept as one ``toma::FacilityLocation`` plugin
-node (``selection="plugin"``) for TensorRT. The graph is then cleaned and constant-folded, and
+node (``selection="plugin"``) for TensorRT. Complex values (RoPE tables) become real pairs
+(:mod:`toma_export.engines.complex_lowering`). The graph is then cleaned and constant-folded, and
 weights go to one external-data file when the model is large.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from toma_export.engines.complex_lowering import lower_complex
 from toma_export.errors import ToMAError
 
 Selection = Literal["unrolled", "plugin"]
@@ -128,6 +130,7 @@ def export_onnx(
         raise ToMAError(f"selection={selection!r}: use 'unrolled' (standard ops) or 'plugin' (TensorRT node).")
     path = Path(path)
     lowered = lower_toma_ops(ep, selection)
+    lower_complex(lowered)  # a copy: complex RoPE tables (Qwen-Image) become real pairs
     promote_mixed_dtypes(lowered)
     table: dict[Any, Any] | None = (
         {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None

@@ -173,6 +173,12 @@ def run_artifact(
         raise ToMAError(f"steps must be a positive integer (got {steps!r}).")
     loaded = load_artifact(folder)
     shapes = loaded.manifest.shapes
+    if loaded.manifest.frames > 1:
+        raise ToMAError(
+            f"{folder} was built for a {loaded.manifest.frames}-frame clip (a video denoiser); `toma-export run` "
+            f"generates images (SDXL and Flux pipelines) and has no video pipeline. Check the artifact with "
+            f"`toma-export verify {folder}` instead."
+        )
     pipe = pipeline_for(loaded, seed=seed)
     pipe.set_progress_bar_config(desc="denoising")
     # CFG doubles the batch inside SDXL pipelines: the artifact's batch is the denoiser's batch.

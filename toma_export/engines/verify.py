@@ -35,26 +35,23 @@ MAX_SEED = 2**63
 
 
 def _reference_outputs(net: torch.nn.Module, config: ToMAConfig, inputs: list[dict[str, Any]]) -> list[torch.Tensor]:
-    """ToMA's reference outputs over the steps: eager ``apply`` where an eager adapter exists (UNets,
-    Flux.1-style transformers); otherwise the graph pass run in torch (``toma_export.rewrite``), which
-    is itself tested against hand-written references per mechanism."""
-    from toma_export.models.registry import model_family
-
-    if model_family(net) in ("unet", "flux"):
-        toma_export.apply(net, config)
-        try:
-            return [net(**kw)[0] for kw in inputs]
-        finally:
-            toma_export.remove(net)
-    program = toma_export.rewrite(net, inputs[0], config)
-    return [program(**kw)[0] for kw in inputs]
+    """ToMA's reference outputs over the steps: eager ``toma_export.apply`` for every family (the
+    hand-written hook adapters for UNets and Flux.1-style transformers; for the others the graph pass
+    behind a diffusers hook, ``toma_export/eager/graph_hook.py``), one generation from step 0, removed
+    afterwards so ``net`` is the unmerged model again."""
+    toma_export.apply(net, config)
+    try:
+        return [net(**kw)[0] for kw in inputs]
+    finally:
+        toma_export.remove(net)
 
 
 def verify_artifact(
     folder: str | Path, *, steps: int = 3, seed: int = 1234, tol: float | None = None, model: str | Path | None = None
 ) -> tuple[bool, list[dict[str, Any]]]:
     """Engine vs eager ToMA and vs the unmerged model over ``steps`` steps of fresh inputs, both in the
-    artifact's dtype (``extra.precision``): the model is cast to it as ``build`` cast it.
+    artifact's dtype (``extra.precision``): the model is cast to it as ``build`` cast it. Inputs have the
+    artifact's batch, resolution and frames (``shapes``; older manifests without ``frames``: 1).
 
     Each step gets new random inputs, so reuse steps run the engine's reuse variant on features
     the destinations were not selected from, exactly as eager does. ``tol`` (max abs against eager
@@ -88,8 +85,8 @@ def verify_artifact(
     config = ToMAConfig.from_dict(m.config)
     shapes = m.shapes
     inputs = [
-        example_inputs(net, batch=shapes["batch"], height=shapes["height"], width=shapes["width"], seed=seed + i,
-                       dtype=dtype)
+        example_inputs(net, batch=shapes["batch"], height=shapes["height"], width=shapes["width"], frames=m.frames,
+                       seed=seed + i, dtype=dtype)
         for i in range(steps)
     ]
     with torch.no_grad():

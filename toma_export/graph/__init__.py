@@ -40,11 +40,31 @@ def rewrite(
     return rewrite_captured(captured, config)
 
 
+def _refuse_text_as_long_as_an_image(example_kwargs: dict[str, Any], grids: list[Grid]) -> None:
+    """Sites hold an image grid by their token count (``patterns.image_span``), so a text sequence
+    exactly as long as a grid (Flux at 64x64 px with 16 text tokens; FLUX.1-schnell's 256 text tokens
+    at 256x256 px) would be merged as if it were image tokens: measured, flux-tiny at 64x64 merged its
+    text MLPs (``ff_context``) and its engine was 0.15 off eager ToMA. Refused, naming the way out.
+    Text inputs are diffusers' ``encoder_hidden_states*`` arguments."""
+    counts = {g.tokens for g in grids}
+    for name, value in example_kwargs.items():
+        if name.startswith("encoder_hidden_states") and isinstance(value, torch.Tensor) and value.ndim == 3:
+            if int(value.shape[1]) in counts:
+                raise UnsupportedModelError(
+                    f"{name} has {int(value.shape[1])} text tokens, as many as an image token grid: the graph pass "
+                    "finds image tokens by their count and cannot tell the streams apart. Use another resolution, "
+                    "or another text length (e.g. pad the prompt embeddings by one token)."
+                )
+
+
 def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
     """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
     region explains leaves every site unmerged, each reported with that reason (``program.skipped``)."""
+    grids = token_grids(captured.example_kwargs, captured.model_config)
+    if config.active:
+        _refuse_text_as_long_as_an_image(captured.example_kwargs, grids)
     try:
-        found = find_sites(captured.ep.graph, token_grids(captured.example_kwargs, captured.model_config))
+        found = find_sites(captured.ep.graph, grids)
     except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
         raise UnsupportedModelError(
             f"matching merge sites failed on this graph ({type(e).__name__}: {e}); the model is not supported by "

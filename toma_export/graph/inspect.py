@@ -123,9 +123,10 @@ def report_for(program: ToMAProgram, model: str, height: int, width: int, covera
 
 def inspect_model(
     model_name_or_path: str | torch.nn.Module, ratio: float = 0.5, height: int | None = None, width: int | None = None,
-    config: ToMAConfig | None = None,
+    config: ToMAConfig | None = None, frames: int = 1,
 ) -> InspectReport:
-    """Capture ``model`` at ``height x width`` pixels, find and rewrite its sites, count FLOPs."""
+    """Capture ``model`` at ``height x width`` pixels (``frames`` pixel frames for video models), find and
+    rewrite its sites, count FLOPs. Clips get a note with their latent frames and token grids."""
     from toma_export.graph import capture, rewrite_captured
     from toma_export.models import load_model
     from toma_export.models.inputs import example_inputs
@@ -138,13 +139,23 @@ def inspect_model(
     default = 256 if name.endswith("-tiny") or isinstance(model_name_or_path, torch.nn.Module) else 1024
     height, width = height or default, width or height or default
     config = config or ToMAConfig(ratio=ratio)
-    captured = capture(model, example_inputs(model, height=height, width=width))
+    captured = capture(model, example_inputs(model, height=height, width=width, frames=frames))
     program = rewrite_captured(captured, config)
     coverage = None
     if not program.sites and program.skipped and not config.active:
         coverage = rewrite_captured(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
-    return report_for(program, name, height, width, coverage)
+    report = report_for(program, name, height, width, coverage)
+    if frames > 1:
+        from toma_export.models.architectures import architecture_family, latent_frames
 
+        latent = latent_frames(architecture_family(model), frames, patch_size=getattr(model.config, "patch_size", None))
+        found = [*program.plan.sites, *(site for site, _ in program.plan.skipped)]
+        grids = sorted({(s.grid.frames, s.grid.frame_h, s.grid.w) for s in found})
+        report.notes.append(
+            f"clip: {frames} pixel frames -> {latent} latent frames; token grids (frames x rows x cols): "
+            + (", ".join(f"{f}x{h}x{w} ({f * h * w} tokens)" for f, h, w in grids) or "none")
+        )
+    return report
 
 
 def _format_config(config: dict[str, Any]) -> str:

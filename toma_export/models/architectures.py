@@ -10,9 +10,12 @@ Tiny random-weight configs for tests (built in code, nothing downloaded):
 - ``wan-tiny``: ``WanTransformer3DModel`` (Wan 2.x video): 5-D latents ``(B, C, F, H, W)``, patch
   (1, 2, 2), FP32LayerNorm, per-token modulation when timesteps are per token.
 
+Real width with reduced depth, for CPU benchmarks: ``sd35-medium-d2``, ``qwen-image-d2``, ``wan-1.3b-d2``,
+``flux2-dev-d1`` (their configs below say what was cut).
+
 :func:`example_inputs_for` gives keyword arguments at a pixel resolution, as each pipeline builds them
 (VAE factor 8; FLUX.2 and Qwen-Image pack 2x2 latents, so one token per 16x16 pixels; Wan: latent
-frames ``(frames - 1) // 4 + 1``).
+frames ``(frames - 1) // 4 + 1``). :func:`latent_frames` is the one rule for which frame counts a model takes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+
+from toma_export.errors import ToMAConfigError
 
 VAE_FACTOR = 8
 PACKED_TOKEN_PIXELS = 16  # 2x2-packed latents: FLUX.2, Qwen-Image
@@ -133,6 +138,24 @@ QWEN_IMAGE_D2: dict[str, Any] = dict(
 )
 
 
+#: FLUX.2 [dev]'s width (48 heads x 128 = 6144, SwiGLU MLP ratio 3, Mistral text 15360, 4-axis RoPE)
+#: with the depth reduced to 1 double + 1 single block (8 + 48 in the real model): 2.3 B parameters,
+#: about 40 s per 1024² forward on 2 CPU cores.
+FLUX2_DEV_D1: dict[str, Any] = dict(
+    patch_size=1,
+    in_channels=128,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=128,
+    num_attention_heads=48,
+    joint_attention_dim=15360,
+    timestep_guidance_channels=256,
+    mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32),
+    guidance_embeds=True,
+)
+
+
 def _builder(cls_name: str, cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
         import diffusers
@@ -157,6 +180,7 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module
     "sd35-medium-d2": ("sd35", SD35_MEDIUM_D2, _builder("SD3Transformer2DModel", SD35_MEDIUM_D2)),
     "qwen-image-d2": ("qwen-image", QWEN_IMAGE_D2, _builder("QwenImageTransformer2DModel", QWEN_IMAGE_D2)),
     "wan-1.3b-d2": ("wan", WAN_1_3B_D2, _builder("WanTransformer3DModel", WAN_1_3B_D2)),
+    "flux2-dev-d1": ("flux2", FLUX2_DEV_D1, _builder("Flux2Transformer2DModel", FLUX2_DEV_D1)),
 }
 
 #: diffusers class name -> family of :func:`example_inputs_for`.
@@ -174,6 +198,49 @@ def architecture_family(model: torch.nn.Module) -> str | None:
         if cls.__name__ in FAMILY_OF_CLASS:
             return FAMILY_OF_CLASS[cls.__name__]
     return None
+
+
+#: Wan's video VAE keeps the first pixel frame as one latent frame and packs every further 4 into one:
+#: 4k+1 pixel frames -> k+1 latent frames (diffusers ``AutoencoderKLWan``: 2 ** sum(temperal_downsample)).
+WAN_VAE_TEMPORAL_FACTOR = 4
+#: Families of :func:`example_inputs_for` whose inputs have a frame axis (video denoisers).
+VIDEO_FAMILIES = ("wan",)
+
+
+def latent_frames(family: str | None, frames: Any, *, patch_size: Any = None, model: str = "this model") -> int:
+    """Latent frames of a clip of ``frames`` pixel frames for a denoiser of ``family`` (an
+    :func:`example_inputs_for` family; None or another: an image model): the one rule behind ``--frames``.
+
+    Image models take one frame. Wan: its VAE turns ``4k + 1`` pixel frames into ``k + 1`` latent frames
+    (:data:`WAN_VAE_TEMPORAL_FACTOR`), and its patch embedding packs ``patch_size[0]`` latent frames into
+    one token frame, so ``k + 1`` must be a multiple of ``patch_size[0]`` (1 in Wan 2.x). Anything else
+    raises :class:`ToMAConfigError` naming the frame counts that work.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ToMAConfigError(
+            f"--frames {frames!r} must be a positive number of pixel frames: 1 for an image, e.g. 17 for a clip."
+        )
+    if family not in VIDEO_FAMILIES:
+        if frames != 1:
+            raise ToMAConfigError(
+                f"--frames {frames}: {model} is an image model (one frame); drop --frames (or use --frames 1), or "
+                "pick a video model (e.g. wan-tiny)."
+            )
+        return 1
+    t = WAN_VAE_TEMPORAL_FACTOR
+    pt = int(patch_size[0]) if isinstance(patch_size, (list, tuple)) and patch_size else 1
+    latent = (frames - 1) // t + 1
+    if (frames - 1) % t == 0 and latent % pt == 0:
+        return latent
+
+    def valid(j: int) -> int:  # the j-th frame count that works (j >= 1): k + 1 = j * pt latent frames
+        return t * (j * pt - 1) + 1
+
+    j = max(1, latent // pt)
+    lo, hi = valid(j), valid(j + 1)
+    rule = f"{t}k+1 pixel frames (its VAE makes k+1 latent frames of them" + (
+        f", and its temporal patch {pt} needs k+1 to be a multiple of {pt})" if pt > 1 else ")")
+    raise ToMAConfigError(f"--frames {frames}: {model} takes {rule}; use e.g. --frames {lo} or {hi}.")
 
 
 def flux2_ids(h: int, w: int, batch: int, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,11 +311,11 @@ def example_inputs_for(
             pooled_projections=randn(batch, cfg.pooled_projection_dim),
             timestep=full(500.0),
         )
-    # wan: (B, C, latent frames, H/8, W/8); the pipeline's latent frames are (frames - 1) // 4 + 1
+    # wan: (B, C, latent frames, H/8, W/8), latent frames as the pipeline's VAE makes them (latent_frames)
     text_len = text_len or 8
-    latent_frames = (frames - 1) // 4 + 1 if frames > 1 else 1
+    f = latent_frames(family, frames, patch_size=cfg.patch_size, model=type(model).__name__)
     return dict(
-        hidden_states=randn(batch, cfg.in_channels, latent_frames, height // VAE_FACTOR, width // VAE_FACTOR),
+        hidden_states=randn(batch, cfg.in_channels, f, height // VAE_FACTOR, width // VAE_FACTOR),
         timestep=full(500.0),
         encoder_hidden_states=randn(batch, text_len, cfg.text_dim),
     )

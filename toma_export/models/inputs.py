@@ -35,18 +35,21 @@ def example_inputs(
     device: torch.device | str = "cpu",
     frames: int = 1,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``model(**kwargs)`` at ``height x width`` pixels (``frames``: video models)."""
+    """Keyword arguments for ``model(**kwargs)`` at ``height x width`` pixels; ``frames``: pixel frames of the
+    clip for video models (:func:`~toma_export.models.architectures.latent_frames` says which counts fit;
+    image models take 1)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
-    from toma_export.models.architectures import architecture_family, example_inputs_for
+    from toma_export.models.architectures import architecture_family, example_inputs_for, latent_frames
 
     if architecture_family(model) is not None:  # FLUX.2, Qwen-Image, SD3.5, Wan: as their pipelines build them
         return example_inputs_for(
             model, batch, height, width, frames=frames, text_len=text_len, seed=seed, dtype=dtype, device=device
         )
+    latent_frames(None, frames, model=type(model).__name__)  # UNets and Flux.1 take images: frames must be 1
     cfg: Any = model.config
     if model_family(model) == "unet":
         if height % VAE_FACTOR or width % VAE_FACTOR:

@@ -334,14 +334,18 @@ def resolve_model(
 
 
 def _model_class(config: dict[str, Any], where: str) -> Any:
+    """The diffusers model class a folder's ``config.json`` names: any diffusers model (``ModelMixin``);
+    whether ToMA can merge it is for the eager adapters or the graph pass to say, by structure."""
     import diffusers
 
     class_name = config.get("_class_name", "")
-    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if cls is None or class_name not in ("UNet2DConditionModel", "FluxTransformer2DModel"):
+    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) and class_name else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
         raise UnsupportedModelError(
-            f"{where} holds a {class_name or 'model of unknown class'}; toma-export supports "
-            "UNet2DConditionModel (SDXL, SD1.5) and FluxTransformer2DModel folders."
+            f"{where} holds a {class_name or 'model of unknown class'}, which is not a diffusers model class in "
+            f"diffusers {diffusers.__version__}; toma-export takes diffusers denoisers (UNet2DConditionModel, "
+            "FluxTransformer2DModel, Flux2/QwenImage/SD3/Wan transformers, ...): point it at the denoiser's folder "
+            "(unet/ or transformer/) or upgrade diffusers."
         )
     return cls
 
