@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 3 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
+# About 4.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,3 +89,19 @@ run 12 toma-export bench --workload sdxl-block --methods none,toma --ratios 0.5 
 
 step "13. Speed-up against the FLOP ceiling, from the JSON files above (FLOPs counted on meta tensors, ~2 min)"
 run 13 python scripts/plot_ceiling.py results/*.json --out results
+
+step "14. ToDo on the other families (key/value graph pass), eager and ONNX Runtime, against its own unmerged rows (~35 min)"
+run 14 toma-export bench --workload sd35 --methods none,todo --ratios 0.25,0.5,0.75 --backends eager,onnxruntime \
+    --repeats 3 --warmup 1 --json results/bench_sd35_todo.json --markdown results/bench_sd35_todo.md
+run 14 toma-export bench --workload wan --tile 3x4 --methods none,todo --ratios 0.5 --backends eager,onnxruntime \
+    --repeats 3 --warmup 1 --json results/bench_wan_todo.json --markdown results/bench_wan_todo.md
+run 14 toma-export bench --workload qwen-image --methods none,todo --ratios 0.5 --backends eager \
+    --repeats 3 --warmup 1 --json results/bench_qwen_image_todo.json --markdown results/bench_qwen_image_todo.md
+run 14 toma-export bench --workload flux2 --methods none,todo --ratios 0.5 --backends eager \
+    --repeats 2 --warmup 1 --json results/bench_flux2_todo.json --markdown results/bench_flux2_todo.md
+
+# 10 steps with recompute_every=5: the 20-step schedule's select/reuse split (1 select per 5 steps) in half the time.
+step "15. Denoising loop at 1024^2 (sdxl-lite, both levels), eager and ONNX Runtime (~45 min)"
+run 15 toma-export bench --workload sdxl-loop --model sdxl-lite --height 1024 --width 1024 --steps 10 --recompute-every 5 \
+    --max-downsample 4 --methods none,toma --ratios 0.5 --backends eager,onnxruntime --repeats 1 --warmup 1 --no-ideal \
+    --json results/bench_sdxl_lite_loop.json --markdown results/bench_sdxl_lite_loop.md

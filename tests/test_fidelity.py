@@ -106,16 +106,17 @@ def test_photo_latents_take_each_family_layout(name, frames, ndim):
 
 
 def test_transformer_fidelity_rows_and_refusals():
-    """FLUX.2 through the graph hook: ratio 0 is exact, ratio 0.5 perturbs; ToDo (no adapter for this
-    family) is a row naming the refusal, not a crash."""
+    """FLUX.2 through the graph hook: ratio 0 is exact, ratio 0.5 perturbs, for ToMA and for ToDo (the
+    key/value graph pass); ToMeSD (no adapter for this family) is a row naming the refusal, not a crash."""
     model = load_model("flux2-tiny")
     inputs = samples(model, ["astronaut"], [800, 300], 64, 64)
     cfgs = [("toma0", ToMAConfig(ratio=0.0)), ("toma", ToMAConfig(ratio=0.5)),
-            ("todo", ToMAConfig(ratio=0.5, method="todo"))]
+            ("todo", ToMAConfig(ratio=0.5, method="todo")), ("tomesd", ToMAConfig(ratio=0.5, method="tomesd"))]
     rows = {r["variant"]: r for r in evaluate(model, cfgs, inputs)}
     assert rows["toma0"]["rel_error_max"] <= 1e-6
     assert 0 < rows["toma"]["rel_error"] < 1 and rows["toma"]["n"] == 2
-    assert "todo" in rows["todo"]["refused"].lower() and rows["todo"]["n"] == 0
+    assert 0 < rows["todo"]["rel_error"] < 1 and rows["todo"]["n"] == 2 and "refused" not in rows["todo"]
+    assert "tomesd" in rows["tomesd"]["refused"].lower() and rows["tomesd"]["n"] == 0
     import toma_export
     from toma_export.errors import ToMAError
 

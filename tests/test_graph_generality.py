@@ -136,3 +136,89 @@ def test_model_without_sites_reports_and_runs_unchanged() -> None:
     program = toma_export.rewrite(unet, kw, toma_export.ToMAConfig(ratio=0.5))
     with torch.no_grad():
         assert torch.equal(program(**kw)[0], unet(**kw)[0])
+
+
+class _LazyTable:
+    """A plain (non-module) helper that caches a list of tables on first use, as Z-Image's RoPE embedder does."""
+
+    def __init__(self) -> None:
+        self.table: list[torch.Tensor] | None = None
+
+    def get(self, n: int) -> torch.Tensor:
+        if self.table is None:
+            self.table = [torch.arange(n, dtype=torch.float32)]
+        return self.table[0]
+
+
+class _CachesOnFirstCall(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.rope = _LazyTable()
+        self.freqs: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freqs is None:
+            self.freqs = torch.ones(x.shape[1])
+        return self.lin(x) * self.freqs[:, None] + self.rope.get(x.shape[1])[:, None]
+
+
+def test_capture_leaves_no_fake_tensors_cached_on_the_model() -> None:
+    """Tracing a forward that caches tables (Z-Image's RoPE) must not leave fake tensors on the model:
+    they broke the next capture (rewrite, then eager apply) with a raw torch error."""
+    from toma_export.graph import capture
+
+    model = _CachesOnFirstCall().eval()
+    kw = {"x": _g(1, 6, 4)}
+    capture(model, kw)
+    assert model.freqs is None and model.rope.table is None
+    ep = capture(model, kw).ep  # captures again
+    with torch.no_grad():
+        assert torch.allclose(ep.module()(**kw), model(**kw))
+
+
+class _AutocastQueryProcessor:
+    """Self-attention whose query passes through a ``torch.autocast`` region (exported as a higher-order op
+    running a nested subgraph), as Z-Image's RoPE does."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Any = None,
+                 attention_mask: Any = None, **kwargs: Any) -> torch.Tensor:
+        b = hidden_states.shape[0]
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        with torch.autocast("cuda", enabled=False):
+            q = q.float() * 1.0
+        c = v.shape[-1]
+        q, k, v = (t.view(b, -1, attn.heads, c // attn.heads).transpose(1, 2) for t in (q, k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        return attn.to_out[1](attn.to_out[0](o))
+
+
+def test_site_reaching_a_nested_subgraph_is_skipped_with_a_reason() -> None:
+    torch.manual_seed(0)
+    model, kw = dit()
+    model.eval()
+    for m in model.modules():
+        if hasattr(m, "set_processor"):
+            m.set_processor(_AutocastQueryProcessor())
+    program = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.5))
+    assert [s.kind for s in program.sites] == ["mlp", "mlp"]
+    assert [s.kind for s in program.skipped] == ["attn", "attn"]
+    assert all("higher-order op" in s.reason and "nested subgraph" in s.reason for s in program.skipped)
+    with torch.no_grad():
+        assert torch.isfinite(program(**kw)[0]).all()
+
+
+def test_site_meeting_a_data_dependent_length_is_skipped_with_a_reason() -> None:
+    """Mochi keeps only the valid text tokens (a length read from the mask) before joining them to the
+    image tokens: the attention site is left unmerged, and the reason says why."""
+    from diffusers import MochiTransformer3DModel
+
+    torch.manual_seed(0)
+    model = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                                    pooled_projection_dim=16, in_channels=4, text_embed_dim=32, time_embed_dim=16,
+                                    max_sequence_length=8).eval()
+    kw = dict(hidden_states=_g(1, 4, 2, 8, 8), encoder_hidden_states=_g(1, 8, 32), timestep=torch.full((1,), 500.0),
+              encoder_attention_mask=torch.ones(1, 8, dtype=torch.bool))
+    program = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.5))
+    assert [s.kind for s in program.sites] == ["mlp"]
+    assert [s.kind for s in program.skipped] == ["attn"] and "data-dependent" in program.skipped[0].reason

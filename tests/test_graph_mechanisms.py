@@ -65,6 +65,12 @@ def test_grids_from_plain_int_shapes_and_video_latents() -> None:
     assert grids[0] == Grid(16, 10, 1, frames=2) and Grid(8, 5, 2, frames=2) in grids
     # packed (B, N, C) latents and nothing else: the inputs cannot tell, so no grid
     assert token_grids({"hidden_states": torch.randn(1, 48, 64)}) == []
+    # the config's in_channels finds the channel axis of a 5-D latent: CogVideoX's (B, F, C, H, W) and
+    # (B, F, H, W, C); a 3-frame 4x5 grid after the 2x2 patch either way (read channels-first, the 4
+    # channels would be 4 frames of a 2x8 grid at 12x16 px)
+    for layout in ((1, 3, 4, 8, 10), (1, 3, 8, 10, 4)):
+        grids = token_grids({"hidden_states": torch.randn(*layout)}, {"patch_size": 2, "in_channels": 4})
+        assert grids[0] == Grid(24, 10, 1, frames=3) and Grid(12, 5, 2, frames=3) in grids, (layout, grids)
 
 
 def test_video_grid_tiles_never_cross_frames() -> None:

@@ -91,16 +91,26 @@ def inductor(model: torch.nn.Module, config: ToMAConfig | None, example: dict[st
 
 
 def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
-    """``torch.compile`` (inductor) of the graph pass's program (ToMA only; unmerged rows compile
-    the model itself), select/reuse variants on the recompute schedule."""
+    """``torch.compile`` (inductor) of the graph pass's program (ToMA; ToDo on architectures without
+    an eager adapter through the key/value pass; unmerged rows compile the model itself), select/reuse
+    variants on the recompute schedule."""
     _raise_recompile_limits()
     if config is None or not config.active:
         return torch.compile(model, backend="inductor", dynamic=False)
     from toma_export import methods, rewrite
 
-    if not methods.get(config.method).graph_pass:
-        raise ValueError(f"{config.method} has no graph pass; use --backends inductor for it")
-    program = rewrite(model, example, config).compile(backend="inductor", dynamic=False)
+    method = methods.get(config.method)
+    if method.graph_pass:
+        program = rewrite(model, example, config)
+    else:
+        from toma_export.eager.api import uses_graph_hook
+
+        if not (method.graph_kv and uses_graph_hook(model)):
+            raise ValueError(f"{config.method} has no graph pass for this model; use --backends inductor for it")
+        from toma_export.graph import kv_downsample
+
+        program = kv_downsample.rewrite(model, example, config)
+    program = program.compile(backend="inductor", dynamic=False)
 
     def step(**kwargs: Any) -> Any:
         return program(**kwargs)
@@ -117,8 +127,8 @@ register_backend("inductor-pass", inductor_pass, merges=True)
 def _engine_backend(
     name: str, build_variant: Callable[[Any, Any], Callable[[list[torch.Tensor]], list[torch.Tensor]]],
 ) -> Backend:
-    """A backend that builds engines like ``toma-export build`` (graph pass for ToMA; one engine per
-    variant, files in a temp folder living as long as the callable) and runs them through the
+    """A backend that builds engines like ``toma-export build`` (graph pass for ToMA, key/value graph
+    pass for ToDo on architectures without an eager adapter; one engine per variant, files in a temp folder living as long as the callable) and runs them through the
     artifact runtime's :class:`~toma_export.engines.load.ProgramRunner`. ToMA runs its select/reuse
     variants on the recompute schedule, so timed calls include reuse steps as a denoising loop would.
     ``build_variant(exported_program, path_stem)`` returns the variant's callable on flat inputs."""

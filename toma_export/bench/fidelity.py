@@ -185,7 +185,7 @@ def evaluate(
             if model_family(model) == "transformer":  # the graph hook captures at the first call
                 with torch.inference_mode():
                     model(**inputs[0].kwargs)
-        except ToMAError as exc:  # e.g. ToDo on a transformer without its adapter: a row saying why
+        except ToMAError as exc:  # e.g. ToMeSD on a transformer without an adapter: a row saying why
             toma_export.remove(model)
             rows.append(dict(variant=label, method=cfg.method, ratio=cfg.ratio, refused=str(exc), n=0))
             if progress:

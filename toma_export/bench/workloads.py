@@ -193,6 +193,7 @@ def _flux_builder(default_model: str, default_px: int, text_len: int, name: str)
 
 
 # -- other diffusers transformers (FLUX.2, Qwen-Image, SD3.5, Wan): eager apply runs the graph pass --
+# (ToMA; ToDo through the key/value pass, graph.kv_downsample), engine backends build the same programs.
 def _arch_builder(
     default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
 ) -> Callable[[Options], Built]:
@@ -224,7 +225,7 @@ def _arch_builder(
             ideal,
             NARROWER_GRID,
             f"{type(model).__name__} {opts.model or default_model} at {h}x{w} px{clip} = {n} image + {text_len} text "
-            f"tokens, batch {opts.batch} (ToMA through the graph pass behind a hook)",
+            f"tokens, batch {opts.batch} (ToMA and ToDo through the graph pass behind a hook)",
         )
 
     return build

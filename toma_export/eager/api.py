@@ -52,6 +52,12 @@ def _eager_family(model: torch.nn.Module) -> str:
     return family
 
 
+def uses_graph_hook(model: torch.nn.Module) -> bool:
+    """Whether eager ``apply`` runs ``model`` through the graph pass behind a hook (no hand-written
+    adapter): then ``build`` also takes ToDo through the key/value graph pass, as eager does."""
+    return _eager_family(model) == "transformer"
+
+
 def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
     """Register the hooks for ``model``'s family; nothing stays registered when this raises."""
     family = _eager_family(model)
@@ -65,10 +71,12 @@ def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Insta
                 raise TypeError(f"options {sorted(options)} apply to UNets only")
             from toma_export.methods import get as get_method
 
-            if config.active and not get_method(config.method).graph_pass:
+            method = get_method(config.method)
+            if config.active and not (method.graph_pass or method.graph_kv):
                 raise UnsupportedModelError(
                     f"{type(model).__name__}: eager apply runs this architecture through the graph pass, which "
-                    f"implements ToMA only; {config.method!r} has eager adapters for UNets and Flux.1 transformers."
+                    f"implements ToMA and ToDo only; {config.method!r} has eager adapters for UNets and Flux.1 "
+                    "transformers."
                 )
             hook = GraphPassHook(config)
             installed = Installed(model, hook)  # type: ignore[arg-type]  # its root has reset_state/active too

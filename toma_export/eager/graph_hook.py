@@ -9,6 +9,11 @@ on. A model is accepted only when the pass matched merge sites at that call: oth
 raises :class:`UnsupportedModelError` with the matcher's reasons (``toma-export inspect`` prints the
 same report) and the hook stays inert for that signature. The cost is one ``torch.export`` per input
 signature (resolution, batch, dtype), paid at its first call.
+
+ToDo (``method="todo"``) takes the same hook with the key/value graph pass instead
+(:mod:`toma_export.graph.kv_downsample`): a stateless program whose self-attentions gather the kept
+rows of K and V before SDPA; no select/reuse steps. It is refused only where no self-attention's
+keys could be downsampled.
 """
 
 from __future__ import annotations
@@ -70,10 +75,13 @@ class GraphPassHook(ModelHook):
 
     def _rewrite(self, module: torch.nn.Module, kwargs: dict[str, Any], key: Hashable) -> Any:
         import toma_export.graph as graph_pass
+        from toma_export.graph import kv_downsample
+        from toma_export.methods import get as get_method
 
+        rewrite = kv_downsample.rewrite if get_method(self.config.method).graph_kv else graph_pass.rewrite
         self._capturing = True  # torch.export traces the hooked forward: let it see the model's own
         try:
-            program = graph_pass.rewrite(module, kwargs, self.config)
+            program = rewrite(module, kwargs, self.config)
         except ToMAError as e:
             self.refused[key] = str(e)
             raise

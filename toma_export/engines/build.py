@@ -3,8 +3,9 @@
 ToMA goes through the graph pass (``toma_export.rewrite``): the artifact holds two variants of
 the rewritten model, *select* (selects destinations in-graph and returns them) and *reuse*
 (takes them as inputs, runs no selection). Other methods have no per-step state, so the eager
-patch is exported as one *single* variant; methods that cannot become a static graph are refused
-with the reason.
+patch is exported as one *single* variant; ToDo on architectures without an eager adapter is the
+key/value graph pass's program (``graph.kv_downsample``), also one *single* variant. Methods that
+cannot become a static graph are refused with the reason.
 
 Everything is written into a temporary sibling folder and renamed into place at the end.
 """
@@ -206,11 +207,20 @@ def _variants(
     ``dynamic_batch``: every variant takes a symbolic batch (shared by all batch-leading inputs
     and the destinations), so one artifact serves any batch at the built resolution.
     """
-    if config.active and methods.get(config.method).graph_pass:
+    method = methods.get(config.method)
+    if config.active and method.graph_pass:
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program
         return {"single": program.exported_program}, 0, program
+    if config.active and method.graph_kv:
+        from toma_export.eager.api import uses_graph_hook
+
+        if uses_graph_hook(model):  # as eager apply runs it there: the key/value graph pass, one stateless variant
+            from toma_export.graph import kv_downsample
+
+            program = kv_downsample.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
+            return {"single": program.exported_program}, 0, program
     if config.active:
         toma_export.apply(model, config)
     try:

@@ -12,11 +12,10 @@ import torch
 
 from toma_export import ops as _ops  # noqa: F401  (registers the toma:: custom ops)
 from toma_export.config import ToMAConfig
-from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured, batch_dynamic_shapes, capture
 from toma_export.graph.decompositions import decompositions, lower
 from toma_export.graph.grids import Grid, token_grids
-from toma_export.graph.patterns import Site, find_sites
+from toma_export.graph.patterns import Site, captured_sites, find_sites
 from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
 from toma_export.graph.rewriter import Plan, add_selection, plan, rewrite_graph
 
@@ -40,36 +39,21 @@ def rewrite(
     return rewrite_captured(captured, config)
 
 
-def _refuse_text_as_long_as_an_image(example_kwargs: dict[str, Any], grids: list[Grid]) -> None:
-    """Sites hold an image grid by their token count (``patterns.image_span``), so a text sequence
-    exactly as long as a grid (Flux at 64x64 px with 16 text tokens; FLUX.1-schnell's 256 text tokens
-    at 256x256 px) would be merged as if it were image tokens: measured, flux-tiny at 64x64 merged its
-    text MLPs (``ff_context``) and its engine was 0.15 off eager ToMA. Refused, naming the way out.
-    Text inputs are diffusers' ``encoder_hidden_states*`` arguments."""
-    counts = {g.tokens for g in grids}
-    for name, value in example_kwargs.items():
-        if name.startswith("encoder_hidden_states") and isinstance(value, torch.Tensor) and value.ndim == 3:
-            if int(value.shape[1]) in counts:
-                raise UnsupportedModelError(
-                    f"{name} has {int(value.shape[1])} text tokens, as many as an image token grid: the graph pass "
-                    "finds image tokens by their count and cannot tell the streams apart. Use another resolution, "
-                    "or another text length (e.g. pad the prompt embeddings by one token)."
-                )
-
-
 def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
     """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
-    region explains leaves every site unmerged, each reported with that reason (``program.skipped``)."""
-    grids = token_grids(captured.example_kwargs, captured.model_config)
-    if config.active:
-        _refuse_text_as_long_as_an_image(captured.example_kwargs, grids)
-    try:
-        found = find_sites(captured.ep.graph, grids)
-    except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
-        raise UnsupportedModelError(
-            f"matching merge sites failed on this graph ({type(e).__name__}: {e}); the model is not supported by "
-            "the graph pass. Run it unmerged, or ToMA eagerly where an adapter exists (toma_export.apply)."
-        ) from e
+    region explains leaves every site unmerged, each reported with that reason (``program.skipped``).
+    ToDo (``method="todo"``) goes to its key/value pass (``kv_downsample``)."""
+    from toma_export.methods import get as get_method
+
+    if config.active and get_method(config.method).graph_kv:
+        from toma_export.graph import kv_downsample
+
+        return kv_downsample.rewrite_captured(captured, config)
+    found = captured_sites(
+        captured,
+        "the model is not supported by the graph pass. Run it unmerged, or ToMA eagerly where an adapter exists "
+        "(toma_export.apply).",
+    )
     p = plan(found, config)
     try:
         rewritten, p = rewrite_graph(captured.ep.graph_module, p, config) if p.sites else (None, p)

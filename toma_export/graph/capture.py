@@ -6,6 +6,9 @@ run directly with the same weights and re-exported without copying them.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +150,55 @@ def batch_dynamic_shapes(example_kwargs: dict[str, Any], dim: Any = None) -> tup
     return shapes, names
 
 
+def _holders(model: torch.nn.Module) -> list[Any]:
+    """The objects whose attributes a forward may cache into: every submodule, and the plain
+    (non-module) objects they hold (diffusers' RoPE embedders that cache frequency tables)."""
+    out: list[Any] = []
+    seen: set[int] = set()
+    for m in model.modules():
+        for obj in (m, *vars(m).values()):
+            if id(obj) in seen or isinstance(obj, (torch.Tensor, type)) or not hasattr(obj, "__dict__"):
+                continue
+            if obj is not m and isinstance(obj, torch.nn.Module):
+                continue  # a submodule: visited by modules()
+            seen.add(id(obj))
+            out.append(obj)
+    return out
+
+
+def _has_fake(value: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    try:
+        return any(isinstance(x, FakeTensor) for x in pytree.tree_leaves(value))
+    except Exception:  # noqa: BLE001 - an attribute pytree cannot walk holds no fake tensor we could restore
+        return False
+
+
+class _restore_cached_attributes:
+    """Undo what tracing cached on the model: a forward that caches a table on first use (``if self.freqs is
+    None: self.freqs = ...``) stores a fake tensor while ``torch.export`` traces it, which breaks the next
+    capture (and eager calls). Every attribute that holds a fake tensor afterwards gets its old value back
+    (or is removed if it did not exist)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.before = [(obj, dict(vars(obj))) for obj in _holders(model)]
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        missing = object()
+        for obj, old in self.before:
+            for key, value in list(vars(obj).items()):
+                if value is old.get(key, missing) or not _has_fake(value):
+                    continue
+                if key in old:
+                    setattr(obj, key, old[key])
+                else:
+                    delattr(obj, key)
+
+
 def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shapes: Any) -> ExportedProgram:
     """``torch.export``; with a dynamic batch, a range the model's code imposes is taken (once).
 
@@ -154,7 +206,7 @@ def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shap
     a UNet exports for batch <= 63; export names that range as a suggested fix, which is applied
     and then recorded (:attr:`Captured.batch_range`) and enforced by the artifacts' runtime.
     """
-    with torch.no_grad():
+    with torch.no_grad(), _restore_cached_attributes(model):
         try:
             return torch.export.export(model, (), dict(example_kwargs), dynamic_shapes=dynamic_shapes, strict=False)
         except torch._dynamo.exc.UserError as e:
@@ -189,12 +241,15 @@ def export_failure(model: torch.nn.Module, e: BaseException) -> str:
 def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batch: bool = False) -> Captured:
     """``torch.export`` (non-strict) of ``model(**example_kwargs)``.
 
-    Shapes are static, or with ``dynamic_batch=True`` every batch-leading input shares one symbolic
+    A failure is an :class:`UnsupportedModelError` naming the reason and the fix; what torch printed
+    to stderr while failing (the whole traced graph, for data-dependent code) is dropped. Shapes are static, or with ``dynamic_batch=True`` every batch-leading input shares one symbolic
     batch dim (see :func:`batch_dynamic_shapes`); all other dims stay static.
     """
     dynamic_shapes = batch_dynamic_shapes(example_kwargs)[0] if dynamic_batch else None
+    printed = io.StringIO()  # torch prints the whole traced graph when a data-dependent export fails
     try:
-        ep = _export(model, example_kwargs, dynamic_shapes)
+        with contextlib.redirect_stderr(printed):
+            ep = _export(model, example_kwargs, dynamic_shapes)
     except Exception as e:
         if not dynamic_batch:
             raise UnsupportedModelError(export_failure(model, e)) from e
@@ -202,6 +257,7 @@ def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batc
             f"{type(model).__name__} does not export with a dynamic batch: {str(e).strip()[:2000]}\n"
             "Capture with dynamic_batch=False and rewrite once per batch size."
         ) from e
+    sys.stderr.write(printed.getvalue())  # a successful export's warnings are the user's to see
     captured = Captured(ep, dict(example_kwargs), getattr(model, "config", None))
     if dynamic_batch and not any(d is not None for d in captured.batch_dims):
         raise UnsupportedModelError("the captured program has no symbolic batch dim; capture with dynamic_batch=False.")

@@ -113,14 +113,20 @@ def _grid_of_shape(t: tuple[int, ...]) -> Grid | None:
     return Grid(f * h, w, frames=f) if f > 1 else Grid(h, w)
 
 
+def _config_value(config: Any, key: str) -> Any:
+    """``config[key]`` of a diffusers config (a FrozenDict or an attribute object), None if absent."""
+    if config is None:
+        return None
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
 def _patch(config: Any) -> tuple[int, int, int] | None:
     """(temporal, height, width) patch sizes from a model config's ``patch_size`` (+ ``patch_size_t``)."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    p = get("patch_size", None)
+    p = _config_value(config, "patch_size")
     if p is None:
         return None
     if isinstance(p, int):
-        return int(get("patch_size_t", None) or 1), p, p
+        return int(_config_value(config, "patch_size_t") or 1), p, p
     p = tuple(int(v) for v in p)
     if len(p) == 3:
         return p[0], p[1], p[2]
@@ -129,16 +135,28 @@ def _patch(config: Any) -> tuple[int, int, int] | None:
     return None
 
 
+def _video_axes(shape: tuple[int, ...], config: Any) -> tuple[int, int, int]:
+    """(frames, height, width) of a 5-D video latent. Diffusers' layouts: ``(B, C, F, H, W)`` (Wan,
+    LTX, Mochi, HunyuanVideo), ``(B, F, C, H, W)`` (CogVideoX), ``(B, F, H, W, C)`` (Kandinsky 5); the
+    config's ``in_channels`` says which axis holds the channels, channels-first when it cannot tell."""
+    c = _config_value(config, "in_channels")
+    if isinstance(c, int) and shape[1] != c:
+        if shape[2] == c:
+            return shape[1], shape[3], shape[4]
+        if shape[4] == c:
+            return shape[1], shape[2], shape[3]
+    return shape[2], shape[3], shape[4]
+
+
 def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid]:
     """Candidate image grids of a model's inputs, one per token count, most trusted first.
 
     ``config`` (the model's config, optional) supplies patch sizes when the latent's shape alone
-    cannot tell. A latent level whose token count equals the length of a sequence input (text) is
-    dropped: such a site could be either, and merging text tokens would be wrong.
+    cannot tell. A sequence input (text) as long as a grid does not hide the grid: the matcher tells
+    the streams apart by token provenance (``provenance``).
     """
     latent: list[Grid] = []
     exact: list[Grid] = []
-    lengths: set[int] = set()
     patch = _patch(config) if config is not None else None
     for leaf in pytree.tree_leaves(example_kwargs):
         if not isinstance(leaf, torch.Tensor):
@@ -158,7 +176,7 @@ def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid
                 latent.append(Grid(h, w, f))
                 h, w, f = -(-h // 2), -(-w // 2), f * 2
         elif leaf.ndim == 5:
-            fr, h, w = (int(s) for s in leaf.shape[-3:])
+            fr, h, w = _video_axes(tuple(int(s) for s in leaf.shape), config)
             if patch is not None and fr % patch[0] == 0 and h % patch[1] == 0 and w % patch[2] == 0:
                 pf = fr // patch[0]
                 latent.append(Grid(pf * (h // patch[1]), w // patch[2], patch[1], frames=pf))
@@ -166,8 +184,6 @@ def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid
             while h * w > 1:
                 latent.append(Grid(fr * h, w, f, frames=fr))
                 h, w, f = -(-h // 2), -(-w // 2), f * 2
-        if leaf.ndim == 3:
-            lengths.add(int(leaf.shape[1]))
     for t in _shape_tuples(example_kwargs):
         g = _grid_of_shape(t)
         if g is not None:
@@ -177,7 +193,7 @@ def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid
         f = ints.get("num_frames", 1)
         exact.append(Grid(f * ints["height"], ints["width"], frames=f) if f > 1 else Grid(ints["height"], ints["width"]))
     seen: dict[int, Grid] = {}
-    for g in exact + [g for g in latent if g.tokens not in lengths]:
+    for g in exact + latent:
         seen.setdefault(g.tokens, g)
     return sorted(seen.values(), key=lambda g: -g.tokens)
 

@@ -1,5 +1,8 @@
 """Which merge sites the graph pass finds, their groups, and FLOPs (``toma-export inspect MODEL``).
 
+With ``--method todo`` on a model without an eager adapter it reports the key/value graph pass
+(``kv_downsample``): the self-attentions whose keys/values are downsampled, and why others are not.
+
 FLOPs are counted from the exported graph's matmul-class nodes (linear, mm/bmm/addmm/baddbmm/
 matmul, scaled-dot-product attention, convolution), 2 per multiply-add. "Covered" is the share of
 the model's FLOPs spent inside merged regions (the site's linears, attention, activations up to the
@@ -8,6 +11,7 @@ residual add); "after" counts the rewritten graph, merge/unmerge costs included.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,11 +83,14 @@ class InspectReport:
         if self.config is not None:
             lines.append("config: " + _format_config(self.config.to_dict()))
         found = len(self.sites) + len(self.skipped)
+        kv = bool(self.sites) and all(s.group is None for s in self.sites)  # ToDo: keys/values downsampled
         if not found:
             lines.append(
                 "no merge sites found: no norm -> Q/K/V -> attention -> residual, or norm -> MLP, region over an "
                 "image token grid matched in this graph, so the rewritten program is the original model."
             )
+        elif kv:
+            lines.append(f"{found} site(s) found, {len(self.sites)} self-attention(s) with downsampled keys/values (ToDo)")
         else:
             lines.append(f"{found} site(s) found, {len(self.sites)} merged, in {len(self.groups)} group(s)")
         for g in self.groups:
@@ -92,6 +99,10 @@ class InspectReport:
                 f"{len(g.sites)} site(s)"
             )
         for s in self.sites:
+            if s.group is None:
+                lines.append(f"  [kv] {s.kind:<10} {s.name}: {s.tokens} image keys/values -> {s.merged}, queries kept"
+                             + (f", {s.offset} text tokens first" if s.offset else ""))
+                continue
             lines.append(
                 f"  [g{s.group}] {s.kind:<10} {s.name}: {s.tokens} image tokens -> {s.merged}, {s.channels} ch"
                 + (f", {s.offset} text tokens first" if s.offset else "")
@@ -140,10 +151,15 @@ def inspect_model(
     height, width = height or default, width or height or default
     config = config or ToMAConfig(ratio=ratio)
     captured = capture(model, example_inputs(model, height=height, width=width, frames=frames))
-    program = rewrite_captured(captured, config)
+    rewrite: Any = rewrite_captured
+    if _kv_pass(model, config):  # ToDo where eager apply and build take the key/value graph pass
+        from toma_export.graph import kv_downsample
+
+        rewrite = functools.partial(kv_downsample.rewrite_captured, strict=False)
+    program = rewrite(captured, config)
     coverage = None
     if not program.sites and program.skipped and not config.active:
-        coverage = rewrite_captured(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
+        coverage = rewrite(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
     report = report_for(program, name, height, width, coverage)
     if frames > 1:
         from toma_export.models.architectures import architecture_family, latent_frames
@@ -156,6 +172,21 @@ def inspect_model(
             + (", ".join(f"{f}x{h}x{w} ({f * h * w} tokens)" for f, h, w in grids) or "none")
         )
     return report
+
+
+def _kv_pass(model: torch.nn.Module, config: ToMAConfig) -> bool:
+    """Whether ``config``'s method runs on ``model`` through the key/value graph pass (ToDo on a
+    model without an eager adapter; a plain module has none)."""
+    from toma_export import methods
+    from toma_export.eager.api import uses_graph_hook
+    from toma_export.errors import ToMAError
+
+    if not methods.get(config.method).graph_kv:
+        return False
+    try:
+        return uses_graph_hook(model)
+    except ToMAError:
+        return True
 
 
 def _format_config(config: dict[str, Any]) -> str:

@@ -33,7 +33,10 @@ import torch
 from torch.fx import Graph, Node
 
 from toma_export.config import SubLayer
-from toma_export.graph.grids import Grid, grid_for
+from toma_export.errors import UnsupportedModelError
+from toma_export.graph.capture import Captured
+from toma_export.graph.grids import Grid, grid_for, token_grids
+from toma_export.graph.provenance import Origin, TokenOrigins
 
 aten = torch.ops.aten
 
@@ -284,21 +287,34 @@ def _normalised(x: Node, span: tuple[Grid, int] | None) -> bool:
     return False
 
 
-def image_span(x: Node, grids: list[Grid]) -> tuple[Grid, int] | None:
-    """(grid, offset) of the image tokens inside ``x`` ``(B, S, C)``, or None (text / not a grid)."""
+def image_span(x: Node, grids: list[Grid], origins: TokenOrigins | None = None) -> tuple[Grid, int] | None:
+    """(grid, offset) of the image tokens inside ``x`` ``(B, S, C)``, or None (text / not a grid).
+
+    A sequence (or part of a joint sequence) as long as a grid is image unless ``origins`` traces
+    its tokens to the text inputs only (``provenance``): a text stream as long as the grid stays text.
+    """
     v = _val(x)
     if v is None or v.ndim != 3:
         return None
+
+    def text(n: object) -> bool:
+        return origins is not None and isinstance(n, Node) and origins.origin(n) is Origin.TEXT
+
     s = int(v.shape[1])
     g = grid_for(grids, s)
     if g is not None:
-        return g, 0
+        return None if text(x) else (g, 0)
     found = _token_cat(x)
     if found is None:
         return None
     cat, tdim = found
-    sizes = [int(_val(t).shape[tdim]) for t in cat.args[0]]  # type: ignore[union-attr]
-    hits = [(i, grid_for(grids, n)) for i, n in enumerate(sizes) if grid_for(grids, n) is not None]
+    parts = cat.args[0]
+    sizes = [int(_val(t).shape[tdim]) for t in parts]  # type: ignore[union-attr]
+    hits = [
+        (i, grid_for(grids, n))
+        for i, n in enumerate(sizes)
+        if grid_for(grids, n) is not None and not text(parts[i])  # type: ignore[index]
+    ]
     if len(hits) != 1 or sum(sizes) != s:
         return None
     i, g = hits[0]
@@ -355,6 +371,7 @@ def _mlp_second_linear(l1: Node) -> Node | None:
 
 def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
     """All merge sites of ``graph``, in forward (graph) order."""
+    origins = TokenOrigins(graph)
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites: dict[Node, Site] = {}
     attn_linears: set[Node] = set()
@@ -370,7 +387,7 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
                 x = whole  # image and text sliced out of one normalised [image; text] sequence (HunyuanImage single)
             if not isinstance(x, Node) or x in sites:
                 continue
-            span = image_span(x, grids)
+            span = image_span(x, grids, origins)
             if span is None or not _normalised(x, span):
                 continue
             self_attn = x is whole or x in kv_inputs
@@ -395,7 +412,7 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
             continue
         if any(u is not l1 for u in x.users):
             continue
-        span = image_span(x, grids)
+        span = image_span(x, grids, origins)
         l2 = _mlp_second_linear(l1) if span is not None and _normalised(x, span) else None
         if l2 is None or l2 in attn_linears:
             continue
@@ -404,3 +421,13 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
             SubLayer.MLP.value, x, [l1], span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
         )
     return sorted(sites.values(), key=lambda s: order[s.x])
+
+
+def captured_sites(captured: Captured, fix: str) -> list[Site]:
+    """:func:`find_sites` over a captured model's graph and input grids; a matcher failure is an
+    :class:`UnsupportedModelError` (never raw) ending with ``fix``, what the caller's user can do."""
+    grids = token_grids(captured.example_kwargs, captured.model_config)
+    try:
+        return find_sites(captured.ep.graph, grids)
+    except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
+        raise UnsupportedModelError(f"matching merge sites failed on this graph ({type(e).__name__}: {e}); {fix}") from e

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 from torch.fx import Graph, Node
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.fx.node import map_arg
 
 try:
@@ -189,6 +190,14 @@ def view_shape(old_in: list[int], new_in: list[int], old_out: list[int], tokens:
     return new_out
 
 
+def _attr(graph: Graph, node: Node) -> Any:
+    """The object a ``get_attr`` node names in the graph's module (None if it cannot be resolved)."""
+    obj: Any = graph.owning_module
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def _dim(d: int, ndim: int) -> int:
     return d % ndim if ndim else 0
 
@@ -260,10 +269,23 @@ class Retargeter:
             site = owners.pop()
             if node.op != "call_function":
                 raise RegionError(site, f"merged tokens reach {node.op} {node.name} (no residual add closes the region)")
+            if any(a.op == "get_attr" and isinstance(_attr(self.graph, a), torch.fx.GraphModule) for a in node.all_input_nodes):
+                raise RegionError(
+                    site,
+                    f"merged tokens reach {node.name}, a higher-order op ({getattr(node.target, '__name__', node.target)}) "
+                    "running a nested subgraph (e.g. a torch.autocast region in the model's code); the pass does not "
+                    "retarget sizes inside nested subgraphs",
+                )
             try:
                 self._visit(node, site)
             except RegionError:
                 raise
+            except GuardOnDataDependentSymNode as e:
+                raise RegionError(
+                    site,
+                    f"merged tokens meet a tensor whose length depends on tensor values at {node.name} (data-dependent "
+                    f"size, e.g. text tokens selected by a mask): {str(e).splitlines()[0][:120]}",
+                ) from e
             except Exception as e:  # noqa: BLE001 - any failure means this site cannot be rewritten
                 raise RegionError(site, f"{node.format_node()}: {e}") from e
 

@@ -39,6 +39,9 @@ class MergeMethod:
     keys_only: bool = False
     #: The graph pass (``toma_export.rewrite``) inserts this method; others export their eager patch.
     graph_pass: bool = False
+    #: The key/value graph pass (``graph.kv_downsample``) implements it on architectures without an
+    #: eager adapter (ToDo on FLUX.2, Qwen-Image, SD3.5, Wan, ...); UNets and Flux.1 keep their adapters.
+    graph_kv: bool = False
     #: Why no backend can build it as a static graph (None: it can).
     not_static: str | None = None
     #: Backend -> why that backend cannot lower it exactly.
