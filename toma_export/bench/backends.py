@@ -99,18 +99,12 @@ def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: di
         return torch.compile(model, backend="inductor", dynamic=False)
     from toma_export import methods, rewrite
 
+    from toma_export.eager.api import uses_graph_hook
+
     method = methods.get(config.method)
-    if method.graph_pass:
-        program = rewrite(model, example, config)
-    else:
-        from toma_export.eager.api import uses_graph_hook
-
-        if not (method.graph_kv and uses_graph_hook(model)):
-            raise ValueError(f"{config.method} has no graph pass for this model; use --backends inductor for it")
-        from toma_export.graph import kv_downsample
-
-        program = kv_downsample.rewrite(model, example, config)
-    program = program.compile(backend="inductor", dynamic=False)
+    if not (method.graph_pass or method.graph_kv and uses_graph_hook(model)):
+        raise ValueError(f"{config.method} has no graph pass for this model; use --backends inductor for it")
+    program = rewrite(model, example, config).compile(backend="inductor", dynamic=False)
 
     def step(**kwargs: Any) -> Any:
         return program(**kwargs)

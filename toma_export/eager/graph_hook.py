@@ -75,13 +75,9 @@ class GraphPassHook(ModelHook):
 
     def _rewrite(self, module: torch.nn.Module, kwargs: dict[str, Any], key: Hashable) -> Any:
         import toma_export.graph as graph_pass
-        from toma_export.graph import kv_downsample
-        from toma_export.methods import get as get_method
-
-        rewrite = kv_downsample.rewrite if get_method(self.config.method).graph_kv else graph_pass.rewrite
         self._capturing = True  # torch.export traces the hooked forward: let it see the model's own
         try:
-            program = rewrite(module, kwargs, self.config)
+            program = graph_pass.rewrite(module, kwargs, self.config)  # ToMA, or ToDo's key/value pass
         except ToMAError as e:
             self.refused[key] = str(e)
             raise

@@ -217,9 +217,7 @@ def _variants(
         from toma_export.eager.api import uses_graph_hook
 
         if uses_graph_hook(model):  # as eager apply runs it there: the key/value graph pass, one stateless variant
-            from toma_export.graph import kv_downsample
-
-            program = kv_downsample.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
+            program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
             return {"single": program.exported_program}, 0, program
     if config.active:
         toma_export.apply(model, config)

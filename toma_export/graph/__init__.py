@@ -36,10 +36,10 @@ def rewrite(
     """
     config = config or ToMAConfig()
     captured = capture(model, example_kwargs, dynamic_batch=dynamic_batch)
-    return rewrite_captured(captured, config)
+    return rewrite_captured(captured, config, name=type(model).__name__)
 
 
-def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
+def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the model") -> ToMAProgram:
     """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
     region explains leaves every site unmerged, each reported with that reason (``program.skipped``).
     ToDo (``method="todo"``) goes to its key/value pass (``kv_downsample``)."""
@@ -48,7 +48,7 @@ def rewrite_captured(captured: Captured, config: ToMAConfig) -> ToMAProgram:
     if config.active and get_method(config.method).graph_kv:
         from toma_export.graph import kv_downsample
 
-        return kv_downsample.rewrite_captured(captured, config)
+        return kv_downsample.rewrite_captured(captured, config, name=name)
     found = captured_sites(
         captured,
         "the model is not supported by the graph pass. Run it unmerged, or ToMA eagerly where an adapter exists "
