@@ -105,3 +105,14 @@ step "15. Denoising loop at 1024^2 (sdxl-lite, both levels), eager and ONNX Runt
 run 15 toma-export bench --workload sdxl-loop --model sdxl-lite --height 1024 --width 1024 --steps 10 --recompute-every 5 \
     --max-downsample 4 --methods none,toma --ratios 0.5 --backends eager,onnxruntime --repeats 1 --warmup 1 --no-ideal \
     --json results/bench_sdxl_lite_loop.json --markdown results/bench_sdxl_lite_loop.md
+
+step "16. Z-Image-Turbo width (3840, 2 layers + 1 + 1 refiner layers), ToMA and ToDo eager, ToMA on ONNX Runtime (~20 min)"
+run 16 toma-export bench --workload z-image --methods none,toma,todo --ratios 0.5 --backends eager \
+    --repeats 2 --warmup 1 --json results/bench_z_image.json --markdown results/bench_z_image.md
+run 16 toma-export bench --workload z-image --methods none,toma --ratios 0.5 --backends onnxruntime \
+    --repeats 2 --warmup 1 --json results/bench_z_image_ort.json --markdown results/bench_z_image_ort.md
+
+step "17. Denoising loop at 1024^2 under torch.compile (inductor; compile in the first, untimed loop) (~25 min)"
+run 17 toma-export bench --workload sdxl-loop --model sdxl-lite --height 1024 --width 1024 --steps 10 --recompute-every 5 \
+    --max-downsample 4 --methods none,toma --ratios 0.5 --backends inductor --repeats 1 --warmup 1 --no-ideal \
+    --json results/bench_sdxl_lite_loop_inductor.json --markdown results/bench_sdxl_lite_loop_inductor.md

@@ -1,4 +1,4 @@
-"""The graph pass on current diffusers architectures (issue 11): FLUX.2, Qwen-Image, SD3.5, Wan 2.x.
+"""The graph pass on current diffusers architectures (issue 11): FLUX.2, Qwen-Image, SD3.5, Wan 2.x, Z-Image.
 
 Tiny random-weight configs (``toma_export/models/architectures.py``), inputs as their pipelines build
 them. Eager ``apply`` on these families runs the graph pass behind a hook, so each is checked for: ratio 0
@@ -28,6 +28,8 @@ CASES: dict[str, tuple[int, int, int, dict[str, int], bool]] = {
     "qwen-image-tiny": (128, 128, 1, {"attn": 2, "mlp": 2}, True),  # text mask + RoPE
     "sd35-tiny": (128, 128, 1, {"attn": 3, "mlp": 2}, False),  # layer 0 is a dual-attention layer
     "wan-tiny": (64, 64, 5, {"attn": 2, "mlp": 2}, True),  # 2 latent frames of 4x4 tokens
+    # 2 layers over [image; text] + 1 noise-refiner layer over the image; RoPE in a disabled-autocast block
+    "z-image-tiny": (128, 128, 1, {"attn": 3, "mlp": 3}, True),
 }
 
 
@@ -51,7 +53,8 @@ def _program(name: str) -> tuple[torch.nn.Module, dict[str, Any], Any]:
 
 
 def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out.sample
+    out = out[0] if isinstance(out, (tuple, list)) else out.sample
+    return out[0] if isinstance(out, (tuple, list)) else out  # per-sample lists (Z-Image)
 
 
 def test_embedded_names_are_registered() -> None:
@@ -302,3 +305,15 @@ def test_text_as_long_as_the_image_grid_stays_text(name: str, h: int, text_len: 
         ref, out, base = _output(eager(**kw)), _output(program(**kw)), _output(load_model(name)(**kw))
     assert (out - base).abs().max() > 1e-3  # merged
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_per_sample_outputs_at_batch_two_are_refused_before_writing(tmp_path: Path) -> None:
+    """Z-Image returns one tensor per sample; an artifact carries one output, so batch 2 is refused
+    (not cut to its first sample) and nothing is written."""
+    from toma_export.engines.build import BuildRequest, build_artifact
+    from toma_export.errors import ToMAError
+
+    with pytest.raises(ToMAError, match="returns 2 output tensors.*--batch 1"):
+        build_artifact(BuildRequest("z-image-tiny", ratio=0.5, height=128, width=128, batch=2, out=tmp_path / "a"),
+                       progress=False)
+    assert not (tmp_path / "a").exists()

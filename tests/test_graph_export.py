@@ -98,3 +98,29 @@ def test_aot_inductor(flux, tmp_path) -> None:
     with torch.no_grad():
         out = runner(*flat, *dests)[0]
     assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-4
+
+
+class _Int32Lookup(torch.nn.Module):
+    """A table looked up with int32 positions computed from an input (Z-Image's RoPE): not constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.randn(64, 8))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x + self.table[ids.to(torch.int32)]
+
+
+def test_int32_index_lookups_export_to_a_loadable_onnx_graph(tmp_path) -> None:
+    """ONNX GatherND takes int64 indices only; the exporter keeps torch's int32, so without the cast
+    ONNX Runtime refused the graph (z-image-d2 at 1024², too large for constant folding)."""
+    import onnxruntime as ort
+
+    from toma_export.engines.onnx_export import export_onnx
+
+    m = _Int32Lookup().eval()
+    kw = dict(x=torch.randn(5, 8), ids=torch.tensor([3, 1, 60, 2, 0]))
+    path = export_onnx(torch.export.export(m, (), kw), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {k: v.numpy() for k, v in kw.items()})[0]
+    assert torch.equal(torch.from_numpy(out), m(**kw))

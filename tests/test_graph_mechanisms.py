@@ -18,7 +18,7 @@ from toma_export.core.merge import MergeMap
 from toma_export.core.tiles import TileLayout
 from toma_export.errors import ToMAError
 from toma_export.graph import token_grids
-from toma_export.graph.grids import Grid, grid_from_ids
+from toma_export.graph.grids import Grid, grid_for, grid_from_ids
 
 H = W = 8
 N = H * W
@@ -71,6 +71,30 @@ def test_grids_from_plain_int_shapes_and_video_latents() -> None:
     for layout in ((1, 3, 4, 8, 10), (1, 3, 8, 10, 4)):
         grids = token_grids({"hidden_states": torch.randn(*layout)}, {"patch_size": 2, "in_channels": 4})
         assert grids[0] == Grid(24, 10, 1, frames=3) and Grid(12, 5, 2, frames=3) in grids, (layout, grids)
+    # Kandinsky 5: channels-last (B, F, H, W, C) latents with no in_channels in the config, and its RoPE
+    # positions per axis over the patched grid: the position lists give the grid (a 3-frame 4x5 grid)
+    kandinsky = {"hidden_states": torch.randn(1, 3, 8, 10, 4), "visual_rope_pos": [torch.arange(3), torch.arange(4),
+                                                                                     torch.arange(5)]}
+    assert grid_for(token_grids(kandinsky), 60) == Grid(12, 5, frames=3)
+    # one joint id table for [text; image] (Krea 2: text rows all zero; the image block after them) or
+    # [image; text] (text ids after the image's): the image block's grid
+    img = torch.cartesian_prod(torch.arange(6), torch.arange(5))
+    img3 = torch.cat([torch.zeros(30, 1), img.float()], 1)
+    joint = torch.cat([torch.zeros(7, 3), img3])
+    assert grid_for(token_grids({"position_ids": joint}), 30) == Grid(6, 5)
+    after = torch.cat([img3, torch.stack([torch.full((4,), 9.0), torch.arange(4.0), torch.zeros(4)], 1)])
+    assert grid_for(token_grids({"position_ids": after}), 30) == Grid(6, 5)
+    # a 4-D text input (Krea 2's (B, L, layers, D) features) is no latent: no grid from it
+    assert token_grids({"encoder_hidden_states": torch.randn(1, 8, 3, 32)}) == []
+    # Kandinsky 6 appends a reference frame at position 0 to the temporal axis: the lengths give the sides
+    k6 = {"visual_rope_pos": [torch.cat([torch.arange(2), torch.zeros(1, dtype=torch.long)]), torch.arange(4), torch.arange(5)]}
+    assert token_grids(k6) == [Grid(12, 5, frames=3)]
+    # lists of float or boolean tensors (weights, masks) are not positions
+    assert token_grids({"w": [torch.rand(3), torch.rand(4)], "m": [torch.ones(3, dtype=torch.bool)] * 2}) == []
+    # a 5-D latent whose channel axis only an in_*_dim config key names (Kandinsky's in_visual_dim), and
+    # one frame's grid, last, for blocks that fold the frames into the batch (Latte)
+    grids = token_grids({"hidden_states": torch.randn(1, 3, 8, 10, 4)}, {"in_visual_dim": 4, "patch_size": (1, 2, 2)})
+    assert grid_for(grids, 60) == Grid(12, 5, 2, frames=3) and grid_for(grids, 20) == Grid(4, 5, 2)
 
 
 def test_video_grid_tiles_never_cross_frames() -> None:
@@ -113,12 +137,14 @@ class Block(nn.Module):
     joint: text and image are normalised, concatenated ``[text; image]`` and projected by one Q/K/V
     (CogView4-style); else image self-attention. ``mask``: an attention mask over the attended
     sequence. ``per_token``: scale/shift shaped like the tokens, written ``scale * norm + shift`` so
-    the first token-shaped operand is the scale. MLP: SwiGLU split by slice (``x[..., :half]``).
+    the first token-shaped operand is the scale. MLP: SwiGLU split by slice (``x[..., :half]``), or
+    ``parallel``: two first linears ``w2(silu(w1(h)) * w3(h))`` (Z-Image). ``no_autocast``: Q and K pass
+    through a ``torch.autocast(enabled=False)`` block (diffusers' RoPE in Z-Image, Mochi, OmniGen).
     """
 
-    def __init__(self, joint: bool, per_token: bool = False):
+    def __init__(self, joint: bool, per_token: bool = False, parallel: bool = False, no_autocast: bool = False):
         super().__init__()
-        self.joint, self.per_token = joint, per_token
+        self.joint, self.per_token, self.parallel, self.no_autocast = joint, per_token, parallel, no_autocast
         self.norm1 = RMSNorm(C)
         self.norm_t = RMSNorm(C)
         self.qkv = nn.Linear(C, 3 * C)
@@ -126,14 +152,20 @@ class Block(nn.Module):
         self.norm2 = FP32LayerNorm(C, elementwise_affine=False)
         self.ff_in = nn.Linear(C, 4 * C)
         self.ff_out = nn.Linear(2 * C, C)
+        self.w3 = nn.Linear(C, 2 * C)
 
     def attention(self, seq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, s, _ = seq.shape
         q, k, v = (t.view(b, s, 2, C // 2).transpose(1, 2) for t in self.qkv(seq).chunk(3, dim=-1))
+        if self.no_autocast:
+            with torch.autocast("cuda", enabled=False):
+                q, k = (t.float().mul(1.5).type_as(t) for t in (q, k))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(b, s, C))
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if self.parallel:
+            return self.ff_out(F.silu(self.ff_in(h)[..., : 2 * C]) * self.w3(h))
         u = self.ff_in(h)
         half = u.shape[-1] // 2
         return self.ff_out(F.silu(u[..., :half]) * u[..., half:])
@@ -195,9 +227,9 @@ def _inputs(mask_shape: tuple[int, ...] | None = None, per_token: bool = False) 
 class WithIds(nn.Module):
     """The block, with position ids as an input the model ignores (the grid's source)."""
 
-    def __init__(self, joint: bool, per_token: bool = False):
+    def __init__(self, joint: bool, per_token: bool = False, **options: bool):
         super().__init__()
-        self.block = Block(joint, per_token)
+        self.block = Block(joint, per_token, **options)
 
     def forward(self, x, t, img_ids, mask=None, scale=None):  # type: ignore[no-untyped-def]
         return self.block(x, t, mask, scale)
@@ -207,6 +239,18 @@ def test_decomposed_rms_norm_fp32_layernorm_and_swiglu_slice() -> None:
     torch.manual_seed(0)
     m = WithIds(joint=False).eval()
     _check(m, _inputs(), 0)
+
+
+def test_parallel_swiglu_and_disabled_autocast_region() -> None:
+    """Both first linears of a parallel SwiGLU take the merged tokens; the disabled-autocast block
+    around Q/K is inlined at capture, so the attention region runs through it."""
+    torch.manual_seed(0)
+    m = WithIds(joint=False, parallel=True, no_autocast=True).eval()
+    kw = _inputs()
+    program = _check(m, kw, 0)
+    mlp = next(s for s in program.plan.sites if s.kind == "mlp")
+    assert len(mlp.consumers) == 2
+    assert not [n for n in program.captured.ep.graph.nodes if "wrap_with" in str(n.target)]
 
 
 def test_per_token_modulation_follows_the_norm_operand() -> None:
@@ -226,7 +270,7 @@ def test_attention_mask_follows_the_merge(shape: tuple[int, ...]) -> None:
     _check(WithIds(joint=True).eval(), _inputs(mask_shape=shape), L)
 
 
-def _check(m: WithIds, kw: dict, offset: int) -> None:
+def _check(m: WithIds, kw: dict, offset: int) -> toma_export.graph.program.ToMAProgram:
     block = m.block
     cfg = toma_export.ToMAConfig(ratio=0.5)
     program = toma_export.rewrite(m, kw, cfg)
@@ -245,6 +289,7 @@ def _check(m: WithIds, kw: dict, offset: int) -> None:
         assert torch.allclose(outs[0], program.run_reuse(program.flat_inputs(**kw), [dest])[0], atol=1e-6)
         same = toma_export.rewrite(m, kw, toma_export.ToMAConfig(ratio=0.0))(**kw)
         assert (same - orig).abs().max().item() <= 1e-5
+    return program
 
 
 class Packed(nn.Module):
@@ -295,3 +340,80 @@ def test_export_failure_is_a_toma_error_naming_reason_and_fix() -> None:
         toma_export.rewrite(DataDependent(), kw, toma_export.ToMAConfig(ratio=0.5))
     msg = str(e.value)
     assert "DataDependent cannot be captured" in msg and "data-dependent" in msg and "Fix:" in msg
+
+
+class Autocast(nn.Module):
+    """A linear inside an autocast block, enabled or not."""
+
+    def __init__(self, enabled: bool):
+        super().__init__()
+        self.enabled = enabled
+        self.lin = nn.Linear(C, C)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled):
+            return self.lin(x).float() + 1
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_only_inert_autocast_regions_are_inlined(enabled: bool) -> None:
+    """A disabled autocast block is copied into the graph; an enabled one keeps its op (its casts are
+    part of the computation). The captured program computes the model either way."""
+    from toma_export.graph.capture import capture
+
+    m = Autocast(enabled).eval()
+    kw = {"x": torch.randn(2, N, C)}
+    ep = capture(m, kw).ep
+    regions = [n for n in ep.graph.nodes if "wrap_with_autocast" in str(n.target)]
+    assert len(regions) == (1 if enabled else 0)
+    with torch.no_grad():
+        assert torch.equal(ep.module()(**kw), m(**kw))
+
+
+class PackedWithIds(nn.Module):
+    """One packed ``[text; image]`` input and one joint position-id table (Ideogram 4): no token ``cat``
+    in the graph, so only the ids tell where the image block is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.qkv, self.out = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.ff_in, self.ff_out = nn.Linear(C, 2 * C), nn.Linear(2 * C, C)
+
+    def attention(self, h: torch.Tensor) -> torch.Tensor:
+        b, s, _ = h.shape
+        q, k, v = (t.view(b, s, 2, C // 2).transpose(1, 2) for t in self.qkv(h).chunk(3, dim=-1))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, C))
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.ff_out(F.gelu(self.ff_in(h)))
+
+    def forward(self, hidden_states, position_ids):  # type: ignore[no-untyped-def]
+        x = hidden_states + self.attention(self.norm1(hidden_states))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_packed_sequence_takes_its_image_block_from_joint_ids() -> None:
+    torch.manual_seed(0)
+    m = PackedWithIds().eval()
+    img = torch.cat([torch.zeros(N, 1), torch.cartesian_prod(torch.arange(H), torch.arange(W)).float()], 1)
+    kw = dict(hidden_states=torch.randn(2, L + N, C, generator=torch.Generator().manual_seed(3)),
+              position_ids=torch.cat([torch.zeros(L, 3), img]))
+    program = toma_export.rewrite(m, kw, toma_export.ToMAConfig(ratio=0.5))
+    assert [(s.kind, s.offset, s.grid) for s in program.sites] == [("attn", L, (H, W)), ("mlp", L, (H, W))]
+    k = program.groups[0].k
+    idx = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))[:k] for i in range(8)]).view(2, 4, k)
+    layout = TileLayout(H, W, 4, 4)
+
+    def merged(h: torch.Tensor, fn) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        mm = MergeMap.build(layout, h[:, L:], idx, TAU)
+        y = fn(torch.cat([h[:, :L], mm.merge(h[:, L:])], 1))
+        return torch.cat([y[:, :L], mm.unmerge(y[:, L:])], 1)
+
+    with torch.no_grad():
+        x = kw["hidden_states"]
+        x = x + merged(m.norm1(x), m.attention)
+        ref = x + merged(m.norm2(x), m.mlp)
+        out = program.run_reuse(program.flat_inputs(**kw), [idx])[0]
+        assert (out - ref).abs().max().item() <= 1e-5
+        assert (out - m(**kw)).abs().max().item() > 1e-3

@@ -82,3 +82,28 @@ def test_segments_cut_and_combine() -> None:
     assert _cut(segs, 2, 7) == ((2, a), (3, b))
     assert _combine([segs, ((10, frozenset()),)]) == segs
     assert _combine([segs, ((5, b), (5, a))]) == ((4, a | b), (1, b), (5, a | b))
+
+
+class ConvTokensWithText(nn.Module):
+    """Image tokens from a conv patch embedding (no input reached through it) joined after the text:
+    the joint sequence is not all text (ConsisID's ``[text; video]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(4, C, 2, 2)
+        self.txt_in = nn.Linear(24, C)
+        self.norm, self.fc = nn.LayerNorm(C), nn.Linear(C, C)
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        img = self.patch(hidden_states).flatten(2).transpose(1, 2)
+        return self.fc(self.norm(torch.cat([self.txt_in(encoder_hidden_states), img], 1)))
+
+
+def test_a_sequence_with_a_span_of_unknown_source_is_not_text() -> None:
+    g = torch.Generator().manual_seed(0)
+    kw = {"hidden_states": torch.randn(1, 4, 8, 8, generator=g), "encoder_hidden_states": torch.randn(1, 4, 24, generator=g)}
+    graph = torch.export.export(ConvTokensWithText().eval(), (), kw).run_decompositions({}).graph
+    origins = TokenOrigins(graph)
+    fc = next(n for n in graph.nodes if n.target is torch.ops.aten.linear.default and n.args[1].name.endswith("fc_weight"))
+    cat = next(n for n in graph.nodes if n.target is torch.ops.aten.cat.default)
+    assert origins.origin(cat) is Origin.UNKNOWN and origins.origin(fc.args[0]) is Origin.UNKNOWN

@@ -25,6 +25,7 @@ import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAError
 from toma_export.models.inputs import VAE_FACTOR, example_inputs
+from toma_export.models.outputs import first_output as first
 from toma_export.models.registry import model_family
 
 DEFAULT_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -157,10 +158,6 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return rel, cos
 
 
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else (out if isinstance(out, torch.Tensor) else out.sample)
-
-
 def evaluate(
     model: torch.nn.Module,
     configs: Iterable[tuple[str, ToMAConfig]],
@@ -174,7 +171,7 @@ def evaluate(
     method without an adapter for this family, no matched site) gets a row with ``refused``: why.
     """
     with torch.inference_mode():
-        refs = [_first(model(**s.kwargs)).clone() for s in inputs]
+        refs = [first(model(**s.kwargs)).clone() for s in inputs]
     if progress:
         progress(len(inputs))
     rows = []
@@ -195,7 +192,7 @@ def evaluate(
             with torch.inference_mode():
                 for s, ref in zip(inputs, refs):
                     toma_export.reset(model)
-                    rel, cos = compare(_first(model(**s.kwargs)), ref)
+                    rel, cos = compare(first(model(**s.kwargs)), ref)
                     errs.append(rel)
                     coss.append(cos)
                     if progress:

@@ -18,6 +18,7 @@ from toma_export.bench.block import GRID, BlockModel, BlockPatch, block_inputs
 from toma_export.bench.ideal import IdealSites
 from toma_export.config import ToMAConfig
 from toma_export.models.inputs import example_inputs
+from toma_export.models.outputs import first_output as first
 from toma_export.models.registry import load_model
 
 
@@ -91,15 +92,6 @@ def shared_clone(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model``'s module tree that shares its parameters and buffers (no weight copy)."""
     memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return copy.deepcopy(model, memo)
-
-
-def first(out: Any) -> torch.Tensor:
-    """The main output tensor of a denoiser call (tuple, diffusers output or tensor)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out[0] if hasattr(out, "__getitem__") else out.sample
 
 
 # -- sdxl-block ---------------------------------------------------------------------------
@@ -192,7 +184,7 @@ def _flux_builder(default_model: str, default_px: int, text_len: int, name: str)
     return build
 
 
-# -- other diffusers transformers (FLUX.2, Qwen-Image, SD3.5, Wan): eager apply runs the graph pass --
+# -- other diffusers transformers (FLUX.2, Qwen-Image, SD3.5, Wan, Z-Image): eager apply runs the graph pass --
 # (ToMA; ToDo through the key/value pass, graph.kv_downsample), engine backends build the same programs.
 def _arch_builder(
     default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
@@ -283,6 +275,8 @@ WORKLOADS: dict[str, Workload] = {
                  _arch_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
         Workload("flux2", "FLUX.2 [dev] width (6144), 1 double + 1 single block, 4096 image + 512 text tokens",
                  _arch_builder("flux2-dev-d1", 1024, 512, "flux2"), 2, 1, opt_in=True),
+        Workload("z-image", "Z-Image-Turbo width (3840), 2 layers + 1 + 1 refiner layers, 4096 image + 512 text tokens",
+                 _arch_builder("z-image-d2", 1024, 512, "z-image"), 2, 1, opt_in=True),
         Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _arch_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),
         Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
                  _loop_builder(_unet_builder("sdxl-tiny", 1024, "sdxl-loop"), "sdxl-loop", 10, "sample", 999.0), 3, 1),

@@ -210,6 +210,7 @@ def _variants(
     method = methods.get(config.method)
     if config.active and method.graph_pass:
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
+        _require_one_output(model, program.captured.ep)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program
         return {"single": program.exported_program}, 0, program
@@ -218,6 +219,7 @@ def _variants(
 
         if uses_graph_hook(model):  # as eager apply runs it there: the key/value graph pass, one stateless variant
             program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
+            _require_one_output(model, program.captured.ep)
             return {"single": program.exported_program}, 0, program
     if config.active:
         toma_export.apply(model, config)
@@ -226,7 +228,19 @@ def _variants(
             ep = capture(model, kwargs, dynamic_batch=dynamic_batch).ep  # torch.export, non-strict
     finally:
         toma_export.remove(model)
+    _require_one_output(model, ep)
     return {"single": ep}, 0, None
+
+
+def _require_one_output(model: torch.nn.Module, ep: Any) -> None:
+    """Artifacts carry one output tensor (the denoiser's prediction); a model returning several (Z-Image's
+    per-sample list at batch > 1) is refused before anything is written, not cut to its first."""
+    n = ep.call_spec.out_spec.num_leaves if ep.call_spec.out_spec is not None else 1
+    if n > 1:
+        raise ToMAError(
+            f"{type(model).__name__} returns {n} output tensors at these inputs (a per-sample list, or extra outputs); "
+            "an artifact carries one. Build with --batch 1 (one artifact call per sample)."
+        )
 
 
 def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path, phase: Callable[[str], None]) -> str:

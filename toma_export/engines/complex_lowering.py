@@ -125,6 +125,11 @@ class _Lowering:
             return self.call(t, r(args[0]), _dim(args[1]), idx)
         if t is aten.index.Tensor:
             return self.call(t, r(args[0]), args[1])
+        if t is aten.pad_sequence.default and (list(args[2:3]) or [node.kwargs.get("padding_value", 0.0)])[0] == 0:
+            # Z-Image pads per-sample RoPE tables: zero padding is zero in both parts (pads dim 0 / 1 only)
+            if not all(p in self.real for p in args[0]):
+                raise ToMAError(f"{node.name}: pad_sequence mixes complex and real tensors; lower_complex takes complex-only ones.")
+            return self.call(t, [r(p) for p in args[0]], *args[1:], **node.kwargs)
         if t in (aten.mul.Tensor, aten.mul.Scalar):
             return self._mul(node)
         if t in (aten.add.Tensor, aten.sub.Tensor) and all(isinstance(a, torch.fx.Node) and a in self.real for a in args[:2]):

@@ -109,6 +109,34 @@ def promote_mixed_dtypes(ep: torch.export.ExportedProgram) -> int:
     return inserted
 
 
+def int64_indices(ep: torch.export.ExportedProgram) -> int:
+    """Cast int32 index tensors of ``aten.index.Tensor`` to int64; returns how many casts it inserted.
+
+    torch indexes with int32 tensors (Z-Image looks its RoPE tables up with int32 position ids); the
+    exporter maps the op to ONNX ``GatherND``, whose indices must be int64, and only a graph small
+    enough for constant folding hides the difference. The cast changes no value.
+    """
+    aten = torch.ops.aten
+    graph = ep.graph_module.graph
+    inserted = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.index.Tensor or len(node.args) < 2:
+            continue
+        indices = list(node.args[1])  # type: ignore[arg-type]
+        for i, idx in enumerate(indices):
+            val = idx.meta.get("val") if isinstance(idx, torch.fx.Node) else None
+            if isinstance(val, torch.Tensor) and val.dtype == torch.int32:
+                with graph.inserting_before(node):
+                    cast = graph.call_function(torch.ops.prims.convert_element_type.default, (idx, torch.int64))
+                cast.meta["val"] = val.to(torch.int64)
+                indices[i] = cast
+                inserted += 1
+        node.args = (node.args[0], indices, *node.args[2:])
+    if inserted:
+        ep.graph_module.recompile()
+    return inserted
+
+
 def export_onnx(
     ep: torch.export.ExportedProgram,
     path: str | Path,
@@ -132,6 +160,7 @@ def export_onnx(
     lowered = lower_toma_ops(ep, selection)
     lower_complex(lowered)  # a copy: complex RoPE tables (Qwen-Image) become real pairs
     promote_mixed_dtypes(lowered)
+    int64_indices(lowered)
     table: dict[Any, Any] | None = (
         {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
     )

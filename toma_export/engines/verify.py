@@ -17,6 +17,7 @@ from toma_export.errors import ToMAConfigError
 from toma_export.engines.build import require_same_model
 from toma_export.engines.load import load_artifact
 from toma_export.models.inputs import example_inputs
+from toma_export.models.outputs import first_output
 from toma_export.models.registry import load_model
 from toma_export.schedule import StepSchedule
 
@@ -41,7 +42,7 @@ def _reference_outputs(net: torch.nn.Module, config: ToMAConfig, inputs: list[di
     afterwards so ``net`` is the unmerged model again."""
     toma_export.apply(net, config)
     try:
-        return [net(**kw)[0] for kw in inputs]
+        return [first_output(net(**kw)) for kw in inputs]
     finally:
         toma_export.remove(net)
 
@@ -90,10 +91,10 @@ def verify_artifact(
         for i in range(steps)
     ]
     with torch.no_grad():
-        plain = [net(**kw)[0] for kw in inputs]
+        plain = [first_output(net(**kw)) for kw in inputs]
         eager = _reference_outputs(net, config, inputs)
         schedule = StepSchedule(config.recompute_every)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, kw in enumerate(inputs):
             before = loaded.runner.selections
             out = loaded.runner(kw, schedule)

@@ -7,6 +7,7 @@ run directly with the same weights and re-exported without copying them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch.export.graph_signature import InputKind
 from torch.utils._sympy.numbers import int_oo
 
 from toma_export.errors import ToMAConfigError, UnsupportedModelError
+from toma_export.graph.inline_regions import inline_inert_regions
 
 
 @dataclass
@@ -199,6 +201,34 @@ class _restore_cached_attributes:
                     delattr(obj, key)
 
 
+class _bypass_class_caches:
+    """Trace the plain functions behind ``functools.lru_cache``/``cache`` methods of the model's classes.
+
+    A cache on a class method (NucleusMoE's RoPE ``_compute_video_freqs``) lives on the class, not the
+    instance, so a fake tensor cached while ``torch.export`` traces would be served to the user's next
+    eager call and break it (and the next capture). During the export each such attribute is the
+    wrapped function itself; the caches are put back, untouched, afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.classes = {klass for obj in _holders(model) for klass in type(obj).__mro__ if klass is not object}
+        self.swapped: list[tuple[type, str, Any]] = []
+
+    def __enter__(self) -> None:
+        for klass in self.classes:
+            for name, attr in list(vars(klass).items()):
+                kind = type(attr) if isinstance(attr, (staticmethod, classmethod)) else None
+                inner = attr.__func__ if kind is not None else attr
+                if isinstance(inner, functools._lru_cache_wrapper):
+                    plain = inner.__wrapped__  # type: ignore[attr-defined]
+                    setattr(klass, name, kind(plain) if kind is not None else plain)
+                    self.swapped.append((klass, name, attr))
+
+    def __exit__(self, *exc: Any) -> None:
+        for klass, name, attr in self.swapped:
+            setattr(klass, name, attr)
+        self.swapped.clear()
+
+
 def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shapes: Any) -> ExportedProgram:
     """``torch.export``; with a dynamic batch, a range the model's code imposes is taken (once).
 
@@ -206,7 +236,7 @@ def _export(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_shap
     a UNet exports for batch <= 63; export names that range as a suggested fix, which is applied
     and then recorded (:attr:`Captured.batch_range`) and enforced by the artifacts' runtime.
     """
-    with torch.no_grad(), _restore_cached_attributes(model):
+    with torch.no_grad(), _restore_cached_attributes(model), _bypass_class_caches(model):
         try:
             return torch.export.export(model, (), dict(example_kwargs), dynamic_shapes=dynamic_shapes, strict=False)
         except torch._dynamo.exc.UserError as e:
@@ -258,6 +288,7 @@ def capture(model: torch.nn.Module, example_kwargs: dict[str, Any], dynamic_batc
             "Capture with dynamic_batch=False and rewrite once per batch size."
         ) from e
     sys.stderr.write(printed.getvalue())  # a successful export's warnings are the user's to see
+    inline_inert_regions(ep.graph_module)  # disabled-autocast / grad-mode blocks around RoPE and embeddings
     captured = Captured(ep, dict(example_kwargs), getattr(model, "config", None))
     if dynamic_batch and not any(d is not None for d in captured.batch_dims):
         raise UnsupportedModelError("the captured program has no symbolic batch dim; capture with dynamic_batch=False.")

@@ -11,7 +11,8 @@ it. Three patterns, anchored on ATen ops only:
   K/V come from another input (the context). The output projection and the residual add that
   closes the region are found when the pass propagates the new token count (``shapes.py``).
 - MLP: ``norm -> linear -> activation (gelu/silu/relu, GEGLU's chunk*gelu) -> linear``, with no
-  attention in between and ``X`` used by nothing else.
+  attention in between and ``X`` used by nothing else than its first linear(s): SwiGLU written as
+  parallel ``w2(silu(w1(x)) * w3(x))`` has two, both reaching the one second linear.
 
 ``X`` must come from a norm (layer/rms/group norm, decomposed RMSNorm ``pow/mean/rsqrt``, FP32LayerNorm's
 ``float -> norm -> type_as``; optionally modulated by adaLN ``* (1+s) + b``, where a per-token scale/shift
@@ -35,7 +36,7 @@ from torch.fx import Graph, Node
 from toma_export.config import SubLayer
 from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured
-from toma_export.graph.grids import Grid, grid_for, token_grids
+from toma_export.graph.grids import Grid, grid_for, joint_layouts, token_grids
 from toma_export.graph.provenance import Origin, TokenOrigins
 
 aten = torch.ops.aten
@@ -287,11 +288,15 @@ def _normalised(x: Node, span: tuple[Grid, int] | None) -> bool:
     return False
 
 
-def image_span(x: Node, grids: list[Grid], origins: TokenOrigins | None = None) -> tuple[Grid, int] | None:
+def image_span(
+    x: Node, grids: list[Grid], origins: TokenOrigins | None = None, joints: dict[int, tuple[Grid, int]] | None = None
+) -> tuple[Grid, int] | None:
     """(grid, offset) of the image tokens inside ``x`` ``(B, S, C)``, or None (text / not a grid).
 
     A sequence (or part of a joint sequence) as long as a grid is image unless ``origins`` traces
     its tokens to the text inputs only (``provenance``): a text stream as long as the grid stays text.
+    A sequence as long as a joint id table (``grids.joint_layouts``) has its image block where the
+    ids put it.
     """
     v = _val(x)
     if v is None or v.ndim != 3:
@@ -300,16 +305,20 @@ def image_span(x: Node, grids: list[Grid], origins: TokenOrigins | None = None) 
     def text(n: object) -> bool:
         return origins is not None and isinstance(n, Node) and origins.origin(n) is Origin.TEXT
 
-    s = int(v.shape[1])
+    if not isinstance(v.shape[1], int):
+        return None  # a data-dependent length (FramePack's text sliced by a mask-derived count)
+    s = v.shape[1]
     g = grid_for(grids, s)
     if g is not None:
         return None if text(x) else (g, 0)
     found = _token_cat(x)
     if found is None:
-        return None
+        return joints[s] if joints and s in joints and not text(x) else None
     cat, tdim = found
     parts = cat.args[0]
-    sizes = [int(_val(t).shape[tdim]) for t in parts]  # type: ignore[union-attr]
+    sizes = [_val(t).shape[tdim] for t in parts]  # type: ignore[union-attr]
+    if not all(isinstance(n, int) for n in sizes):
+        return None
     hits = [
         (i, grid_for(grids, n))
         for i, n in enumerate(sizes)
@@ -343,10 +352,11 @@ def _channel_slice(n: Node) -> bool:
     return d % v.ndim == v.ndim - 1
 
 
-def _mlp_second_linear(l1: Node) -> Node | None:
-    """The linear an MLP's first linear leads to through an activation, or None."""
-    seen: set[Node] = set()
-    frontier = list(l1.users)
+def _mlp_second_linear(firsts: list[Node]) -> Node | None:
+    """The one linear an MLP's first linears lead to through an activation, or None. Parallel
+    first linears on one input (SwiGLU as ``w2(silu(w1(x)) * w3(x))``) must all reach it."""
+    seen: set[Node] = set(firsts)
+    frontier = [u for l1 in firsts for u in l1.users]
     ends: set[Node] = set()
     act = False
     while frontier:
@@ -369,8 +379,8 @@ def _mlp_second_linear(l1: Node) -> Node | None:
     return next(iter(ends)) if act and len(ends) == 1 else None
 
 
-def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
-    """All merge sites of ``graph``, in forward (graph) order."""
+def find_sites(graph: Graph, grids: list[Grid], joints: dict[int, tuple[Grid, int]] | None = None) -> list[Site]:
+    """All merge sites of ``graph``, in forward (graph) order (``joints``: :func:`image_span`'s)."""
     origins = TokenOrigins(graph)
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites: dict[Node, Site] = {}
@@ -387,7 +397,7 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
                 x = whole  # image and text sliced out of one normalised [image; text] sequence (HunyuanImage single)
             if not isinstance(x, Node) or x in sites:
                 continue
-            span = image_span(x, grids, origins)
+            span = image_span(x, grids, origins, joints)
             if span is None or not _normalised(x, span):
                 continue
             self_attn = x is whole or x in kv_inputs
@@ -410,15 +420,16 @@ def find_sites(graph: Graph, grids: list[Grid]) -> list[Site]:
         x = l1.args[0]
         if l1 in attn_linears or not isinstance(x, Node) or x in sites:
             continue
-        if any(u is not l1 for u in x.users):
+        firsts = list(x.users)  # every reader of x is a first linear (one, or SwiGLU's parallel pair)
+        if not all(_is(u, LINEAR) and u.args[0] is x and u not in attn_linears for u in firsts):
             continue
-        span = image_span(x, grids, origins)
-        l2 = _mlp_second_linear(l1) if span is not None and _normalised(x, span) else None
+        span = image_span(x, grids, origins, joints)
+        l2 = _mlp_second_linear(firsts) if span is not None and _normalised(x, span) else None
         if l2 is None or l2 in attn_linears:
             continue
         xv = _val(x)
         sites[x] = Site(
-            SubLayer.MLP.value, x, [l1], span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
+            SubLayer.MLP.value, x, firsts, span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
         )
     return sorted(sites.values(), key=lambda s: order[s.x])
 
@@ -427,7 +438,8 @@ def captured_sites(captured: Captured, fix: str) -> list[Site]:
     """:func:`find_sites` over a captured model's graph and input grids; a matcher failure is an
     :class:`UnsupportedModelError` (never raw) ending with ``fix``, what the caller's user can do."""
     grids = token_grids(captured.example_kwargs, captured.model_config)
+    joints = joint_layouts(captured.example_kwargs)
     try:
-        return find_sites(captured.ep.graph, grids)
+        return find_sites(captured.ep.graph, grids, joints)
     except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
         raise UnsupportedModelError(f"matching merge sites failed on this graph ({type(e).__name__}: {e}); {fix}") from e

@@ -135,7 +135,7 @@ class ToMAProgram:
             raise TypeError("call a ToMAProgram with the model's keyword arguments (as captured)")
         flat = self.captured.flatten(kwargs)
         # Destinations are per batch: a dynamic-batch program seeing another batch selects anew.
-        keys = [(g.index, int(flat[0].shape[0])) for g in self.groups]
+        keys = [(g.index, self._batch(g, flat)) for g in self.groups]
         if not self.groups:
             out = self._reuse_gm(*self._lifted, *flat)
         elif self.schedule.needs_selection(keys):
@@ -190,9 +190,20 @@ class ToMAProgram:
         return self._select_gm
 
     def example_destinations(self) -> list[torch.Tensor]:
-        """Valid destinations for the example inputs' batch (the first k slots of every tile)."""
-        b = self.captured.flatten(self.captured.example_kwargs)[0].shape[0]
-        return [torch.arange(g.k).expand(b, g.layout.num_tiles, g.k).contiguous() for g in self.groups]
+        """Valid destinations for the example inputs' batch (the first k slots of every tile). The batch
+        is the merged sequence's own (the first flat input may not lead with it: Z-Image takes lists of
+        per-sample ``(C, F, H, W)`` latents)."""
+        flat = self.captured.flatten(self.captured.example_kwargs)
+        return [torch.arange(g.k).expand(self._batch(g, flat), g.layout.num_tiles, g.k).contiguous() for g in self.groups]
+
+    def _batch(self, group: GroupInfo, flat: list[Any] | None = None) -> int:
+        """The batch ``group``'s destinations are for: a dynamic-batch program's from its batch-leading
+        inputs ``flat``; otherwise the captured batch of the group's first merged sequence."""
+        if flat is not None:
+            for t, d in zip(flat, self.captured.batch_dims):
+                if d is not None:
+                    return int(t.shape[d])
+        return int(self.plan.sites[group.sites[0]].x.meta["val"].shape[0])
 
     @property
     def dynamic_batch(self) -> bool:

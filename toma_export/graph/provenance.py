@@ -22,10 +22,14 @@ from enum import Enum
 
 import torch
 from torch.fx import Graph, Node
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 aten = torch.ops.aten
 
 TEXT_INPUT_PREFIX = "encoder_hidden_states"
+#: Source of tokens computed from the weights alone (learned register tokens): neutral, neither stream.
+WEIGHTS = "<weights>"
+_LIFTED = ("p_", "b_", "c_")  # placeholder prefixes of lifted parameters, buffers, constants
 
 
 class Origin(Enum):
@@ -86,18 +90,28 @@ class TokenOrigins:
     def __init__(self, graph: Graph):
         self._segs: dict[Node, Segments] = {}
         self._text: set[str] = set()
+        weights: set[Node] = set()  # nodes computed from lifted weights and constants only
         for n in graph.nodes:
+            if (n.op == "placeholder" and n.name.startswith(_LIFTED)) or n.op == "get_attr" or (
+                n.op == "call_function" and all(a in weights for a in n.all_input_nodes)
+            ):
+                weights.add(n)
             v = _val(n)
-            if v is None or v.ndim != 3:
-                continue
-            s = int(v.shape[1])
-            if n.op == "placeholder":
-                if not n.name.startswith(("p_", "b_", "c_")):  # lifted parameters, buffers, constants
+            if v is None or v.ndim != 3 or not isinstance(v.shape[1], int):
+                continue  # a data-dependent length (unbacked size) has no spans to track
+            s = v.shape[1]
+            if n in weights:
+                self._segs[n] = ((s, frozenset({WEIGHTS})),)
+            elif n.op == "placeholder":
+                if not n.name.startswith(_LIFTED):
                     self._segs[n] = ((s, frozenset({n.name})),)
                     if n.name.startswith(TEXT_INPUT_PREFIX):
                         self._text.add(n.name)
             elif n.op == "call_function" and s > 0:
-                self._segs[n] = self._of(n, v)
+                try:
+                    self._segs[n] = self._of(n, v)
+                except GuardOnDataDependentSymNode:  # an operand of data-dependent length: origin unknown
+                    self._segs[n] = ((s, frozenset()),)
 
     def _get(self, n: object, size: int) -> Segments:
         return self._segs.get(n, ((size, frozenset()),)) if isinstance(n, Node) else ((size, frozenset()),)
@@ -134,11 +148,13 @@ class TokenOrigins:
         return _combine(aligned) if aligned else ((s, frozenset()),)
 
     def origin(self, x: Node) -> Origin:
-        """Where all of ``x``'s tokens come from."""
-        reached = frozenset().union(*(src for _, src in self._segs.get(x, ())))
+        """Where all of ``x``'s tokens come from; TEXT only when every span is known to be text or
+        weights (a span of unknown source, such as tokens from a conv patch embedding, may be image)."""
+        segs = self._segs.get(x, ())
+        reached = frozenset().union(*(src for _, src in segs)) - {WEIGHTS}
         if not reached:
             return Origin.UNKNOWN
         text = reached & self._text
         if text == reached:
-            return Origin.TEXT
+            return Origin.TEXT if all(src for _, src in segs) else Origin.UNKNOWN
         return Origin.UNKNOWN if text else Origin.IMAGE

@@ -9,9 +9,12 @@ Tiny random-weight configs for tests (built in code, nothing downloaded):
 - ``sd35-tiny``: ``SD3Transformer2DModel`` with SD3.5's q/k RMSNorm and a dual-attention layer (MMDiT-X).
 - ``wan-tiny``: ``WanTransformer3DModel`` (Wan 2.x video): 5-D latents ``(B, C, F, H, W)``, patch
   (1, 2, 2), FP32LayerNorm, per-token modulation when timesteps are per token.
+- ``z-image-tiny``: ``ZImageTransformer2DModel`` (Z-Image): per-sample lists of latents ``(C, 1, H, W)``
+  and caption features, one unified ``[image; text]`` sequence, RoPE inside a disabled-autocast
+  block, SwiGLU as two parallel first linears.
 
 Real width with reduced depth, for CPU benchmarks: ``sd35-medium-d2``, ``qwen-image-d2``, ``wan-1.3b-d2``,
-``flux2-dev-d1`` (their configs below say what was cut).
+``flux2-dev-d1``, ``z-image-d2`` (their configs below say what was cut).
 
 :func:`example_inputs_for` gives keyword arguments at a pixel resolution, as each pipeline builds them
 (VAE factor 8; FLUX.2 and Qwen-Image pack 2x2 latents, so one token per 16x16 pixels; Wan: latent
@@ -156,6 +159,24 @@ FLUX2_DEV_D1: dict[str, Any] = dict(
 )
 
 
+Z_IMAGE_TINY: dict[str, Any] = dict(
+    in_channels=4,
+    dim=32,
+    n_layers=2,
+    n_refiner_layers=1,
+    n_heads=2,
+    n_kv_heads=2,
+    cap_feat_dim=32,
+    axes_dims=[4, 6, 6],
+    axes_lens=[64, 32, 32],
+)
+
+#: Z-Image-Turbo's width (30 heads x 128 = 3840, SwiGLU 10240, Qwen3 text 2560; the class defaults)
+#: with the depth reduced to 2 layers and 1 noise + 1 context refiner layer (30 and 2 + 2 in the real
+#: model): 0.75 B parameters.
+Z_IMAGE_D2: dict[str, Any] = dict(n_layers=2, n_refiner_layers=1)
+
+
 def _builder(cls_name: str, cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
         import diffusers
@@ -170,6 +191,7 @@ build_flux2_tiny = _builder("Flux2Transformer2DModel", FLUX2_TINY)
 build_qwen_image_tiny = _builder("QwenImageTransformer2DModel", QWEN_IMAGE_TINY)
 build_sd35_tiny = _builder("SD3Transformer2DModel", SD35_TINY)
 build_wan_tiny = _builder("WanTransformer3DModel", WAN_TINY)
+build_z_image_tiny = _builder("ZImageTransformer2DModel", Z_IMAGE_TINY)
 
 #: name -> (family, config, builder); the families' entries for the embedded-model table.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
@@ -177,10 +199,12 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module
     "qwen-image-tiny": ("qwen-image", QWEN_IMAGE_TINY, build_qwen_image_tiny),
     "sd35-tiny": ("sd35", SD35_TINY, build_sd35_tiny),
     "wan-tiny": ("wan", WAN_TINY, build_wan_tiny),
+    "z-image-tiny": ("z-image", Z_IMAGE_TINY, build_z_image_tiny),
     "sd35-medium-d2": ("sd35", SD35_MEDIUM_D2, _builder("SD3Transformer2DModel", SD35_MEDIUM_D2)),
     "qwen-image-d2": ("qwen-image", QWEN_IMAGE_D2, _builder("QwenImageTransformer2DModel", QWEN_IMAGE_D2)),
     "wan-1.3b-d2": ("wan", WAN_1_3B_D2, _builder("WanTransformer3DModel", WAN_1_3B_D2)),
     "flux2-dev-d1": ("flux2", FLUX2_DEV_D1, _builder("Flux2Transformer2DModel", FLUX2_DEV_D1)),
+    "z-image-d2": ("z-image", Z_IMAGE_D2, _builder("ZImageTransformer2DModel", Z_IMAGE_D2)),
 }
 
 #: diffusers class name -> family of :func:`example_inputs_for`.
@@ -189,6 +213,7 @@ FAMILY_OF_CLASS = {
     "QwenImageTransformer2DModel": "qwen-image",
     "SD3Transformer2DModel": "sd35",
     "WanTransformer3DModel": "wan",
+    "ZImageTransformer2DModel": "z-image",
 }
 
 
@@ -303,6 +328,17 @@ def example_inputs_for(
         )
     if height % VAE_FACTOR or width % VAE_FACTOR:
         raise ValueError(f"height and width must be multiples of {VAE_FACTOR} pixels, got {height}x{width}")
+    if family == "z-image":
+        if (height // VAE_FACTOR) % 2 or (width // VAE_FACTOR) % 2:
+            raise ValueError(f"height and width must be multiples of 16 pixels (2x2 patches), got {height}x{width}")
+        # per-sample lists, as ZImagePipeline passes them: latents (C, 1 frame, H/8, W/8) and caption
+        # features (L, D) (unpadded; the model pads both to multiples of 32); t = (1000 - timestep) / 1000
+        text_len = text_len or 8
+        return dict(
+            x=[randn(cfg.in_channels, 1, height // VAE_FACTOR, width // VAE_FACTOR) for _ in range(batch)],
+            t=full(0.5),
+            cap_feats=[randn(text_len, cfg.cap_feat_dim) for _ in range(batch)],
+        )
     if family == "sd35":
         text_len = text_len or 8
         return dict(
