@@ -207,20 +207,16 @@ def _variants(
     ``dynamic_batch``: every variant takes a symbolic batch (shared by all batch-leading inputs
     and the destinations), so one artifact serves any batch at the built resolution.
     """
+    from toma_export.eager.api import uses_graph_hook
+
     method = methods.get(config.method)
-    if config.active and method.graph_pass:
+    # ToMA's graph pass; ToDo's key/value pass where eager apply runs it (one stateless variant, no groups)
+    if config.active and (method.graph_pass or (method.graph_kv and uses_graph_hook(model))):
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
         _require_one_output(model, program.captured.ep)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program
         return {"single": program.exported_program}, 0, program
-    if config.active and method.graph_kv:
-        from toma_export.eager.api import uses_graph_hook
-
-        if uses_graph_hook(model):  # as eager apply runs it there: the key/value graph pass, one stateless variant
-            program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
-            _require_one_output(model, program.captured.ep)
-            return {"single": program.exported_program}, 0, program
     if config.active:
         toma_export.apply(model, config)
     try:
