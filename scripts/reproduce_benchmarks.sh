@@ -95,6 +95,8 @@ run 14 toma-export bench --workload sd35 --methods none,todo --ratios 0.25,0.5,0
     --repeats 3 --warmup 1 --json results/bench_sd35_todo.json --markdown results/bench_sd35_todo.md
 run 14 toma-export bench --workload wan --tile 3x4 --methods none,todo --ratios 0.5 --backends eager,onnxruntime \
     --repeats 3 --warmup 1 --json results/bench_wan_todo.json --markdown results/bench_wan_todo.md
+run 14 toma-export bench --workload wan --tile 3x4 --methods none,todo --ratios 0.25,0.75 --backends eager,onnxruntime \
+    --repeats 3 --warmup 1 --json results/bench_wan_todo_sweep.json --markdown results/bench_wan_todo_sweep.md
 run 14 toma-export bench --workload qwen-image --methods none,todo --ratios 0.5 --backends eager \
     --repeats 3 --warmup 1 --json results/bench_qwen_image_todo.json --markdown results/bench_qwen_image_todo.md
 run 14 toma-export bench --workload flux2 --methods none,todo --ratios 0.5 --backends eager \
