@@ -219,11 +219,13 @@ def _input_widths(config: Any) -> list[int]:
     return [c for c in [first, *rest] if isinstance(c, int) and not isinstance(c, bool) and c > 0]
 
 
-def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid]:
+def token_grids(
+    example_kwargs: dict[str, Any], config: Any = None, joints: dict[int, tuple[Grid, int]] | None = None
+) -> list[Grid]:
     """Candidate image grids of a model's inputs, one per token count, most trusted first.
 
     ``config`` (the model's config, optional) supplies patch sizes when the latent's shape alone
-    cannot tell. A sequence input (text) as long as a grid does not hide the grid: the matcher tells
+    cannot tell. ``joints``: :func:`joint_layouts` of the same inputs, when the caller has them. A sequence input (text) as long as a grid does not hide the grid: the matcher tells
     the streams apart by token provenance (``provenance``).
     """
     latent: list[Grid] = []
@@ -268,7 +270,8 @@ def token_grids(example_kwargs: dict[str, Any], config: Any = None) -> list[Grid
     if "height" in ints and "width" in ints:
         f = ints.get("num_frames", 1)
         exact.append(Grid(f * ints["height"], ints["width"], frames=f) if f > 1 else Grid(ints["height"], ints["width"]))
-    exact += [g for g, _ in joint_layouts(example_kwargs).values()]
+    joints = joint_layouts(example_kwargs) if joints is None else joints
+    exact += [g for g, _ in joints.values()]
     seen: dict[int, Grid] = {}
     for g in exact + latent + per_frame:
         seen.setdefault(g.tokens, g)

@@ -437,8 +437,8 @@ def find_sites(graph: Graph, grids: list[Grid], joints: dict[int, tuple[Grid, in
 def captured_sites(captured: Captured, fix: str) -> list[Site]:
     """:func:`find_sites` over a captured model's graph and input grids; a matcher failure is an
     :class:`UnsupportedModelError` (never raw) ending with ``fix``, what the caller's user can do."""
-    grids = token_grids(captured.example_kwargs, captured.model_config)
     joints = joint_layouts(captured.example_kwargs)
+    grids = token_grids(captured.example_kwargs, captured.model_config, joints)
     try:
         return find_sites(captured.ep.graph, grids, joints)
     except Exception as e:  # noqa: BLE001 - a matcher failure is reported as unsupported, never raw
