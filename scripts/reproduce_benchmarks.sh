@@ -118,3 +118,11 @@ step "17. Denoising loop at 1024^2 under torch.compile (inductor; compile in the
 run 17 toma-export bench --workload sdxl-loop --model sdxl-lite --height 1024 --width 1024 --steps 10 --recompute-every 5 \
     --max-downsample 4 --methods none,toma --ratios 0.5 --backends inductor --repeats 1 --warmup 1 --no-ideal \
     --json results/bench_sdxl_lite_loop_inductor.json --markdown results/bench_sdxl_lite_loop_inductor.md
+
+step "18. Flux at real width on ONNX Runtime, sessions sharing one copy of the weights (~15 min, ~21 GB peak)"
+run 18 toma-export bench --workload flux --methods none,toma --ratios 0.5 --backends onnxruntime-shared \
+    --repeats 2 --warmup 1 --json results/bench_flux_ort.json --markdown results/bench_flux_ort.md
+
+step "19. Fidelity on photos, Z-Image-Turbo width (~10 min)"
+run 19 python scripts/eval_fidelity.py --model z-image-d2 --size 512 --images astronaut,coffee,chelsea --timesteps 800,300 \
+    --methods toma,todo --ratios 0.25,0.5,0.75 --json results/fidelity_z_image.json --markdown results/fidelity_z_image.md

@@ -94,7 +94,7 @@ def test_photo_latents_take_each_family_layout(name, frames, ndim):
 
     model = load_model(name)
     base = example_inputs(model, height=64, width=64, frames=frames)
-    key = latent_key(base)
+    key = latent_key(base, 64, 64)
     x0 = photo_latents(load_image("coffee", 64, 64).unsqueeze(0), base[key], 64, 64)
     assert x0.shape == base[key].shape and x0.ndim == ndim
     if ndim == 5:
@@ -122,3 +122,60 @@ def test_transformer_fidelity_rows_and_refusals():
 
     with pytest.raises(ToMAError, match="not patched"):  # evaluate left the model unpatched
         toma_export.state(model)
+
+
+def test_z_image_per_sample_lists_through_samples_and_evaluate():
+    """Z-Image takes per-sample lists (``x``: ``(C, 1, h, w)`` each) and returns one: the photo is laid out
+    per element, ratio 0 reproduces the unmerged model exactly, ratio 0.5 perturbs it but stays finite."""
+    import math
+
+    model = load_model("z-image-tiny")
+    inputs = samples(model, ["astronaut"], [800], 128, 128)
+    (x,) = inputs[0].kwargs["x"]
+    assert x.shape == (4, 1, 16, 16) and isinstance(inputs[0].kwargs["cap_feats"], list)
+    rows = {r["variant"]: r for r in evaluate(model, [("toma0", ToMAConfig(ratio=0.0)),
+                                                      ("toma", ToMAConfig(ratio=0.5))], inputs)}
+    assert rows["toma0"]["rel_error_max"] <= 1e-6
+    assert math.isfinite(rows["toma"]["rel_error"]) and 0 < rows["toma"]["rel_error"] < 1 and rows["toma"]["n"] == 1
+
+
+def test_z_image_timestep_convention_is_reversed():
+    """ZImagePipeline passes t = (1000 - timestep) / 1000: at step 0 the model gets the clean photo's latents
+    with t = 1, and noise level 0.3 is t = 0.7 (its example t of 0.5 cannot tell the direction)."""
+    from toma_export.bench.fidelity import photo_latents
+    from toma_export.models.inputs import example_inputs
+
+    model = load_model("z-image-tiny")
+    clean, noisy = samples(model, ["coffee"], [0, 300], 64, 64)
+    (want,) = photo_latents(load_image("coffee", 64, 64).unsqueeze(0), example_inputs(model, height=64, width=64)["x"],
+                            64, 64)
+    assert torch.equal(clean.kwargs["x"][0], want)
+    assert float(clean.kwargs["t"]) == 1.0 and float(noisy.kwargs["t"]) == pytest.approx(0.7)
+    assert not torch.equal(noisy.kwargs["x"][0], want)
+
+
+def test_latent_found_by_shape_and_text_never_wins():
+    """At 64x32 px Z-Image's 8 caption features ``(8, 32)`` also fit the packed 2x2 layout (8 tokens): the
+    input as wide as ``in_channels`` is the latent; text named ``encoder_hidden_states*`` never is."""
+    from toma_export.bench.fidelity import latent_key, timestep_key
+    from toma_export.models.inputs import example_inputs
+
+    model = load_model("z-image-tiny")
+    base = example_inputs(model, height=64, width=32)
+    assert latent_key(base, 64, 32, model.config.in_channels) == "x" and timestep_key(base) == "t"
+    with pytest.raises(ValueError, match=r"several \(x, cap_feats\)"):
+        latent_key(base, 64, 32)
+    packed_text = dict(encoder_hidden_states=torch.randn(1, 8, 32), hidden_states=torch.randn(1, 8, 16))
+    assert latent_key(packed_text, 64, 32) == "hidden_states"
+
+
+def test_model_without_a_latent_is_a_clear_error(monkeypatch):
+    """A model whose inputs carry no image-shaped latent: the error names every input and its shape."""
+    import toma_export.bench.fidelity as fidelity
+
+    model = load_model("z-image-tiny")
+    monkeypatch.setattr(fidelity, "example_inputs", lambda *a, **k: dict(
+        tokens=torch.randn(1, 7, 4), encoder_hidden_states=torch.randn(1, 16, 4), timestep=torch.ones(1)))
+    with pytest.raises(ValueError, match=r"none of the inputs \(tokens: \(1, 7, 4\), encoder_hidden_states: "
+                                         r"\(1, 16, 4\), timestep: \(1,\)\)"):
+        samples(model, ["coffee"], [300], 64, 64)

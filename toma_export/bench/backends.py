@@ -166,6 +166,25 @@ def _ort_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torc
     return _named(OrtEngine(export_onnx(ep, stem.with_suffix(".onnx")), memory_arena=False))
 
 
+_WEIGHTS: Any = None  # the onnxruntime-shared rows' WeightPool, made on first use (entries die with the rows)
+
+
+def _ort_shared_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """As ``onnxruntime``, but every row's sessions share one copy of equal weights (prepacking off), so a
+    model of several GB fits with its unmerged, select, reuse and ideal sessions at once."""
+    from toma_export.engines.load import _named
+    from toma_export.engines.onnx_export import export_onnx
+    from toma_export.engines.onnxruntime import OrtEngine
+    from toma_export.engines.shared_weights import WeightPool
+
+    global _WEIGHTS
+    if _WEIGHTS is None:
+        _WEIGHTS = WeightPool()
+    engine = OrtEngine(export_onnx(ep, stem.with_suffix(".onnx"), external_data=True), memory_arena=False,
+                       weights=_WEIGHTS)
+    return _named(engine)
+
+
 def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """AOTInductor: the variant compiled ahead of time to a ``.pt2`` package (as ``build --backend
     inductor`` writes it) and loaded back; compile time lands in the row's first-call time."""
@@ -182,4 +201,5 @@ def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[tor
 onnxruntime = _engine_backend("onnxruntime", _ort_variant)
 aotinductor = _engine_backend("aotinductor", _aoti_variant)
 register_backend("onnxruntime", onnxruntime, merges=True)
+register_backend("onnxruntime-shared", _engine_backend("onnxruntime-shared", _ort_shared_variant), merges=True)
 register_backend("aotinductor", aotinductor, merges=True)

@@ -4,11 +4,13 @@ There are no VAE weights here, so images are "encoded" by a fixed, deterministic
 centre-crop to the target aspect, resize to the pixel size, average-pool by 8 (the VAE factor)
 and map RGB to the latent channels with a fixed 3->C matrix (seeded, unit-norm rows), then scale
 to unit variance, laid out as the model's own example latents are (:func:`photo_latents`: 4-D,
-video 5-D, or packed 2x2 into tokens as Flux, FLUX.2 and Qwen-Image pipelines pack them). Noise is
-mixed in at several timesteps: DDPM ``sqrt(abar)·x0 + sqrt(1-abar)·eps`` with SD's scaled-linear
-betas for UNets, flow matching ``(1-s)·x0 + s·eps`` (s = t/1000) for transformers.
-Text conditioning is a fixed random embedding (no text encoder). Each merged model's output is
-compared to the unmerged model's on the same input: relative L2 error and cosine similarity.
+video 5-D, or packed 2x2 into tokens as Flux, FLUX.2 and Qwen-Image pipelines pack them; per element of a
+per-sample list, Z-Image's ``x``). The latent input is found by its shape (:func:`latent_key`), not its name.
+Noise is mixed in at several timesteps: DDPM ``sqrt(abar)·x0 + sqrt(1-abar)·eps`` with SD's scaled-linear
+betas for UNets, flow matching ``(1-s)·x0 + s·eps`` (s = t/1000) for transformers, the timestep passed on
+the model's own scale (:func:`model_timestep`). Text conditioning is a fixed random embedding (no text
+encoder). Each merged model's output is compared to the unmerged model's on the same input: relative L2
+error and cosine similarity of the main output (:func:`~toma_export.models.outputs.first_output`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAError
+from toma_export.graph.provenance import TEXT_INPUT_PREFIX
+from toma_export.models.architectures import architecture_family
 from toma_export.models.inputs import VAE_FACTOR, example_inputs
 from toma_export.models.outputs import first_output as first
 from toma_export.models.registry import model_family
@@ -88,30 +92,135 @@ class Sample:
     kwargs: dict[str, Any]
 
 
-def latent_key(template: dict[str, Any]) -> str:
-    """The example inputs' latent argument: ``sample`` (UNets) or ``hidden_states`` (transformers)."""
-    for key in ("sample", "hidden_states"):
-        if isinstance(template.get(key), torch.Tensor):
-            return key
-    raise ValueError(f"no latent input (sample / hidden_states) among {sorted(template)}")
+#: A latent input: one batched tensor, or a per-sample list of tensors without the batch axis (Z-Image's ``x``).
+Latents = torch.Tensor | list[torch.Tensor]
+
+#: Names a denoiser's forward gives its timestep (diffusers: ``timestep``; Z-Image: ``t``).
+TIMESTEP_KEYS = ("timestep", "t")
+
+#: Family (:func:`~toma_export.models.architectures.architecture_family`) -> the model's timestep for noise
+#: level s (0 clean, 1 pure noise), where the example timestep's magnitude cannot tell the convention.
+#: ZImagePipeline passes ``t = (1000 - timestep) / 1000`` of its flow-matching scheduler's ``timestep = 1000 s``,
+#: so t = 1 is the clean image.
+TIMESTEP_OF_NOISE: dict[str, Callable[[float], float]] = {"z-image": lambda s: 1.0 - s}
 
 
-def photo_latents(pixels: torch.Tensor, like: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _layout(shape: tuple[int, ...], height: int, width: int) -> str | None:
+    """How a batched latent of ``shape`` carries a ``height x width`` image: ``"image"`` ``(B, C, H/8, W/8)``,
+    ``"video"`` ``(B, C, F, H/8, W/8)``, ``"packed"`` ``(B, (H/16)(W/16), 4C)`` (2x2 per token), else None."""
+    h, w = height // VAE_FACTOR, width // VAE_FACTOR
+    if len(shape) == 4 and shape[2:] == (h, w):
+        return "image"
+    if len(shape) == 5 and shape[3:] == (h, w):
+        return "video"
+    if len(shape) == 3 and shape[1] == (h // 2) * (w // 2) and shape[2] % 4 == 0:
+        return "packed"
+    return None
+
+
+def _batched(value: Latents) -> list[torch.Tensor]:
+    """A latent as batched tensors: the tensor itself, or each per-sample list element with a batch axis of 1."""
+    return [value] if isinstance(value, torch.Tensor) else [v.unsqueeze(0) for v in value]
+
+
+def _like(value: Latents, parts: list[torch.Tensor]) -> Latents:
+    """``parts`` (from :func:`_batched`) back in the container of ``value``."""
+    return parts[0] if isinstance(value, torch.Tensor) else [p.squeeze(0) for p in parts]
+
+
+def _tensors(value: Any) -> list[torch.Tensor] | None:
+    """An input's tensors if it is a tensor or a non-empty list/tuple of tensors, else None."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return list(value)
+    return None
+
+
+def _describe(template: dict[str, Any]) -> str:
+    """Each input's name and shape(s), so an error says what the model was given."""
+
+    def one(v: Any) -> str:
+        ts = _tensors(v)
+        if ts is None:
+            return type(v).__name__
+        shapes = ", ".join(str(tuple(t.shape)) for t in ts)
+        return shapes if isinstance(v, torch.Tensor) else f"[{shapes}]"
+
+    return ", ".join(f"{k}: {one(v)}" for k, v in template.items())
+
+
+def latent_key(template: dict[str, Any], height: int, width: int, in_channels: int | None = None) -> str:
+    """The example inputs' latent argument, found by shape rather than name (``sample``, ``hidden_states``,
+    Z-Image's ``x``): the floating-point input (a tensor, or a per-sample list of them) that carries the
+    ``height x width`` image as one of :func:`_layout`'s layouts. Text inputs are never latents, by the
+    rule the grid discovery uses (``encoder_hidden_states*``). Where text features happen to fit a layout
+    too (Z-Image's per-sample ``cap_feats`` ``(L, D)`` when L equals the packed token count), the
+    input as wide as the model's ``in_channels`` wins: latents carry it, text does not."""
+    found: dict[str, int] = {}
+    for key, value in template.items():
+        ts = _tensors(value)
+        if key.startswith(TEXT_INPUT_PREFIX) or ts is None or not all(t.is_floating_point() for t in ts):
+            continue
+        batched = _batched(value)
+        kinds = {_layout(tuple(b.shape), height, width) for b in batched}
+        if len(kinds) == 1 and (kind := kinds.pop()) is not None:
+            found[key] = int(batched[0].shape[2 if kind == "packed" else 1])
+    if len(found) > 1 and in_channels is not None:
+        found = {k: c for k, c in found.items() if c == in_channels} or found
+    if len(found) == 1:
+        return next(iter(found))
+    why = f"several ({', '.join(found)})" if found else "none"
+    raise ValueError(
+        f"no single latent input at {height}x{width} px: {why} of the inputs ({_describe(template)}) is laid out as "
+        f"(B, C, {height // VAE_FACTOR}, {width // VAE_FACTOR}), (B, C, F, {height // VAE_FACTOR}, {width // VAE_FACTOR}) "
+        "or 2x2-packed (B, N, 4C) (or a per-sample list of those without B), so the stand-in encoder cannot place a photo."
+    )
+
+
+def timestep_key(template: dict[str, Any]) -> str:
+    """The example inputs' timestep argument (one of :data:`TIMESTEP_KEYS`)."""
+    key = next((k for k in TIMESTEP_KEYS if isinstance(template.get(k), torch.Tensor)), None)
+    if key is None:
+        raise ValueError(f"no timestep input ({' / '.join(TIMESTEP_KEYS)}) among the inputs ({_describe(template)})")
+    return key
+
+
+def photo_latents(pixels: torch.Tensor, like: Latents, height: int, width: int) -> Latents:
     """``(1, 3, H, W)`` pixels as latents in the layout of ``like`` (the model's example latents), so one
     stand-in encoder serves every family: ``(B, C, h, w)`` maps to C channels at 1/8 scale (UNets,
     SD3); ``(B, C, F, h, w)`` is a still clip of F latent frames (video); ``(B, N, D)`` with N =
-    (H/16)(W/16) tokens is D/4 channels packed 2x2 per token (Flux, FLUX.2, Qwen-Image)."""
-    if like.ndim == 4:
-        return encode(pixels, like.shape[1])
-    if like.ndim == 5:
-        return encode(pixels, like.shape[1]).unsqueeze(2).expand(-1, -1, like.shape[2], -1, -1).contiguous()
-    tokens = (height // (2 * VAE_FACTOR)) * (width // (2 * VAE_FACTOR))
-    if like.ndim == 3 and like.shape[1] == tokens and like.shape[2] % 4 == 0:
-        return pack_flux(encode(pixels, like.shape[2] // 4))
-    raise ValueError(
-        f"latents shaped {tuple(like.shape)} at {height}x{width} px are none of (B, C, h, w), (B, C, F, h, w) or "
-        "2x2-packed (B, N, 4C): the stand-in encoder cannot lay a photo out for this model."
-    )
+    (H/16)(W/16) tokens is D/4 channels packed 2x2 per token (Flux, FLUX.2, Qwen-Image). A per-sample
+    list (Z-Image's ``(C, F, h, w)`` elements) gets the photo in each element."""
+    parts = []
+    for b in _batched(like):
+        kind = _layout(tuple(b.shape), height, width)
+        if kind == "image":
+            parts.append(encode(pixels, b.shape[1]))
+        elif kind == "video":
+            parts.append(encode(pixels, b.shape[1]).unsqueeze(2).expand(-1, -1, b.shape[2], -1, -1).contiguous())
+        elif kind == "packed":
+            parts.append(pack_flux(encode(pixels, b.shape[2] // 4)))
+        else:
+            raise ValueError(
+                f"latents shaped {tuple(b.shape)} at {height}x{width} px are none of (B, C, h, w), (B, C, F, h, w) or "
+                "2x2-packed (B, N, 4C): the stand-in encoder cannot lay a photo out for this model."
+            )
+    return _like(like, parts)
+
+
+def model_timestep(model: torch.nn.Module, example: torch.Tensor, t: int) -> float:
+    """Step ``t`` of 1000 on ``model``'s own timestep scale. UNets: ``t`` (DDPM). Flow-matching
+    transformers: noise level s = t/1000, mapped by :data:`TIMESTEP_OF_NOISE` for the family where the
+    convention is not the usual one, else s itself where the example timestep is at most 1 (Flux, FLUX.2,
+    Qwen-Image pipelines pass it so) and 1000 s otherwise (SD3, Wan)."""
+    if model_family(model) == "unet":
+        return float(t)
+    s = t / 1000
+    convert = TIMESTEP_OF_NOISE.get(architecture_family(model) or "")
+    if convert is not None:
+        return convert(s)
+    return s if float(example.max()) <= 1.0 else 1000.0 * s
 
 
 def samples(
@@ -125,28 +234,27 @@ def samples(
 ) -> list[Sample]:
     """Noisy latent-scale inputs for every image x timestep (same noise per image across methods).
 
-    UNets get DDPM noise and integer timesteps. Transformers are flow-matching models: noise level
-    s = t/1000, passed on the scale the pipeline's own example inputs use (s itself where the example
-    timestep is at most 1, as Flux/FLUX.2/Qwen-Image pipelines pass it; t for SD3 and Wan)."""
+    UNets get DDPM noise; transformers are flow-matching models, ``(1-s)·x0 + s·eps`` with s = t/1000.
+    The timestep reaches the model on its own scale (:func:`model_timestep`)."""
     unet = model_family(model) == "unet"
     base = example_inputs(model, batch=1, height=height, width=width, seed=seed, frames=frames)
-    key = latent_key(base)
-    step_scale = 1.0 if unet or float(base["timestep"].max()) <= 1.0 else 1000.0
+    key = latent_key(base, height, width, getattr(model.config, "in_channels", None))
+    tkey = timestep_key(base)
     out = []
     for i, name in enumerate(images):
         pixels = load_image(name, height, width).unsqueeze(0)
         g = torch.Generator().manual_seed(seed + 1 + i)
-        x0 = photo_latents(pixels, base[key], height, width)
-        eps = torch.randn(x0.shape, generator=g)
+        x0 = _batched(photo_latents(pixels, base[key], height, width))
+        eps = [torch.randn(x.shape, generator=g) for x in x0]
         for t in timesteps:
-            kw = dict(base, return_dict=False)
             if unet:
                 ab = alpha_bar(t)
-                kw.update(sample=math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps, timestep=torch.tensor(float(t)))
+                a, b = math.sqrt(ab), math.sqrt(1 - ab)
             else:
-                s = t / 1000
-                kw.update({key: (1 - s) * x0 + s * eps, "timestep": torch.full((1,), s * step_scale)})
-            out.append(Sample(name, t, kw))
+                a, b = 1 - t / 1000, t / 1000
+            noisy = _like(base[key], [a * x + b * e for x, e in zip(x0, eps)])
+            step = torch.full_like(base[tkey], model_timestep(model, base[tkey], t))
+            out.append(Sample(name, t, dict(base, return_dict=False, **{key: noisy, tkey: step})))
     return out
 
 
@@ -166,7 +274,9 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Rows per config: mean/std/max relative error and mean/min cosine over ``inputs``.
 
-    The reference is ``model`` unpatched. Each merged forward is a fresh generation (state reset),
+    Outputs are compared by :func:`~toma_export.models.outputs.first_output`: for a per-sample list
+    output (Z-Image) that is the first sample's tensor, which is the whole output since :func:`samples`
+    builds batch 1. The reference is ``model`` unpatched. Each merged forward is a fresh generation (state reset),
     so selection runs on that input. ``model`` is left unpatched. A config ``apply`` refuses (a
     method without an adapter for this family, no matched site) gets a row with ``refused``: why.
     """

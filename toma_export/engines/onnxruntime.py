@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from toma_export.engines.shared_weights import WeightPool
 from toma_export.errors import ToMAError
 
 _NP_TYPES = {
@@ -36,10 +37,12 @@ class OrtEngine:
 
     def __init__(
         self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None,
-        memory_arena: bool = True,
+        memory_arena: bool = True, weights: WeightPool | None = None,
     ):
         """``memory_arena=False`` frees activations after each run instead of keeping the session's peak:
-        for processes holding many sessions at once (the benchmark's rows), at some allocation cost."""
+        for processes holding many sessions at once (the benchmark's rows), at some allocation cost.
+        ``weights``: take the file's external initializers from this pool, one copy for every session
+        given the same pool (prepacking off; :mod:`toma_export.engines.shared_weights`)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -48,6 +51,7 @@ class OrtEngine:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads:
             opts.intra_op_num_threads = threads
+        self._shared = weights.attach(opts, path) if weights is not None else []  # alive as long as the session
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or default_providers()))
         except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
