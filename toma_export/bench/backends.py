@@ -17,6 +17,7 @@ import torch
 
 from toma_export.config import ToMAConfig
 from toma_export.schedule import StepSchedule
+from toma_export.engines.shared_weights import WeightPool
 
 Backend = Callable[[torch.nn.Module, "ToMAConfig | None", dict[str, Any]], Callable[..., Any]]
 
@@ -157,32 +158,20 @@ def _engine_backend(
     return backend
 
 
-def _ort_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """One ONNX Runtime session per variant; with a ``WeightPool`` (``onnxruntime-shared``), every row's
+    sessions share one copy of equal weights (prepacking off), so a model of several GB fits with its
+    unmerged, select, reuse and ideal sessions at once."""
     from toma_export.engines.load import _named
     from toma_export.engines.onnx_export import export_onnx
     from toma_export.engines.onnxruntime import OrtEngine
 
+    onnx_path = export_onnx(ep, stem.with_suffix(".onnx"), external_data=True if weights is not None else None)
     # Every row holds its sessions for the whole run: without the arena, each frees its activations.
-    return _named(OrtEngine(export_onnx(ep, stem.with_suffix(".onnx")), memory_arena=False))
+    return _named(OrtEngine(onnx_path, memory_arena=False, weights=weights))
 
 
-_WEIGHTS: Any = None  # the onnxruntime-shared rows' WeightPool, made on first use (entries die with the rows)
-
-
-def _ort_shared_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """As ``onnxruntime``, but every row's sessions share one copy of equal weights (prepacking off), so a
-    model of several GB fits with its unmerged, select, reuse and ideal sessions at once."""
-    from toma_export.engines.load import _named
-    from toma_export.engines.onnx_export import export_onnx
-    from toma_export.engines.onnxruntime import OrtEngine
-    from toma_export.engines.shared_weights import WeightPool
-
-    global _WEIGHTS
-    if _WEIGHTS is None:
-        _WEIGHTS = WeightPool()
-    engine = OrtEngine(export_onnx(ep, stem.with_suffix(".onnx"), external_data=True), memory_arena=False,
-                       weights=_WEIGHTS)
-    return _named(engine)
+_SHARED_WEIGHTS = WeightPool()  # the onnxruntime-shared rows' pool; its entries die with the rows
 
 
 def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
@@ -201,5 +190,6 @@ def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[tor
 onnxruntime = _engine_backend("onnxruntime", _ort_variant)
 aotinductor = _engine_backend("aotinductor", _aoti_variant)
 register_backend("onnxruntime", onnxruntime, merges=True)
-register_backend("onnxruntime-shared", _engine_backend("onnxruntime-shared", _ort_shared_variant), merges=True)
+register_backend("onnxruntime-shared", _engine_backend(
+    "onnxruntime-shared", lambda ep, stem: _ort_variant(ep, stem, _SHARED_WEIGHTS)), merges=True)
 register_backend("aotinductor", aotinductor, merges=True)
