@@ -18,7 +18,7 @@ import hashlib
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class WeightPool:
         return held
 
 
-def _external_initializers(path: Path) -> Any:
+def _external_initializers(path: Path) -> Iterator[tuple[str, int, np.ndarray]]:
     """``(name, ONNX element type, array)`` per initializer stored in external data, read one at a time
     (peak: one tensor). Types numpy lacks (bfloat16, float8) are read as their same-width integer bits."""
     import onnx
