@@ -126,3 +126,16 @@ run 18 toma-export bench --workload flux --methods none,toma --ratios 0.5 --back
 step "19. Fidelity on photos, Z-Image-Turbo width (~10 min)"
 run 19 python scripts/eval_fidelity.py --model z-image-d2 --size 512 --images astronaut,coffee,chelsea --timesteps 800,300 \
     --methods toma,todo --ratios 0.25,0.5,0.75 --json results/fidelity_z_image.json --markdown results/fidelity_z_image.md
+
+step "20. FLUX.2 [klein] 4B width (2 + 4 blocks), ToMA and ToDo, eager and ONNX Runtime (shared weights) (~30 min)"
+run 20 toma-export bench --workload flux2-klein --methods none,toma,todo --ratios 0.5 --backends eager,onnxruntime-shared \
+    --repeats 2 --warmup 1 --json results/bench_flux2_klein.json --markdown results/bench_flux2_klein.md
+
+step "21. Qwen-Image at every ratio, ToMA and ToDo, eager and ONNX Runtime (shared weights) in one run (~32 min)"
+run 21 toma-export bench --workload qwen-image --methods none,toma,todo --ratios 0.25,0.5,0.75 \
+    --backends eager,onnxruntime-shared --repeats 2 --warmup 1 --json results/bench_qwen_image_sweep.json \
+    --markdown results/bench_qwen_image_sweep.md
+
+step "22. Wan at its default 4x4 tile (30 token rows per frame: 2 border rows per frame), eager and ONNX Runtime (~15 min)"
+run 22 toma-export bench --workload wan --methods none,toma --ratios 0.25,0.5,0.75 --backends eager,onnxruntime-shared \
+    --repeats 2 --warmup 1 --json results/bench_wan_tile4.json --markdown results/bench_wan_tile4.md

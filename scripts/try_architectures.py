@@ -1,8 +1,11 @@
 """Try the ToMA graph pass on current diffusers transformer classes (tiny random configs, CPU).
 
-For each class: build a tiny config, make inputs as its pipeline does, ``rewrite`` at ratio 0.5, and
-print the merged sites by kind, the skipped ones, or the ``ToMAError`` reason. Any other exception
-is a bug (printed as RAW). Usage: ``python scripts/try_architectures.py [--size 64] [NAME ...]``.
+For each class: build a tiny config, make inputs as its pipeline does, ``rewrite`` at ratio 0.5 and
+format its ``inspect`` report, and print the merged sites by kind, the skipped ones, or the
+``ToMAError`` reason; then eager ``apply``; with ``--build``, also export the rewritten model to ONNX
+and run it on ONNX Runtime as ``toma-export build`` does, against the rewritten program's output. Any
+other exception is a bug (printed as RAW). Usage:
+``python scripts/try_architectures.py [--size 128] [--build] [NAME ...]``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 import toma_export
 from toma_export.errors import ToMAError
+from toma_export.graph.inspect import report_for
 from toma_export.models.architectures import ARCHITECTURES, example_inputs_for
 
 
@@ -896,7 +900,7 @@ TRIALS: dict[str, tuple[str, Callable[[int], tuple[torch.nn.Module, dict[str, An
 }
 
 
-def try_one(name: str, size: int) -> str:
+def try_one(name: str, size: int, build: bool = False) -> str:
     cls, build = TRIALS[name]
     try:
         torch.manual_seed(0)
@@ -913,11 +917,14 @@ def try_one(name: str, size: int) -> str:
         while isinstance(first, (tuple, list)):  # per-sample lists (Z-Image)
             first = first[0]
         finite = bool(torch.isfinite(first).all())
+        report_for(program, cls, size, size).format()  # what `toma-export inspect` prints
     except ToMAError as e:
         return f"{name:<16} {cls:<34} ToMAError: {str(e).splitlines()[0][:200]}"
     except Exception as e:  # noqa: BLE001 - the point of this script: any raw exception is a bug
         return f"{name:<16} {cls:<34} RAW {type(e).__name__}: {str(e)[:200]}"
     eager = _try_apply(model, kw)
+    if build:
+        eager += f"; build: {_try_build(model, kw, first)}"
     if not program.sites and not program.skipped:
         return (f"{name:<16} {cls:<34} no merge sites found (no norm -> linears -> SDPA / MLP region over an image "
                 f"grid; runs unmerged) finite={finite}; apply: {eager}")
@@ -945,10 +952,31 @@ def _try_apply(model: torch.nn.Module, kw: dict[str, Any]) -> str:
         return f"RAW {type(e).__name__}: {str(e)[:120]}"
 
 
+def _try_build(model: torch.nn.Module, kw: dict[str, Any], reference: torch.Tensor) -> str:
+    """ONNX export and an ONNX Runtime call of the select variant (the bench's ``onnxruntime`` backend builds
+    engines as ``toma-export build`` does): the max abs difference from the rewritten program, or the
+    ToMAError's first words; RAW is a bug."""
+    from toma_export.bench.backends import get_backend
+
+    try:
+        step = get_backend("onnxruntime")(model, toma_export.ToMAConfig(ratio=0.5), kw)
+        with torch.no_grad():
+            out = step(**kw)[0]
+        while isinstance(out, (tuple, list)):
+            out = out[0]
+        return f"onnxruntime max|diff| {float((out.float() - reference.float()).abs().max()):.1e}"
+    except ToMAError as e:
+        return f"ToMAError ({str(e).splitlines()[0][:80]})"
+    except Exception as e:  # noqa: BLE001 - any raw exception is a bug
+        return f"RAW {type(e).__name__}: {str(e)[:120]}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("names", nargs="*", default=list(TRIALS))
     ap.add_argument("--size", type=int, default=128, help="image side in pixels")
+    ap.add_argument("--build", action="store_true",
+                    help="also export to ONNX and run on ONNX Runtime (slower: one export per class)")
     args = ap.parse_args()
     logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
     torch.set_num_threads(1)
@@ -956,7 +984,7 @@ def main() -> None:
           f"{args.size}x{args.size} px")
     for name in args.names:
         t = time.perf_counter()
-        line = try_one(name, args.size)
+        line = try_one(name, args.size, args.build)
         print(f"{line}  ({time.perf_counter() - t:.0f}s)", flush=True)
 
 

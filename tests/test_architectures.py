@@ -102,7 +102,32 @@ def test_wan_tiles_stay_within_frames() -> None:
     g = program.groups[0]
     assert program.sites[0].grid == (8, 4)  # 2 frames x 4 rows, 4 columns
     assert (g.layout.th, g.layout.tw, g.layout.num_tiles) == (4, 4, 2)  # one 4x4 tile per frame
-    assert g.layout.h // g.layout.th == 2  # frame height 4 is a multiple of the tile height
+    assert g.layout.frames == 2 and g.layout.num_rest == 0  # frame height 4 is a multiple of the tile height
+
+
+def test_wan_frames_a_tile_does_not_divide_keep_their_border_rows() -> None:
+    """96 px: 6 token rows per frame, 4x4 tiles: each of the 2 frames gets one tile row and keeps 2 rows
+    unmerged; ratio 0 is the model, the eager hook runs the same program, select and reuse agree."""
+    model = load_model("wan-tiny")
+    kw = example_inputs_for(model, 1, 96, 64, frames=5)
+    program = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.5, recompute_every=2))
+    layout = program.groups[0].layout
+    assert (layout.frames, layout.num_tiles, layout.num_rest) == (2, 2, 2 * 2 * 4)
+    assert {s.kind for s in program.sites} == {"attn", "mlp"}
+    with torch.no_grad():
+        ref = _first(model(**kw))
+        out = _first(program(**kw))
+        flat = program.flat_inputs(**kw)
+        *outs, dest = program.run_select(flat)
+        assert torch.allclose(outs[0], program.run_reuse(flat, [dest])[0], atol=1e-6)
+        assert torch.isfinite(out).all() and (out - ref).abs().max().item() > 1e-3
+        zero = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.0))
+        assert torch.allclose(_first(zero(**kw)), ref, atol=1e-5)
+        toma_export.apply(model, toma_export.ToMAConfig(ratio=0.5))
+        try:
+            assert torch.allclose(_first(model(**kw)), out, atol=1e-5)
+        finally:
+            toma_export.remove(model)
 
 
 def test_qwen_image_grid_from_plain_int_shapes_and_mask_follows() -> None:

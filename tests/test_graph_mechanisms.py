@@ -98,7 +98,8 @@ def test_grids_from_plain_int_shapes_and_video_latents() -> None:
 
 
 def test_video_grid_tiles_never_cross_frames() -> None:
-    """A (frames * h) x w grid merges only with a tile height dividing h; otherwise the site is reported."""
+    """A (frames * h) x w grid is tiled frame by frame: a tile height that does not divide h leaves each
+    frame its own bottom border, never a tile spanning two frames."""
     from toma_export.graph.patterns import Site
     from toma_export.graph.rewriter import plan
 
@@ -106,9 +107,14 @@ def test_video_grid_tiles_never_cross_frames() -> None:
         return Site("attn", None, [], grid, 0, grid.tokens, C, None, "blocks.0.attn1")  # type: ignore[arg-type]
 
     ok = plan([site(Grid(16, 8, frames=2))], toma_export.ToMAConfig(ratio=0.5))
-    assert ok.sites and ok.groups[0].layout.num_tiles == 8  # 2 frames x (2 x 2) tiles of 4x4
-    bad = plan([site(Grid(12, 8, frames=2))], toma_export.ToMAConfig(ratio=0.5))  # frame height 6
-    assert not bad.sites and "tiles would cross frames" in bad.skipped[0][1] and "tile=(3, 4)" in bad.skipped[0][1]
+    assert ok.sites and ok.groups[0].layout.num_tiles == 8 and ok.groups[0].layout.num_rest == 0  # 2 x (2 x 2)
+    odd = plan([site(Grid(12, 8, frames=2))], toma_export.ToMAConfig(ratio=0.5))  # frame height 6
+    layout = odd.groups[0].layout
+    assert odd.sites and (layout.frames, layout.num_tiles, layout.num_rest) == (2, 4, 2 * 2 * 8)
+    tiles, rest = layout.split(torch.arange(12 * 8.0).reshape(1, -1, 1))
+    rows = tiles[0, ..., 0].div(8, rounding_mode="floor")  # grid row of every tile slot
+    assert all(len(set((r // 6).tolist())) == 1 for r in rows)  # each tile inside one frame
+    assert sorted(rest[0, :, 0].div(8, rounding_mode="floor").unique().tolist()) == [4, 5, 10, 11]
 
 
 # -- synthetic blocks ------------------------------------------------------------------------------------

@@ -14,14 +14,19 @@ from toma_export.errors import ToMAConfigError
 
 
 @settings(max_examples=60, deadline=None)
-@given(h=st.integers(1, 13), w=st.integers(1, 13), th=st.integers(1, 5), tw=st.integers(1, 5))
-def test_split_join_round_trip(h: int, w: int, th: int, tw: int) -> None:
-    layout = TileLayout(h, w, th, tw)
-    x = torch.randn(2, h * w, 3)
+@given(h=st.integers(1, 13), w=st.integers(1, 13), th=st.integers(1, 5), tw=st.integers(1, 5), f=st.integers(1, 3))
+def test_split_join_round_trip(h: int, w: int, th: int, tw: int, f: int) -> None:
+    """Images (f = 1) and frame-major video grids of f frames of h rows: tiles never cross a frame."""
+    layout = TileLayout(f * h, w, th, tw, frames=f)
+    x = torch.arange(2 * f * h * w * 3, dtype=torch.float32).reshape(2, f * h * w, 3)
     tiles, rest = layout.split(x)
-    assert tiles.shape == (2, (h // th) * (w // tw), th * tw, 3)
+    assert tiles.shape == (2, f * (h // th) * (w // tw), th * tw, 3)
     assert rest.shape == (2, layout.num_rest, 3)
     assert torch.equal(layout.join(tiles, rest), x)
+    tile_index, rest_index = layout.token_index
+    frame_of = tile_index // (h * w)
+    assert bool((frame_of == frame_of[:, :1]).all())  # every slot of a tile in the tile's frame
+    assert sorted(torch.cat([tile_index.flatten(), rest_index]).tolist()) == list(range(f * h * w))
 
 
 def test_tiles_hold_spatial_neighbours() -> None:

@@ -22,6 +22,17 @@ class _Mlp(torch.nn.Module):
         return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
+class _Wrapped(torch.nn.Module):
+    """The same weights under other parameter names (``inner.up.weight``...)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 def _export(model: torch.nn.Module, folder: Path, x: torch.Tensor) -> Path:
     ep = torch.export.export(model.eval(), (x,))
     return export_onnx(ep, folder / "model.onnx", external_data=True)
@@ -37,15 +48,18 @@ def test_sessions_of_equal_weights_share_one_copy_and_differing_ones_do_not(tmp_
     shared = len(pool)
     assert shared >= 2  # both weight matrices are external initializers
     assert [id(e) for e in first._shared] == [id(e) for e in second._shared]  # one copy, not two
+    renamed = OrtEngine(_export(_Wrapped(a), tmp_path / "c", x), weights=pool)
+    assert len(pool) == shared  # other names, equal bytes: the same copy (exports rename folded constants)
+    assert {id(e) for e in renamed._shared} <= {id(e) for e in first._shared}
     other = OrtEngine(path_b, weights=pool)
     assert len(pool) == shared + len(other._shared)  # equal names, other bytes: never confused
     with torch.inference_mode():
         ref_a, ref_b = a(x), b(x)
     alone = OrtEngine(path_a1)({"x": x})[0]
-    for engine, ref in ((first, ref_a), (second, ref_a), (other, ref_b)):
+    for engine, ref in ((first, ref_a), (second, ref_a), (renamed, ref_a), (other, ref_b)):
         out = engine({engine.input_names[0]: x})[0]
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(first({first.input_names[0]: x})[0], alone, atol=1e-6, rtol=1e-6)
-    del first, second, other, engine
+    del first, second, renamed, other, engine
     gc.collect()
     assert len(pool) == 0  # entries live only as long as a session that uses them

@@ -48,12 +48,13 @@ def _(features: torch.Tensor, k: int) -> torch.Tensor:
 # --- merge / unmerge ------------------------------------------------------------------------------
 # A site merges the image tokens ``x[:, offset : offset + h*w]`` of a token sequence; tokens before
 # and after that span (e.g. Flux's text tokens) pass through untouched. Layout arguments are plain
-# ints so the ops stay shape-static. Eager kernels call the core maths (one place per fact); the
+# ints so the ops stay shape-static (``frames``: the stacked frames of a video grid, 1 for images).
+# Eager kernels call the core maths (one place per fact); the
 # fake kernels only state output shapes; ``toma_export.graph.decompositions`` lowers them to ATen.
 
 
-def _layout(h: int, w: int, th: int, tw: int) -> TileLayout:
-    return TileLayout(h, w, th, tw)
+def _layout(h: int, w: int, th: int, tw: int, frames: int) -> TileLayout:
+    return TileLayout(h, w, th, tw, frames)
 
 
 def _span(x: torch.Tensor, offset: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,30 +62,34 @@ def _span(x: torch.Tensor, offset: int, n: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def merge_weights_impl(
-    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int, temperature: float
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int, temperature: float
 ) -> torch.Tensor:
-    layout = _layout(h, w, th, tw)
+    layout = _layout(h, w, th, tw, frames)
     _, img, _ = _span(x, offset, layout.num_tokens)
     return MergeMap.build(layout, img, idx, temperature).weights
 
 
-def merge_impl(x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
-    layout = _layout(h, w, th, tw)
+def merge_impl(
+    x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
+) -> torch.Tensor:
+    layout = _layout(h, w, th, tw, frames)
     head, img, tail = _span(x, offset, layout.num_tokens)
     merged = MergeMap(layout, weights.new_empty(0), weights).merge(img)
     return torch.cat([head, merged, tail], dim=1) if head.shape[1] or tail.shape[1] else merged
 
 
-def unmerge_impl(y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
-    layout = _layout(h, w, th, tw)
+def unmerge_impl(
+    y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
+) -> torch.Tensor:
+    layout = _layout(h, w, th, tw, frames)
     mm = MergeMap(layout, weights.new_empty(0), weights)
     head, img, tail = _span(y, offset, mm.num_merged)
     out = mm.unmerge(img)
     return torch.cat([head, out, tail], dim=1) if head.shape[1] or tail.shape[1] else out
 
 
-def merged_positions_impl(idx: torch.Tensor, h: int, w: int, th: int, tw: int) -> torch.Tensor:
-    return _merged_positions(_layout(h, w, th, tw), idx)
+def merged_positions_impl(idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int) -> torch.Tensor:
+    return _merged_positions(_layout(h, w, th, tw, frames), idx)
 
 
 def gather_positions_impl(table: torch.Tensor, positions: torch.Tensor, dim: int, offset: int, n: int) -> torch.Tensor:
@@ -109,53 +114,57 @@ def gather_positions_impl(table: torch.Tensor, positions: torch.Tensor, dim: int
 
 @torch.library.custom_op("toma::merge_weights", mutates_args=())
 def merge_weights(
-    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int, temperature: float
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int, temperature: float
 ) -> torch.Tensor:
     """Merge weights ``A`` ``(B, T, k, S)`` of the image span of ``x`` for destinations ``idx``."""
-    return merge_weights_impl(x, idx, h, w, th, tw, offset, temperature)
+    return merge_weights_impl(x, idx, h, w, th, tw, frames, offset, temperature)
 
 
 @merge_weights.register_fake
-def _(x, idx, h, w, th, tw, offset, temperature):  # type: ignore[no-untyped-def]
-    layout = _layout(h, w, th, tw)
+def _(x, idx, h, w, th, tw, frames, offset, temperature):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw, frames)
     return x.new_empty((x.shape[0], layout.num_tiles, idx.shape[-1], layout.tile_size))
 
 
 @torch.library.custom_op("toma::merge", mutates_args=())
-def merge(x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+def merge(
+    x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
+) -> torch.Tensor:
     """``x`` with its image span merged: ``(B, offset + T*k + R + tail, C)``."""
-    return merge_impl(x, weights, h, w, th, tw, offset)
+    return merge_impl(x, weights, h, w, th, tw, frames, offset)
 
 
 @merge.register_fake
-def _(x, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
-    layout = _layout(h, w, th, tw)
+def _(x, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw, frames)
     merged = layout.merged_count(weights.shape[2])
     return x.new_empty((x.shape[0], x.shape[1] - layout.num_tokens + merged, x.shape[2]))
 
 
 @torch.library.custom_op("toma::unmerge", mutates_args=())
-def unmerge(y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, offset: int) -> torch.Tensor:
+def unmerge(
+    y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
+) -> torch.Tensor:
     """Inverse map of :func:`merge` (``A^T @ Y`` on the merged span)."""
-    return unmerge_impl(y, weights, h, w, th, tw, offset)
+    return unmerge_impl(y, weights, h, w, th, tw, frames, offset)
 
 
 @unmerge.register_fake
-def _(y, weights, h, w, th, tw, offset):  # type: ignore[no-untyped-def]
-    layout = _layout(h, w, th, tw)
+def _(y, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw, frames)
     merged = layout.merged_count(weights.shape[2])
     return y.new_empty((y.shape[0], y.shape[1] - merged + layout.num_tokens, y.shape[2]))
 
 
 @torch.library.custom_op("toma::merged_positions", mutates_args=())
-def merged_positions(idx: torch.Tensor, h: int, w: int, th: int, tw: int) -> torch.Tensor:
+def merged_positions(idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int) -> torch.Tensor:
     """Grid index ``(B, T*k + R)`` of each merged token (its destination's)."""
-    return merged_positions_impl(idx, h, w, th, tw)
+    return merged_positions_impl(idx, h, w, th, tw, frames)
 
 
 @merged_positions.register_fake
-def _(idx, h, w, th, tw):  # type: ignore[no-untyped-def]
-    layout = _layout(h, w, th, tw)
+def _(idx, h, w, th, tw, frames):  # type: ignore[no-untyped-def]
+    layout = _layout(h, w, th, tw, frames)
     return idx.new_empty((idx.shape[0], layout.merged_count(idx.shape[2])))
 
 

@@ -82,13 +82,20 @@ def _raise_recompile_limits() -> None:
     dynamo_config.skip_nnmodule_hook_guards = False
 
 
-def inductor(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
-    """``torch.compile`` (inductor) of the eager-patched model: the merge hooks are traced with it
-    (graph-break free for ToMA, ToMeSD and ToDo). Compilation happens on the first (warm-up) call;
-    shapes are static (``dynamic=False``): a case with fewer tokens (the ideal) must not turn every
-    other case's graph dynamic."""
-    _raise_recompile_limits()
-    return torch.compile(model, backend="inductor", dynamic=False)
+def _inductor(mode: str | None) -> Backend:
+    def compiled(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+        _raise_recompile_limits()
+        return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
+
+    compiled.__doc__ = (
+        f"``torch.compile`` (inductor, mode {mode or 'default'}) of the eager-patched model: the merge hooks "
+        "are traced with it (graph-break free for ToMA, ToMeSD and ToDo). Compilation (with max-autotune: "
+        "benchmarking GEMM kernel choices) happens on the first, untimed call; shapes are static "
+        "(``dynamic=False``): a case with fewer tokens (the ideal) must not turn every other case's graph dynamic.")
+    return compiled
+
+
+inductor = _inductor(None)
 
 
 def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
@@ -116,6 +123,7 @@ def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: di
 
 register_backend("eager", eager)
 register_backend("inductor", inductor)
+register_backend("inductor-max-autotune", _inductor("max-autotune"))
 register_backend("inductor-pass", inductor_pass, merges=True)
 
 

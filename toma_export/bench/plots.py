@@ -125,7 +125,7 @@ def _finish(fig: Any, ax: Any, title: str, path: Path) -> Path:
 
 
 BACKEND_COLORS = {"eager": "C0", "inductor": "C1", "inductor-pass": "C2", "onnxruntime": "C3", "tensorrt": "C4",
-                  "onnxruntime-shared": "C6", "aotinductor": "C7"}
+                  "onnxruntime-shared": "C6", "aotinductor": "C7", "inductor-max-autotune": "C8"}
 
 
 def ceiling_plot(bars: list[dict[str, Any]], path: str | Path, columns: int = 3) -> Path:

@@ -275,6 +275,8 @@ WORKLOADS: dict[str, Workload] = {
                  _arch_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
         Workload("flux2", "FLUX.2 [dev] width (6144), 1 double + 1 single block, 4096 image + 512 text tokens",
                  _arch_builder("flux2-dev-d1", 1024, 512, "flux2"), 2, 1, opt_in=True),
+        Workload("flux2-klein", "FLUX.2 [klein] 4B width (3072), 2 double + 4 single blocks, 4096 image + 512 text tokens",
+                 _arch_builder("flux2-klein-d2", 1024, 512, "flux2-klein"), 2, 1, opt_in=True),
         Workload("z-image", "Z-Image-Turbo width (3840), 2 layers + 1 + 1 refiner layers, 4096 image + 512 text tokens",
                  _arch_builder("z-image-d2", 1024, 512, "z-image"), 2, 1, opt_in=True),
         Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _arch_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),

@@ -20,36 +20,51 @@ from toma_export.errors import ToMAConfigError
 
 @dataclass(frozen=True)
 class TileLayout:
-    """A row-major ``h x w`` token grid cut into ``th x tw`` tiles plus an unmerged border."""
+    """A row-major ``h x w`` token grid cut into ``th x tw`` tiles plus an unmerged border.
+
+    ``frames > 1``: a frame-major video grid, ``h`` counting the rows of all ``frames`` stacked frames
+    (``h // frames`` each). Tiles stay inside a frame and each frame keeps its own border (right
+    columns, bottom rows), so a tile height need not divide the frame height (Wan at 480p: 30 rows).
+    """
 
     h: int
     w: int
     th: int
     tw: int
+    frames: int = 1
 
     @classmethod
-    def create(cls, h: int, w: int, tile: tuple[int, int], remainder: str = "keep") -> TileLayout:
+    def create(cls, h: int, w: int, tile: tuple[int, int], remainder: str = "keep", frames: int = 1) -> TileLayout:
         th, tw = tile
         if th < 1 or tw < 1:
             raise ToMAConfigError(f"tile={tile}: tile sides must be >= 1; use e.g. tile=(4, 4).")
-        if th > h or tw > w:
+        if frames < 1 or h % frames:
+            raise ValueError(f"a {h}-row grid cannot hold {frames} frames of equal height")
+        fh = h // frames
+        grid = f"{fh}x{w} token grid" + (f" (per frame, {frames} frames)" if frames > 1 else "")
+        if th > fh or tw > w:
             # Not one whole tile fits, so a merged site would merge nothing: an error, whatever the
             # remainder rule (remainder="keep" only covers a border beside at least one whole tile).
             raise ToMAConfigError(
-                f"tile={tile} is larger than the {h}x{w} token grid of a merged site, so nothing would merge. "
-                f"Use a tile of at most {h}x{w} (e.g. tile=({min(th, h)}, {min(tw, w)})), a larger image, or fewer "
+                f"tile={tile} is larger than the {grid} of a merged site, so nothing would merge. "
+                f"Use a tile of at most {fh}x{w} (e.g. tile=({min(th, fh)}, {min(tw, w)})), a larger image, or fewer "
                 "UNet levels (max_downsample)."
             )
-        if remainder == "error" and (h % th or w % tw):
+        if remainder == "error" and (fh % th or w % tw):
             raise ToMAConfigError(
-                f"tile={tile} does not divide the {h}x{w} token grid and remainder='error'. "
+                f"tile={tile} does not divide the {grid} and remainder='error'. "
                 f"Pick a tile that divides it, or set remainder='keep' to leave the border tokens unmerged."
             )
-        return cls(h, w, th, tw)
+        return cls(h, w, th, tw, frames)
+
+    @property
+    def frame_h(self) -> int:
+        return self.h // self.frames
 
     @property
     def tiles_y(self) -> int:
-        return self.h // self.th
+        """Tile rows per frame."""
+        return self.frame_h // self.th
 
     @property
     def tiles_x(self) -> int:
@@ -57,7 +72,7 @@ class TileLayout:
 
     @property
     def num_tiles(self) -> int:
-        return self.tiles_y * self.tiles_x
+        return self.frames * self.tiles_y * self.tiles_x
 
     @property
     def tile_size(self) -> int:
@@ -76,40 +91,41 @@ class TileLayout:
         return self.num_tiles * k + self.num_rest
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, N, C)`` -> tiles ``(B, T, S, C)`` and border ``(B, R, C)``."""
+        """``(B, N, C)`` -> tiles ``(B, T, S, C)`` (frame, tile row, tile column order) and border
+        ``(B, R, C)`` (every frame's right columns, then every frame's bottom rows)."""
         b, n, c = x.shape
         if n != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens for a {self.h}x{self.w} grid, got {n}")
-        mh, mw = self.tiles_y * self.th, self.tiles_x * self.tw
-        grid = x.reshape(b, self.h, self.w, c)
-        main = grid[:, :mh, :mw] if self.num_rest else grid
+        f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
+        grid = x.reshape(b, f, self.frame_h, self.w, c)
+        main = grid[:, :, :mh, :mw] if self.num_rest else grid
         tiles = (
-            main.reshape(b, self.tiles_y, self.th, self.tiles_x, self.tw, c)
-            .permute(0, 1, 3, 2, 4, 5)
+            main.reshape(b, f, self.tiles_y, self.th, self.tiles_x, self.tw, c)
+            .permute(0, 1, 2, 4, 3, 5, 6)
             .reshape(b, self.num_tiles, self.tile_size, c)
         )
         if not self.num_rest:
             return tiles, x[:, :0]
-        right = grid[:, :mh, mw:].reshape(b, -1, c)
-        bottom = grid[:, mh:].reshape(b, -1, c)
+        right = grid[:, :, :mh, mw:].reshape(b, -1, c)
+        bottom = grid[:, :, mh:].reshape(b, -1, c)
         return tiles, torch.cat([right, bottom], dim=1)
 
     def join(self, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split`."""
         b, _, _, c = tiles.shape
-        mh, mw = self.tiles_y * self.th, self.tiles_x * self.tw
+        f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
         main = (
-            tiles.reshape(b, self.tiles_y, self.tiles_x, self.th, self.tw, c)
-            .permute(0, 1, 3, 2, 4, 5)
-            .reshape(b, mh, mw, c)
+            tiles.reshape(b, f, self.tiles_y, self.tiles_x, self.th, self.tw, c)
+            .permute(0, 1, 2, 4, 3, 5, 6)
+            .reshape(b, f, mh, mw, c)
         )
         if not self.num_rest:
             return main.reshape(b, self.num_tokens, c)
-        n_right = mh * (self.w - mw)
-        right = rest[:, :n_right].reshape(b, mh, self.w - mw, c)
-        bottom = rest[:, n_right:].reshape(b, self.h - mh, self.w, c)
-        top = torch.cat([main, right], dim=2)
-        return torch.cat([top, bottom], dim=1).reshape(b, self.num_tokens, c)
+        n_right = f * mh * (self.w - mw)
+        right = rest[:, :n_right].reshape(b, f, mh, self.w - mw, c)
+        bottom = rest[:, n_right:].reshape(b, f, self.frame_h - mh, self.w, c)
+        top = torch.cat([main, right], dim=3)
+        return torch.cat([top, bottom], dim=2).reshape(b, self.num_tokens, c)
 
     @property
     def token_index(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,7 +83,7 @@ class MergeContext(BaseState):
 
     def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
         """One site's merge map: the group's destinations this step, weights from ``features``."""
-        key = (layout.h, layout.w, layout.th, layout.tw, features.shape[0])  # plain ints: traceable
+        key = (layout.h, layout.w, layout.th, layout.tw, layout.frames, features.shape[0])  # plain ints: traceable
         if self.config.share_weights and key in self._step_weights:
             return self._step_weights[key]
         idx = self._step_idx.get(key)

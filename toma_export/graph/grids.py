@@ -19,8 +19,8 @@ A merge site needs the 2-D grid of its image tokens. Sources, in order of trust:
   for blocks that fold the frames into the batch (Latte's spatial attention).
 
 Video grids are frame-major: a :class:`Grid` with ``frames = F`` is the row-major ``(F * h) x w``
-grid of the sequence, and tiles whose height divides ``h`` never cross frames (the plan refuses
-tiles that would).
+grid of the sequence; its tile layout (``TileLayout(frames=F)``) keeps tiles inside frames, each
+frame with its own unmerged border when the tile does not divide it.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ class Group:
     sites: list[int] = field(default_factory=list)  # indices into the program's site list
 
     @property
-    def layout_args(self) -> tuple[int, int, int, int]:
-        return (self.layout.h, self.layout.w, self.layout.th, self.layout.tw)
+    def layout_args(self) -> tuple[int, int, int, int, int]:
+        return (self.layout.h, self.layout.w, self.layout.th, self.layout.tw, self.layout.frames)
 
 
 @dataclass
@@ -58,11 +58,6 @@ class Plan:
     site_group: list[int]
     skipped: list[tuple[Site, str]]  # found but not merged, and why
     limit: int | None  # the max_downsample applied
-
-
-def _divisor(n: int, near: int) -> int:
-    """The divisor of ``n`` closest to ``near`` (ties: the smaller)."""
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
 
 
 def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Plan:
@@ -86,13 +81,8 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
             skipped.append((s, f"{SubLayer(s.kind).switch}=False"))
         elif len(grids) > 1 and limit is not None and s.grid.downsample > limit:
             skipped.append((s, f"level /{s.grid.downsample} above max_downsample {limit}"))
-        elif s.grid.frames > 1 and s.grid.frame_h % config.tile[0]:
-            skipped.append((s, f"tile height {config.tile[0]} does not divide the frame height {s.grid.frame_h} of this "
-                               f"{s.grid.frames}-frame video grid, so tiles would cross frames; pick a tile height that "
-                               f"divides {s.grid.frame_h} (e.g. tile=({_divisor(s.grid.frame_h, config.tile[0])}, "
-                               f"{config.tile[1]}))"))
         else:
-            layout = TileLayout.create(s.grid.h, s.grid.w, config.tile, config.remainder)
+            layout = TileLayout.create(s.grid.h, s.grid.w, config.tile, config.remainder, s.grid.frames)
             k = tokens_kept(layout.tile_size, config.ratio)
             if layout.num_tiles == 0 or k >= layout.tile_size:
                 skipped.append((s, "no tile to merge at this ratio"))
@@ -101,7 +91,7 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
     groups: dict[TileLayout, Group] = {}
     site_group = []
     for i, s in enumerate(chosen):
-        layout = TileLayout.create(s.grid.h, s.grid.w, config.tile, config.remainder)
+        layout = TileLayout.create(s.grid.h, s.grid.w, config.tile, config.remainder, s.grid.frames)
         g = groups.setdefault(layout, Group(len(groups), layout, tokens_kept(layout.tile_size, config.ratio)))
         g.sites.append(i)
         site_group.append(g.index)

@@ -92,7 +92,7 @@ class SiteOps:
     """What the propagation needs from a site to close its region, and what it records."""
 
     weights: Node  # the site's merge weights A
-    layout_args: tuple[int, int, int, int]  # h, w, th, tw
+    layout_args: tuple[int, int, int, int, int]  # h, w, th, tw, frames
     positions: Callable[[Node], Node]  # merged positions (B, M) of the group, available before a node
     image_tokens: int
     region: set[Node] = field(default_factory=set)  # nodes whose token count changed

@@ -14,7 +14,7 @@ Tiny random-weight configs for tests (built in code, nothing downloaded):
   block, SwiGLU as two parallel first linears.
 
 Real width with reduced depth, for CPU benchmarks: ``sd35-medium-d2``, ``qwen-image-d2``, ``wan-1.3b-d2``,
-``flux2-dev-d1``, ``z-image-d2`` (their configs below say what was cut).
+``flux2-dev-d1``, ``flux2-klein-d2``, ``z-image-d2`` (their configs below say what was cut).
 
 :func:`example_inputs_for` gives keyword arguments at a pixel resolution, as each pipeline builds them
 (VAE factor 8; FLUX.2 and Qwen-Image pack 2x2 latents, so one token per 16x16 pixels; Wan: latent
@@ -158,6 +158,15 @@ FLUX2_DEV_D1: dict[str, Any] = dict(
     guidance_embeds=True,
 )
 
+#: FLUX.2 [klein] 4B width (3072, 24 heads of 128, SwiGLU ratio 3, Qwen3-4B features 3 x 2560 = 7680,
+#: step-distilled: no guidance embedding) with 2 of its 5 double and 4 of its 20 single blocks: about 1 B
+#: parameters (4 GB fp32), so an unmerged, a select, a reuse and an ideal ONNX Runtime session fit in
+#: 24 GiB with one shared copy of the weights; the [dev] width (``flux2-dev-d1``, 9 GB) does not.
+FLUX2_KLEIN_D2: dict[str, Any] = dict(
+    FLUX2_DEV_D1, num_layers=2, num_single_layers=4, num_attention_heads=24, joint_attention_dim=7680,
+    guidance_embeds=False,
+)
+
 
 Z_IMAGE_TINY: dict[str, Any] = dict(
     in_channels=4,
@@ -204,6 +213,7 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module
     "qwen-image-d2": ("qwen-image", QWEN_IMAGE_D2, _builder("QwenImageTransformer2DModel", QWEN_IMAGE_D2)),
     "wan-1.3b-d2": ("wan", WAN_1_3B_D2, _builder("WanTransformer3DModel", WAN_1_3B_D2)),
     "flux2-dev-d1": ("flux2", FLUX2_DEV_D1, _builder("Flux2Transformer2DModel", FLUX2_DEV_D1)),
+    "flux2-klein-d2": ("flux2", FLUX2_KLEIN_D2, _builder("Flux2Transformer2DModel", FLUX2_KLEIN_D2)),
     "z-image-d2": ("z-image", Z_IMAGE_D2, _builder("ZImageTransformer2DModel", Z_IMAGE_D2)),
 }
 
