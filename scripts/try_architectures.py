@@ -900,7 +900,7 @@ TRIALS: dict[str, tuple[str, Callable[[int], tuple[torch.nn.Module, dict[str, An
 }
 
 
-def try_one(name: str, size: int, build: bool = False) -> str:
+def try_one(name: str, size: int, onnx: bool = False) -> str:
     cls, build = TRIALS[name]
     try:
         torch.manual_seed(0)
@@ -923,7 +923,7 @@ def try_one(name: str, size: int, build: bool = False) -> str:
     except Exception as e:  # noqa: BLE001 - the point of this script: any raw exception is a bug
         return f"{name:<16} {cls:<34} RAW {type(e).__name__}: {str(e)[:200]}"
     eager = _try_apply(model, kw)
-    if build:
+    if onnx:
         eager += f"; build: {_try_build(model, kw, first)}"
     if not program.sites and not program.skipped:
         return (f"{name:<16} {cls:<34} no merge sites found (no norm -> linears -> SDPA / MLP region over an image "

@@ -38,6 +38,11 @@ def test_dynamic_rewrite_matches_eager_at_batch_1_2_3(name: str, hw: tuple[int, 
     program = toma_export.rewrite(model, example_inputs(model, batch=2, height=h, width=w), CFG, dynamic_batch=True)
     assert program.dynamic_batch and program.sites and len(program.groups) == 1
     assert not any("symbolic" in s.reason for s in program.skipped)
+    from toma_export.graph.inspect import report_for
+
+    report = report_for(program, name, h, w)  # symbolic sizes count at the example's batch
+    static = report_for(toma_export.rewrite(model, example_inputs(model, batch=2, height=h, width=w), CFG), name, h, w)
+    assert report.total_flops == static.total_flops > 0 and "FLOPs: model" in report.format()
     toma_export.apply(model, CFG)
     errors: dict[tuple[int, int], float] = {}
     try:

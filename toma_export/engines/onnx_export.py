@@ -10,6 +10,7 @@ weights go to one external-data file when the model is large.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -137,6 +138,91 @@ def int64_indices(ep: torch.export.ExportedProgram) -> int:
     return inserted
 
 
+def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> int:
+    """Remove ``aten.squeeze`` nodes none of whose dims has size 1; returns how many it removed.
+
+    In torch, squeezing a dim whose size is not 1 returns the tensor unchanged (PixArt squeezes its
+    ``(B, N, C)`` output on dim 1); the exporter emits ONNX ``Squeeze`` on that axis, which ONNX Runtime
+    refuses to load. Only squeezes that change nothing are removed; a dim of unknown (symbolic) size is
+    left to the exporter.
+    """
+    aten = torch.ops.aten
+    graph = ep.graph_module.graph
+    removed = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.squeeze.dim, aten.squeeze.dims):
+            continue
+        src = node.args[0]
+        val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        if not isinstance(val, torch.Tensor) or val.ndim == 0 or any(u.op == "output" for u in node.users):
+            continue  # a graph output keeps its node: the program's signature names it
+        dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+        sizes = [val.shape[d] for d in dims]  # type: ignore[index]
+        if all(isinstance(n, int) and n != 1 for n in sizes):
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            removed += 1
+    if removed:
+        ep.graph_module.recompile()
+    return removed
+
+
+def bool_selects_as_logic(ep: torch.export.ExportedProgram) -> int:
+    """Rewrite boolean ``masked_fill`` / ``where`` as logical ops; returns how many it rewrote.
+
+    The exporter maps them to ONNX ``Where``, for which ONNX Runtime's CPU provider has no boolean
+    kernel (HunyuanVideo and Allegro fill their boolean attention masks). On booleans the select is
+    exact logic: ``masked_fill(x, m, False) = x & ~m``, ``masked_fill(x, m, True) = x | m``,
+    ``where(c, a, b) = (c & a) | (~c & b)``.
+    """
+    aten = torch.ops.aten
+    graph = ep.graph_module.graph
+    rewritten = 0
+
+    def call(target: Any, *args: torch.fx.Node) -> torch.fx.Node:
+        out = graph.call_function(target, args)
+        out.meta["val"] = target(*(a.meta["val"] for a in args))  # fake values: shapes broadcast as torch does
+        return out
+
+    for node in list(graph.nodes):
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor) or val.dtype != torch.bool:
+            continue
+        if any(u.op == "output" for u in node.users):
+            continue  # a graph output keeps its node: the program's signature names it
+        args = node.args
+        tensors = [a.meta.get("val") if isinstance(a, torch.fx.Node) else None for a in args[:3]]
+        with graph.inserting_before(node):
+            if node.target is aten.masked_fill.Scalar and tensors[0] is not None and tensors[0].dtype == torch.bool:
+                x, mask, value = args
+                if value:
+                    new = call(aten.logical_or.default, x, mask)  # type: ignore[arg-type]
+                else:
+                    new = call(aten.logical_and.default, x, call(aten.logical_not.default, mask))  # type: ignore[arg-type]
+            elif node.target is aten.where.self and all(t is not None and t.dtype == torch.bool for t in tensors):
+                c, a, b = args
+                new = call(aten.logical_or.default, call(aten.logical_and.default, c, a),  # type: ignore[arg-type]
+                           call(aten.logical_and.default, call(aten.logical_not.default, c), b))  # type: ignore[arg-type]
+            else:
+                continue
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        rewritten += 1
+    if rewritten:
+        ep.graph_module.recompile()
+    return rewritten
+
+
+def _export_failure(e: BaseException) -> str:
+    """The ONNX exporter's failure in one message: its step, the underlying error, and what to do."""
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = e.__cause__ or e.__context__
+    reason = f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]})" if cause and str(cause).strip() else ""
+    return (f"the ONNX exporter (torch.onnx, dynamo) could not export this model: {first}{reason}. The graph uses an "
+            "op or a value the exporter cannot lower to ONNX opset ops. Build with `--backend inductor` "
+            "(AOTInductor) instead, or run the model eagerly with toma_export.apply.")
+
+
 def export_onnx(
     ep: torch.export.ExportedProgram,
     path: str | Path,
@@ -161,12 +247,17 @@ def export_onnx(
     lower_complex(lowered)  # a copy: complex RoPE tables (Qwen-Image) become real pairs
     promote_mixed_dtypes(lowered)
     int64_indices(lowered)
+    drop_noop_squeezes(lowered)
+    bool_selects_as_logic(lowered)
     table: dict[Any, Any] | None = (
         {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
     )
-    program = torch.onnx.export(
-        lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
-    )
+    try:
+        program = torch.onnx.export(
+            lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
+        )
+    except Exception as e:  # torch.onnx's ConversionError and what it wraps: one ToMAError naming the cause
+        raise ToMAError(_export_failure(e)) from e
     if program is None:
         raise ToMAError("the ONNX exporter returned no program")
     weight_bytes = sum(t.numel() * t.element_size() for t in ep.state_dict.values())

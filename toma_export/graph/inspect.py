@@ -25,9 +25,18 @@ from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
 aten = torch.ops.aten
 
 
+def _dim(d: Any) -> int:
+    """A size as a plain int: symbolic sizes (a dynamic batch, a length read from a mask) count at the
+    example's value; a data-dependent size without one counts as 0 (its node adds no FLOPs)."""
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    return int(hint) if hint is not None else 0
+
+
 def _shape(n: Any) -> list[int]:
     v = n.meta.get("val") if isinstance(n, Node) else None
-    return list(v.shape) if isinstance(v, torch.Tensor) else []
+    return [_dim(d) for d in v.shape] if isinstance(v, torch.Tensor) else []
 
 
 def node_flops(n: Node) -> int:
