@@ -138,6 +138,16 @@ def int64_indices(ep: torch.export.ExportedProgram) -> int:
     return inserted
 
 
+def _replace(node: torch.fx.Node, new: torch.fx.Node) -> bool:
+    """Route ``node``'s users to ``new`` and erase it, unless it feeds the graph output (the program's
+    signature names that node). Returns whether it was replaced."""
+    if any(u.op == "output" for u in node.users):
+        return False
+    node.replace_all_uses_with(new)
+    node.graph.erase_node(node)
+    return True
+
+
 def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> int:
     """Remove ``aten.squeeze`` nodes none of whose dims has size 1; returns how many it removed.
 
@@ -154,13 +164,11 @@ def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> int:
             continue
         src = node.args[0]
         val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
-        if not isinstance(val, torch.Tensor) or val.ndim == 0 or any(u.op == "output" for u in node.users):
-            continue  # a graph output keeps its node: the program's signature names it
+        if not isinstance(val, torch.Tensor) or val.ndim == 0:
+            continue
         dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
         sizes = [val.shape[d] for d in dims]  # type: ignore[index]
-        if all(isinstance(n, int) and n != 1 for n in sizes):
-            node.replace_all_uses_with(src)
-            graph.erase_node(node)
+        if all(isinstance(n, int) and n != 1 for n in sizes) and _replace(node, src):  # type: ignore[arg-type]
             removed += 1
     if removed:
         ep.graph_module.recompile()
@@ -189,7 +197,7 @@ def bool_selects_as_logic(ep: torch.export.ExportedProgram) -> int:
         if node.op != "call_function" or not isinstance(val, torch.Tensor) or val.dtype != torch.bool:
             continue
         if any(u.op == "output" for u in node.users):
-            continue  # a graph output keeps its node: the program's signature names it
+            continue  # see _replace: a graph output keeps its node
         args = node.args
         tensors = [a.meta.get("val") if isinstance(a, torch.fx.Node) else None for a in args[:3]]
         with graph.inserting_before(node):
@@ -205,9 +213,7 @@ def bool_selects_as_logic(ep: torch.export.ExportedProgram) -> int:
                            call(aten.logical_and.default, call(aten.logical_not.default, c), b))  # type: ignore[arg-type]
             else:
                 continue
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        rewritten += 1
+        rewritten += _replace(node, new)
     if rewritten:
         ep.graph_module.recompile()
     return rewritten
