@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 4.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
+# About 8.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -139,3 +139,20 @@ run 21 toma-export bench --workload qwen-image --methods none,toma,todo --ratios
 step "22. Wan at its default 4x4 tile (30 token rows per frame: 2 border rows per frame), eager and ONNX Runtime (~15 min)"
 run 22 toma-export bench --workload wan --methods none,toma --ratios 0.25,0.5,0.75 --backends eager,onnxruntime-shared \
     --repeats 2 --warmup 1 --json results/bench_wan_tile4.json --markdown results/bench_wan_tile4.md
+
+step "23. FLUX.2 [klein] 4B width at r = 0.25 and 0.75 (the rest of the sweep; r = 0.5 is step 20), eager and ONNX Runtime (~35 min)"
+run 23 toma-export bench --workload flux2-klein --methods none,toma,todo --ratios 0.25,0.75 --backends eager,onnxruntime-shared \
+    --repeats 2 --warmup 1 --json results/bench_flux2_klein_sweep.json --markdown results/bench_flux2_klein_sweep.md
+
+step "24. SDXL block under torch.compile max-autotune (inductor benchmarks its GEMM choices; compile in the first call) (~15 min)"
+run 24 toma-export bench --workload sdxl-block --methods none,toma --ratios 0.5 --backends inductor,inductor-max-autotune \
+    --repeats 7 --warmup 2 --json results/bench_sdxl_block_max_autotune.json --markdown results/bench_sdxl_block_max_autotune.md
+
+step "25. Flux denoising loop at 1024² (flux workload), 5 steps = one recompute period (1 select + 4 reuse, the split of a 20-step loop with recompute_every=5), eager and ONNX Runtime (~45 min)"
+run 25 toma-export bench --workload flux-loop --steps 5 --recompute-every 5 --methods none,toma --ratios 0.5 \
+    --backends eager,onnxruntime-shared --repeats 1 --warmup 1 --no-ideal \
+    --json results/bench_flux_loop.json --markdown results/bench_flux_loop.md
+
+step "26. Fidelity on photos, FLUX.2 [klein] width (~12 min)"
+run 26 python scripts/eval_fidelity.py --model flux2-klein-d2 --size 512 --images astronaut,coffee,chelsea --timesteps 800,300 \
+    --methods toma,todo --ratios 0.25,0.5,0.75 --json results/fidelity_flux2_klein.json --markdown results/fidelity_flux2_klein.md
