@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="override the workload's model (embedded name or local diffusers folder)")
     p.add_argument("--height", type=int, help="override the image height in pixels")
     p.add_argument("--width", type=int, help="override the image width in pixels")
-    p.add_argument("--steps", type=int, help="denoising steps (sdxl-loop)")
+    p.add_argument("--steps", type=int, help="denoising steps of the loop workloads, sdxl-loop and flux-loop (default: per workload)")
     p.add_argument("--batch", type=int, default=1, help="batch of the model inputs (default: 1)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
