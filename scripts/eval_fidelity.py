@@ -21,26 +21,21 @@ import torch
 
 from toma_export.bench.fidelity import DEFAULT_IMAGES, DEFAULT_TIMESTEPS, evaluate, frontier_points, samples
 from toma_export.bench.report import load_json, write_atomic, write_json
+from toma_export.bench.variants import CUTS, SUBLAYERS
 from toma_export.config import ToMAConfig
 from toma_export.models.registry import load_model
-
-SUBLAYERS = {
-    "attn": dict(merge_attn=True, merge_cross=False, merge_mlp=False),
-    "attn+mlp": dict(merge_attn=True, merge_cross=False, merge_mlp=True),
-    "attn+cross+mlp": dict(merge_attn=True, merge_cross=True, merge_mlp=True),
-}
-
 
 def _csv(s: str) -> list[str]:
     return [t for t in (x.strip() for x in s.split(",")) if t]
 
 
 def configs(methods: list[str], ratios: list[float], sublayers: bool,
-            tile: tuple[int, int] = (4, 4)) -> list[tuple[str, ToMAConfig]]:
-    out = [(m, ToMAConfig(ratio=r, method=m, tile=tile)) for r in ratios for m in methods if m != "none"]
-    if sublayers:
-        out += [(f"toma[{n}]", ToMAConfig(ratio=r, method="toma", tile=tile, **c))
-                for r in ratios for n, c in SUBLAYERS.items()]
+            tile: tuple[int, int] = (4, 4), cuts: bool = False,
+            max_downsample: int | None = None) -> list[tuple[str, ToMAConfig]]:
+    common = dict(tile=tile, max_downsample=max_downsample)
+    out = [(m, ToMAConfig(ratio=r, method=m, **common)) for r in ratios for m in methods if m != "none"]
+    named = {**(SUBLAYERS if sublayers else {}), **(CUTS if cuts else {})}
+    out += [(n, ToMAConfig(ratio=r, method="toma", **common, **c)) for r in ratios for n, c in named.items()]
     return out
 
 
@@ -78,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="toma,tomesd,todo,catome")
     p.add_argument("--ratios", default="0.25,0.5,0.75")
     p.add_argument("--sublayers", action="store_true", help="also ToMA with attn / attn+mlp / attn+cross+mlp")
+    p.add_argument("--cuts", action="store_true", help="also ToMA with each overhead cut (bench/variants.py)")
+    p.add_argument("--max-downsample", type=int, help="UNet levels merged, e.g. 4 = both SDXL attention levels")
     p.add_argument("--bench", type=Path, help="a bench JSON whose speed-ups are joined in (frontier)")
     p.add_argument("--bench-workload", help="which workload of --bench (default: its first)")
     p.add_argument("--bench-backend", default="eager")
@@ -94,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     h, w = args.height or args.size, args.width or args.size
     model = load_model(args.model)
     inputs = samples(model, _csv(args.images), [int(t) for t in _csv(args.timesteps)], h, w, frames=args.frames)
-    cfgs = configs(_csv(args.methods), [float(r) for r in _csv(args.ratios)], args.sublayers, args.tile)
+    cfgs = configs(_csv(args.methods), [float(r) for r in _csv(args.ratios)], args.sublayers, args.tile, args.cuts,
+                   args.max_downsample)
     with tqdm(total=len(inputs) * (1 + len(cfgs)), disable=args.quiet, desc="fidelity", unit="fwd") as bar:
         rows = evaluate(model, cfgs, inputs, progress=bar.update)
     if args.bench:
@@ -108,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
             frontier_plot(points, args.frontier, f"{args.model} {h}x{w}: speed vs fidelity")
             print(f"wrote {args.frontier}", file=sys.stderr)
-    meta = dict(model=args.model, height=h, width=w, frames=args.frames, tile=list(args.tile), images=_csv(args.images), timesteps=_csv(args.timesteps),
+    meta = dict(model=args.model, height=h, width=w, frames=args.frames, tile=list(args.tile),
+                max_downsample=args.max_downsample, images=_csv(args.images), timesteps=_csv(args.timesteps),
                 encoding="avg-pool 8 + fixed seeded 3->C unit-row projection, standardised; random text embedding",
                 bench=str(args.bench) if args.bench else None)
     text = (f"## Fidelity: {args.model} at {h}x{w}, images {', '.join(meta['images'])}, "

@@ -11,7 +11,7 @@ unmerged and merged forward times measured in the same process (CPU time from th
 cost) and lists the N ATen ops whose self CPU time per forward differs most between ToMA and the
 ideal: the gap the overhead efficiency measures, op by op, labelled or not.
 
-    python scripts/profile_sites.py --workload sdxl-block --ratio 0.5 [--ops 15] [--json out.json]
+    python scripts/profile_sites.py --workload sdxl-block --ratio 0.5 [--ops 15] [--variant NAME] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import platform
 import torch
 
 from toma_export import ToMAConfig
+from toma_export.bench.variants import CUTS
 from toma_export.bench.workloads import Options, get_workload, shared_clone
 from toma_export.core.profiling import regions_enabled
 
@@ -60,13 +61,16 @@ def main() -> None:
     ap.add_argument("--recompute-every", type=int, default=1, help="1 = selection on every forward (worst case)")
     ap.add_argument("--ops", type=int, default=0, metavar="N",
                     help="also profile the ideal row and list the N ops that differ most from it")
+    ap.add_argument("--variant", choices=tuple(CUTS), help="profile this named configuration "
+                    "(toma_export/bench/variants.py) instead of ToMAConfig's defaults")
     ap.add_argument("--json", help="write the table here")
     args = ap.parse_args()
+    extra = dict(CUTS[args.variant]) if args.variant else {}
 
     built = get_workload(args.workload).build(Options())
     plain = shared_clone(built.model)
     merged = shared_clone(built.model)
-    handle = built.patch(merged, ToMAConfig(ratio=args.ratio, recompute_every=args.recompute_every))
+    handle = built.patch(merged, ToMAConfig(ratio=args.ratio, recompute_every=args.recompute_every, **extra))
     toma_ops: dict[str, float] = {}
     ideal_ops: dict[str, float] = {}
     ideal_ms = None
@@ -97,6 +101,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(workload=args.workload, ratio=args.ratio, recompute_every=args.recompute_every,
+                           variant=args.variant, config=extra,
                            unmerged_ms=base_ms, toma_ms=toma_ms, ideal_ms=ideal_ms, regions=rows, op_gap=gap),
                       f, indent=1)
 

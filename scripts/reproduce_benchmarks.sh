@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 8.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
+# About 9.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -156,3 +156,23 @@ run 25 toma-export bench --workload flux-loop --steps 5 --recompute-every 5 --me
 step "26. Fidelity on photos, FLUX.2 [klein] width (~12 min)"
 run 26 python scripts/eval_fidelity.py --model flux2-klein-d2 --size 512 --images astronaut,coffee,chelsea --timesteps 800,300 \
     --methods toma,todo --ratios 0.25,0.5,0.75 --json results/fidelity_flux2_klein.json --markdown results/fidelity_flux2_klein.md
+
+step "27. Overhead cuts on the SDXL block, each beside the path before it: per-site order, tile order, shared weights, +cross; eager and inductor (~4 min)"
+run 27 python scripts/bench_block.py --methods "" --no-sublayers --cuts --backends eager,inductor --repeats 9 --warmup 2 \
+    --json results/bench_sdxl_block_cuts.json --markdown results/bench_sdxl_block_cuts.md
+
+step "28. The same cuts on eager, 30 rounds (a 2 % step needs them on this machine) (~3 min)"
+run 28 python scripts/bench_block.py --methods "" --no-sublayers --cuts --backends eager --repeats 30 --warmup 3 --no-memory \
+    --json results/bench_sdxl_block_cuts_r30.json --markdown results/bench_sdxl_block_cuts_r30.md
+
+step "29. The same cuts on the full SDXL-architecture UNet at 1024², both attention levels, eager (~22 min)"
+run 29 python scripts/bench_block.py --workload sdxl-unet --max-downsample 4 --methods "" --no-sublayers --cuts \
+    --backends eager --repeats 3 --warmup 1 --json results/bench_sdxl_unet_cuts.json --markdown results/bench_sdxl_unet_cuts.md
+
+step "30. Fidelity of the cuts on photos, sdxl at 512², both attention levels (~9 min)"
+run 30 python scripts/eval_fidelity.py --model sdxl --size 512 --max-downsample 4 --methods "" --ratios 0.5 --cuts \
+    --json results/fidelity_sdxl_cuts.json --markdown results/fidelity_sdxl_cuts.md
+
+step "31. The fast preset (attn+cross+mlp, both levels) on the full SDXL-architecture UNet at 1024², against its own ideal (~13 min)"
+run 31 toma-export bench --workload sdxl-unet --preset fast --methods none,toma --ratios 0.5 --backends eager \
+    --repeats 5 --warmup 1 --json results/bench_sdxl_unet_fast.json --markdown results/bench_sdxl_unet_fast.md

@@ -83,6 +83,25 @@ def test_eval_fidelity_script(tmp_path):
     assert (tmp_path / "fr.png").exists()
 
 
+def test_eval_fidelity_cuts_keep_the_per_site_error(tmp_path):
+    """The tile-order cut changes no value: its rows' errors equal the per-site path's."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("eval_fidelity", Path(__file__).parents[1] / "scripts/eval_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "fid.json"
+    assert mod.main(["--model", "sdxl-tiny", "--size", "128", "--images", "rocket", "--timesteps", "500",
+                     "--methods", "", "--ratios", "0.5", "--cuts", "--max-downsample", "4", "--json", str(out),
+                     "--quiet"]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"toma[per-site order]", "toma[tile order]", "toma[tile order, shared weights]",
+                         "toma[tile order, +cross]", "toma[tile order, +cross, shared weights]"}
+    assert rows["toma[tile order]"]["rel_error"] > 1e-3  # it merged
+    assert rows["toma[tile order]"]["rel_error"] == pytest.approx(rows["toma[per-site order]"]["rel_error"], rel=1e-4)
+
+
 @pytest.mark.parametrize("name, frames, ndim", [("sd35-tiny", 1, 4), ("wan-tiny", 5, 5), ("qwen-image-tiny", 1, 3),
                                                 ("flux2-tiny", 1, 3)])
 def test_photo_latents_take_each_family_layout(name, frames, ndim):

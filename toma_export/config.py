@@ -68,14 +68,20 @@ class ToMAConfig:
     temperature: tau in ``softmax(tau * cos(D, X))``; 1000 is nearly hard assignment.
     merge_attn / merge_cross / merge_mlp: which sub-layers (``SubLayer``) run on merged tokens.
         Defaults by measurement (scripts/bench_block.py, SDXL block, ratio 0.5): attn only 1.47x,
-        attn+mlp 1.95x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~3 % speed for one
-        more approximation of the text conditioning, so it is off; the MLP carries most of the saving.
+        attn+mlp 1.95x, attn+cross+mlp 2.01x. Cross-attention (77 keys) adds ~3 % on the block and
+        more on the full UNet with both levels (1.58x -> 1.74x), for one more approximation of the
+        text conditioning, so it is off here and on in the ``fast`` preset; the MLP carries most of
+        the saving.
     max_downsample: UNet levels merged, as the largest latent downsampling factor of a site;
         None = only the highest-resolution level that has attention (factor 2 on SDXL, 1 on SD1.5).
         Transformers (Flux) have one level and ignore it.
     recompute_every: destinations are selected on steps 0, n, 2n, ... of a generation and reused
         (indices only; merge weights follow each block's features) on the others.
     share_weights: also reuse the group's first-site merge weights in every later site.
+    keep_tile_order: eager UNet blocks run ToMA on tile-major tokens, permuting once in and once out
+        instead of splitting and joining at every merged sub-layer (the same result, fewer copies).
+        False keeps the per-site splits; it exists to measure the cut (BENCHMARKS.md). The graph
+        pass ignores it.
     remainder: grids that the tile does not divide: "keep" leaves the border unmerged, "error" refuses.
     threshold: CA-ToMe's cosine-similarity threshold (pairs below it are not merged).
     seed: seed for the random destination choice of ToMeSD (None = deterministic top-left).
@@ -91,6 +97,7 @@ class ToMAConfig:
     max_downsample: int | None = None
     recompute_every: int = 5
     share_weights: bool = False
+    keep_tile_order: bool = True
     remainder: Literal["keep", "error"] = "keep"
     threshold: float = 0.8
     seed: int | None = None
@@ -111,7 +118,7 @@ class ToMAConfig:
             raise ToMAConfigError(f"tile={self.tile!r} holds one token, so nothing can merge; use e.g. (4, 4).")
         if not _is_real(self.temperature) or not self.temperature > 0:
             raise ToMAConfigError(f"temperature={self.temperature!r} must be a finite number > 0 (reference: 1000).")
-        for name in ("merge_attn", "merge_cross", "merge_mlp", "share_weights"):
+        for name in ("merge_attn", "merge_cross", "merge_mlp", "share_weights", "keep_tile_order"):
             if not _is_bool(getattr(self, name)):
                 raise ToMAConfigError(f"{name}={getattr(self, name)!r} must be True or False.")
         if not _is_int(self.recompute_every) or self.recompute_every < 1:

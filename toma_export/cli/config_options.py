@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "max_downsample": None,
     "recompute_every": 5,
     "share_weights": False,
+    "keep_tile_order": True,
     "remainder": "keep",
     "threshold": 0.8,
     "seed": None,
@@ -122,6 +123,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default 5)", _int, metavar="N"),
     Option("--share-weights", ("share_weights",), "reuse the first site's merge weights in every later site of "
            "its group (default off)", boolean=True),
+    Option("--keep-tile-order", ("keep_tile_order",), "eager UNet blocks run on tile-major tokens: one permutation "
+           "per block instead of a split and join per merged sub-layer; the same result (default on)", boolean=True),
     Option("--remainder", ("remainder",), "grids the tile does not divide: keep the border unmerged, or error "
            "(default keep)", choices=("keep", "error")),
     Option("--threshold", ("threshold",), "CA-ToMe cosine-similarity threshold in [-1, 1] (default 0.8)",

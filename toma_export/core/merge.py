@@ -52,12 +52,22 @@ class MergeMap:
 
     @classmethod
     def build(
-        cls, layout: TileLayout, features: torch.Tensor, idx: torch.Tensor, temperature: float
+        cls,
+        layout: TileLayout,
+        features: torch.Tensor,
+        idx: torch.Tensor,
+        temperature: float,
+        parts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MergeMap:
-        """Weights from ``features`` ``(B, N, C)`` and shared destinations ``idx``."""
+        """Weights from ``features`` ``(B, N, C)`` and shared destinations ``idx``; ``parts`` is
+        ``layout.split(features)`` when the caller already split them (for selection)."""
         with region("weights"):
-            tiles, rest = layout.split(features)
+            tiles, rest = parts if parts is not None else layout.split(features)
             return cls(layout, idx, merge_weights(tiles, idx, temperature), source=(features, tiles, rest))
+
+    def on(self, layout: TileLayout) -> MergeMap:
+        """The same map over ``layout`` (another token order of the same grid and tiles)."""
+        return self if layout == self.layout else MergeMap(layout, self.idx, self.weights, self.merge_matrix)
 
     def positions(self) -> torch.Tensor:
         """Grid index of each merged token ``(B, M)`` (see :func:`merged_positions`)."""

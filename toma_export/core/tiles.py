@@ -11,7 +11,7 @@ either side (not one whole tile fits) is always refused: it would merge nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,6 +25,11 @@ class TileLayout:
     ``frames > 1``: a frame-major video grid, ``h`` counting the rows of all ``frames`` stacked frames
     (``h // frames`` each). Tiles stay inside a frame and each frame keeps its own border (right
     columns, bottom rows), so a tile height need not divide the frame height (Wan at 480p: 30 rows).
+
+    ``tile_major``: the tokens already arrive in tile-major order (:meth:`to_tile_order`: every tile's
+    slots, then the border), so :meth:`split` and :meth:`join` are views instead of permuting copies.
+    A region that keeps this order across several merged sub-layers pays one permutation in and one
+    out instead of one per split and join.
     """
 
     h: int
@@ -32,9 +37,12 @@ class TileLayout:
     th: int
     tw: int
     frames: int = 1
+    tile_major: bool = False
 
     @classmethod
-    def create(cls, h: int, w: int, tile: tuple[int, int], remainder: str = "keep", frames: int = 1) -> TileLayout:
+    def create(
+        cls, h: int, w: int, tile: tuple[int, int], remainder: str = "keep", frames: int = 1, tile_major: bool = False
+    ) -> TileLayout:
         th, tw = tile
         if th < 1 or tw < 1:
             raise ToMAConfigError(f"tile={tile}: tile sides must be >= 1; use e.g. tile=(4, 4).")
@@ -55,7 +63,7 @@ class TileLayout:
                 f"tile={tile} does not divide the {grid} and remainder='error'. "
                 f"Pick a tile that divides it, or set remainder='keep' to leave the border tokens unmerged."
             )
-        return cls(h, w, th, tw, frames)
+        return cls(h, w, th, tw, frames, tile_major)
 
     @property
     def frame_h(self) -> int:
@@ -96,6 +104,9 @@ class TileLayout:
         b, n, c = x.shape
         if n != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens for a {self.h}x{self.w} grid, got {n}")
+        if self.tile_major:
+            cut = self.num_tiles * self.tile_size
+            return x[:, :cut].unflatten(1, (self.num_tiles, self.tile_size)), x[:, cut:]
         f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
         grid = x.reshape(b, f, self.frame_h, self.w, c)
         main = grid[:, :, :mh, :mw] if self.num_rest else grid
@@ -112,6 +123,9 @@ class TileLayout:
 
     def join(self, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split`."""
+        if self.tile_major:
+            flat = tiles.flatten(1, 2)
+            return torch.cat([flat, rest], dim=1) if rest.shape[1] else flat
         b, _, _, c = tiles.shape
         f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
         main = (
@@ -128,13 +142,31 @@ class TileLayout:
         return torch.cat([top, bottom], dim=2).reshape(b, self.num_tokens, c)
 
     @property
+    def row_major(self) -> TileLayout:
+        """This layout over row-major tokens."""
+        return replace(self, tile_major=False) if self.tile_major else self
+
+    @property
+    def in_tile_order(self) -> TileLayout:
+        """This layout over tile-major tokens."""
+        return self if self.tile_major else replace(self, tile_major=True)
+
+    def to_tile_order(self, x: torch.Tensor) -> torch.Tensor:
+        """Row-major ``(B, N, C)`` -> the same tokens in tile-major order (one copy)."""
+        return self.in_tile_order.join(*self.row_major.split(x))
+
+    def from_tile_order(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_tile_order` (one copy)."""
+        return self.row_major.join(*self.in_tile_order.split(x))
+
+    @property
     def token_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``.
 
         Rebuilt per call (an arange and a split): a cached tensor would need a lock that
         ``torch.compile`` cannot trace, and the layout is frozen and hashable, not a cache."""
         ids = torch.arange(self.num_tokens, dtype=torch.float64).reshape(1, -1, 1)
-        tiles, rest = self.split(ids)
+        tiles, rest = self.row_major.split(ids)
         return tiles[0, :, :, 0].long(), rest[0, :, 0].long()
 
 

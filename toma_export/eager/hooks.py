@@ -4,6 +4,8 @@
   owns the :class:`MergeContext` per diffusers cache context (``"cond"``/``"uncond"``, or one
   default). It is stateful: pipelines reset it after every call (``maybe_free_model_hooks``), so
   every pipeline sharing the model starts each call at step 0.
+- :class:`TileOrderHook` on a UNet transformer block: the block runs on tile-major tokens, so its
+  sites split and join by views.
 - :class:`SiteHook` on a sub-layer: merges its input tokens, unmerges its output (or, for
   keys-only methods, hands it downsampled keys/values).
 - :class:`RopeAttentionHook` on an attention module whose image tokens arrive merged: RoPE rows
@@ -34,6 +36,7 @@ from toma_export.methods import MergeMethod, Merger, get
 
 STEP_HOOK = "toma_step"
 SITE_HOOK = "toma_site"
+TILE_ORDER_HOOK = "toma_tile_order"
 ATTENTION_HOOK = "toma_rope_attention"
 SPAN_MERGE_HOOK = "toma_span_merge"
 SPAN_UNMERGE_HOOK = "toma_span_unmerge"
@@ -117,6 +120,46 @@ class BlockSite:
     def merger(self, x: torch.Tensor, grid: tuple[int, int], first: bool) -> Merger | None:
         make = self.root.method.merger
         return None if make is None else make(self.ctx, self.name, x, grid[0], grid[1], first)
+
+
+class TileOrderHook(ModelHook):
+    """Runs a UNet transformer block on its tokens in tile-major order.
+
+    Every merged sub-layer of the block would otherwise split its input into tiles and join its
+    output back, each a permuting copy of the whole token tensor; here the block's input is permuted
+    once and its output once, and the sites' splits and joins are views (``TileLayout.tile_major``).
+    Exact: a block whose sub-layers act per token or attend without positions (self-attention without
+    a mask, cross-attention queries, norms, the MLP) gives the same tokens in any order. Blocks with a
+    positional embedding are not given this hook; calls with a self-attention mask or a grid that is
+    not merged run as they come.
+    """
+
+    def __init__(self, site: BlockSite):
+        super().__init__()
+        self.site = site
+        self._order: Any = None  # the row-major layout of the call in flight, when permuted
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        self._order = None
+        x = _hidden(args, kwargs)
+        if x is None or len(args) > 1 or kwargs.get("attention_mask") is not None:
+            return args, kwargs
+        ctx = self.site.ctx
+        grid = self.site.grid_of(ctx, x.shape[1])
+        if grid is None:
+            return args, kwargs
+        layout = ctx.layout_for(*grid)
+        if not ctx.merges(layout):
+            return args, kwargs
+        self._order, ctx.tile_major = layout, True
+        return _with_hidden(args, kwargs, layout.to_tile_order(x))
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        layout, self._order = self._order, None
+        if layout is None:
+            return output
+        self.site.ctx.tile_major = False
+        return _map_first(output, layout.from_tile_order)
 
 
 class SiteHook(ModelHook):

@@ -36,6 +36,8 @@ class MergeContext(BaseState):
         self.blocks: dict[Hashable, Any] = {}  # block-level matchings (ToMeSD, CA-ToMe), carried across steps
         self._step_idx: dict[Hashable, torch.Tensor] = {}
         self._step_weights: dict[Hashable, MergeMap] = {}
+        #: The running block's tokens are in tile-major order (``TileOrderHook``, during its forward).
+        self.tile_major = False
 
     # -- the denoising loop (diffusers' stateful-hook reset calls ``reset``) ------------------------
     def reset(self, *args: Any, **kwargs: Any) -> None:
@@ -43,6 +45,7 @@ class MergeContext(BaseState):
         self.blocks.clear()
 
     def begin_step(self) -> None:
+        self.tile_major = False  # a block that raised mid-forward leaves no order behind
         self._step_idx.clear()
         self._step_weights.clear()
 
@@ -75,7 +78,8 @@ class MergeContext(BaseState):
 
     # -- ToMA -----------------------------------------------------------------------------------------
     def layout_for(self, h: int, w: int) -> TileLayout:
-        return TileLayout.create(h, w, self.config.tile, self.config.remainder)
+        """The site layout of an ``h x w`` grid, in the token order the current block runs in."""
+        return TileLayout.create(h, w, self.config.tile, self.config.remainder, tile_major=self.tile_major)
 
     def merges(self, layout: TileLayout) -> bool:
         """Whether a site of this layout merges anything (k < tile size and at least one tile)."""
@@ -83,15 +87,17 @@ class MergeContext(BaseState):
 
     def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
         """One site's merge map: the group's destinations this step, weights from ``features``."""
-        key = (layout.h, layout.w, layout.th, layout.tw, layout.frames, features.shape[0])  # plain ints: traceable
+        # plain ints: traceable; no token order, so row- and tile-major sites share destinations
+        key = (layout.h, layout.w, layout.th, layout.tw, layout.frames, features.shape[0])
         if self.config.share_weights and key in self._step_weights:
-            return self._step_weights[key]
+            return self._step_weights[key].on(layout)
+        parts = layout.split(features)  # once, for selection and weights
         idx = self._step_idx.get(key)
         if idx is None:
             k = tokens_kept(layout.tile_size, self.config.ratio)
-            idx = self.schedule.carry(key, lambda: select_op(layout.split(features)[0], k))
+            idx = self.schedule.carry(key, lambda: select_op(parts[0], k))
             self._step_idx[key] = idx
-        mm = MergeMap.build(layout, features, idx, self.config.temperature)
+        mm = MergeMap.build(layout, features, idx, self.config.temperature, parts)
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm

@@ -3,7 +3,9 @@
 Sites are the inputs of ``attn1`` (self-attention), ``attn2`` (cross-attention: queries only) and
 ``ff``: the block's normalised hidden states. The site hook merges them and unmerges the
 sub-layer's output before the residual add, so any attention processor works unchanged; gates
-applied after the sub-layer are per-channel, which commutes with the (convex) unmerge.
+applied after the sub-layer are per-channel, which commutes with the (convex) unmerge. With ToMA
+(``keep_tile_order``) the block itself runs on tile-major tokens (``TileOrderHook``), so the sites'
+tile splits and joins are views and the block pays one permutation in and one out.
 ToMeSD runs as the ``tomesd`` package's own patch.
 """
 
@@ -14,7 +16,16 @@ from typing import Any
 import torch
 
 from toma_export.config import SubLayer, ToMAConfig
-from toma_export.eager.hooks import SITE_HOOK, STEP_HOOK, BlockSite, Installed, SiteHook, StepHook
+from toma_export.eager.hooks import (
+    SITE_HOOK,
+    STEP_HOOK,
+    TILE_ORDER_HOOK,
+    BlockSite,
+    Installed,
+    SiteHook,
+    StepHook,
+    TileOrderHook,
+)
 from toma_export.eager.state import MergeContext
 from toma_export.errors import UnsupportedModelError
 
@@ -82,6 +93,8 @@ def install(unet: torch.nn.Module, config: ToMAConfig, installed: Installed | No
         subs = wanted_sublayers(block, config, root.method.keys_only)
         for i, sub in enumerate(subs):
             inst.add(getattr(block, SUBLAYER_MODULES[sub]), SiteHook(site, sub, first=i == 0), SITE_HOOK)
+        if subs and config.keep_tile_order and root.method.tile_order and getattr(block, "pos_embed", None) is None:
+            inst.add(block, TileOrderHook(site), TILE_ORDER_HOOK)
     inst.invalidate()
     return inst
 

@@ -42,6 +42,9 @@ class MergeMethod:
     #: The key/value graph pass (``graph.kv_downsample``) implements it on architectures without an
     #: eager adapter (ToDo on FLUX.2, Qwen-Image, SD3.5, Wan, ...); UNets and Flux.1 keep their adapters.
     graph_kv: bool = False
+    #: Its merger depends only on which tile a token is in and its slot there, never on where the
+    #: token sits in the sequence, so a block may run it on tile-major tokens (``TileOrderHook``).
+    tile_order: bool = False
     #: Why no backend can build it as a static graph (None: it can).
     not_static: str | None = None
     #: Backend -> why that backend cannot lower it exactly.

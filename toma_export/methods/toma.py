@@ -23,4 +23,5 @@ METHOD = MergeMethod(
     summary="token merge with attention (this project)",
     merger=merger,
     graph_pass=True,
+    tile_order=True,
 )
