@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 9.5 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
+# About 9.6 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -173,6 +173,14 @@ step "30. Fidelity of the cuts on photos, sdxl at 512², both attention levels (
 run 30 python scripts/eval_fidelity.py --model sdxl --size 512 --max-downsample 4 --methods "" --ratios 0.5 --cuts \
     --json results/fidelity_sdxl_cuts.json --markdown results/fidelity_sdxl_cuts.md
 
-step "31. The fast preset (attn+cross+mlp, both levels) on the full SDXL-architecture UNet at 1024², against its own ideal (~13 min)"
+step "31. The fast preset (attn+cross+mlp, both levels) on the full SDXL-architecture UNet at 1024², against its own ideal (~13 min; BENCHMARKS quotes two runs of it, the second as bench_sdxl_unet_fast_2)"
 run 31 toma-export bench --workload sdxl-unet --preset fast --methods none,toma --ratios 0.5 --backends eager \
     --repeats 5 --warmup 1 --json results/bench_sdxl_unet_fast.json --markdown results/bench_sdxl_unet_fast.md
+
+step "32. SDXL block with cross-attention merged too, eager, ONNX Runtime and inductor in one run (~5 min)"
+run 32 toma-export bench --workload sdxl-block --methods none,toma --ratios 0.5 --backends eager,onnxruntime,inductor \
+    --merge attn,cross,mlp --repeats 9 --warmup 2 \
+    --json results/bench_sdxl_block_cross_backends.json --markdown results/bench_sdxl_block_cross_backends.md
+
+step "33. Flux op profile against its ideal row (profiler CPU time, 1 forward per row, not interleaved) (~7 min)"
+run 33 python scripts/profile_sites.py --workload flux --ops 16 --repeats 1 --json results/profile_flux_ops.json
