@@ -25,6 +25,7 @@ from toma_export.bench.variants import CUTS, SUBLAYERS
 from toma_export.config import ToMAConfig
 from toma_export.models.registry import load_model
 
+
 def _csv(s: str) -> list[str]:
     return [t for t in (x.strip() for x in s.split(",")) if t]
 

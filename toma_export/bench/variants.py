@@ -1,10 +1,11 @@
-"""Named ToMA variants shared by the block benchmark and the fidelity evaluation, so a speed row
-and a fidelity row of one name are the same configuration.
+"""Named ToMA variants shared by the block benchmark, the fidelity evaluation and the site
+profiler, so a speed row and a fidelity row of one name are the same configuration.
 
 - ``SUBLAYERS``: which sub-layers run on merged tokens (how the defaults were chosen).
 - ``CUTS``: the overhead cuts, each beside the path before it: ``toma[per-site order]`` splits and
-  joins at every merged sub-layer (the path before the tile-order cut), ``toma`` keeps tile-major
-  order through each block (the default), then shared merge weights and merged cross-attention.
+  joins at every merged sub-layer (the path before the tile-order cut), ``toma[tile order]`` keeps
+  tile-major order through each block (the default), then shared merge weights and merged
+  cross-attention on top of it.
 """
 
 from __future__ import annotations

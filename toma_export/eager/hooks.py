@@ -31,6 +31,7 @@ from diffusers.hooks.hooks import StateManager
 from toma_export.baselines.todo import downsample_index, downsample_tokens
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.core.profiling import region
+from toma_export.core.tiles import TileLayout
 from toma_export.eager.state import MergeContext
 from toma_export.methods import MergeMethod, Merger, get
 
@@ -137,7 +138,7 @@ class TileOrderHook(ModelHook):
     def __init__(self, site: BlockSite):
         super().__init__()
         self.site = site
-        self._order: Any = None  # the row-major layout of the call in flight, when permuted
+        self._order: TileLayout | None = None  # the row-major layout of the call in flight, when permuted
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         self._order = None
