@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure in BENCHMARKS.md. Run on a quiet machine (nothing else on the CPU), after `make venv`.
-# About 9.6 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
+# About 10.9 hours on 2 CPU cores and 24 GiB (steps 1-8: 75 minutes). Results land in results/ (JSON, markdown, plots).
 # Run one step: scripts/reproduce_benchmarks.sh 3 7   (step numbers as below; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -184,3 +184,18 @@ run 32 toma-export bench --workload sdxl-block --methods none,toma --ratios 0.5 
 
 step "33. Flux op profile against its ideal row (profiler CPU time, 1 forward per row, not interleaved) (~7 min)"
 run 33 python scripts/profile_sites.py --workload flux --ops 16 --repeats 1 --json results/profile_flux_ops.json
+
+step "34. The fast preset on sdxl-lite at 1024², eager, ONNX Runtime and inductor in one run (~25 min; peaks near 20 GiB resident while the ONNX Runtime engines build)"
+run 34 toma-export bench --workload sdxl-unet --model sdxl-lite --preset fast --methods none,toma --ratios 0.5 \
+    --backends eager,onnxruntime,inductor --repeats 3 --warmup 1 \
+    --json results/bench_sdxl_lite_fast_backends.json --markdown results/bench_sdxl_lite_fast_backends.md
+
+step "35. The fast preset on the full SDXL-architecture UNet at 1024², eager and inductor in one run (~35 min)"
+run 35 toma-export bench --workload sdxl-unet --preset fast --methods none,toma --ratios 0.5 \
+    --backends eager,inductor --repeats 3 --warmup 1 \
+    --json results/bench_sdxl_unet_fast_inductor.json --markdown results/bench_sdxl_unet_fast_inductor.md
+
+step "36. The fast preset on sdxl-lite at 1024², AOTInductor packages built like toma-export build (~15 min; peaks near 22 GiB resident while compiling)"
+run 36 toma-export bench --workload sdxl-unet --model sdxl-lite --preset fast --methods none,toma --ratios 0.5 \
+    --backends aotinductor --repeats 3 --warmup 1 \
+    --json results/bench_sdxl_lite_fast_aoti.json --markdown results/bench_sdxl_lite_fast_aoti.md

@@ -11,8 +11,9 @@ The measured points behind them are in BENCHMARKS.md ("Presets"):
 - ``fast``: ratio 0.5, self-attention + cross-attention queries + MLP, both SDXL attention levels
   (``max_downsample=4``). Merged cross-attention lifts the full SDXL UNet's FLOP ceiling from 1.57x
   to 1.66x; measured beside self-attention + MLP in one run, 1.74x against 1.58x; against its own
-  ideal 1.60-1.62x (two runs); fidelity error 0.0729 against 0.0726 on real photos (BENCHMARKS.md,
-  "Overhead cuts").
+  ideal 1.60-1.62x (two runs), and 1.75x eager / 1.46x under inductor in a third; fidelity error
+  0.0729 against 0.0726 on real photos (BENCHMARKS.md, "Overhead cuts", "The `fast` preset on
+  every backend").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 SUMMARY: Mapping[str, str] = MappingProxyType({
     "quality": "ratio 0.25, attn+mlp, default level (SDXL block 1.31x)",
     "balanced": "ratio 0.5, attn+mlp, default level (SDXL block 1.94x, full UNet 1.08x)",
-    "fast": "ratio 0.5, attn+cross+mlp, all SDXL attention levels (full UNet 1.60-1.62x)",
+    "fast": "ratio 0.5, attn+cross+mlp, all SDXL attention levels (full UNet 1.60-1.75x eager)",
 })
 
 
