@@ -21,7 +21,9 @@ import torch
 import toma_export
 from toma_export.errors import ToMAError
 from toma_export.graph.inspect import report_for
-from toma_export.models.architectures import ARCHITECTURES, example_inputs_for
+from toma_export.models.architectures import ARCHITECTURES
+from toma_export.models.inputs import example_inputs
+from toma_export.models.spec import spec_for
 
 
 def _g(*shape: int) -> torch.Tensor:
@@ -30,7 +32,7 @@ def _g(*shape: int) -> torch.Tensor:
 
 def _named(name: str, size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     m = ARCHITECTURES[name][2]()
-    return m, example_inputs_for(m, 1, size, size, frames=5)
+    return m, example_inputs(m, batch=1, height=size, width=size, frames=5 if spec_for(m).video else 1)
 
 
 def chroma(size: int) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -20,7 +20,8 @@ import torch
 
 import toma_export
 from toma_export.models import load_model
-from toma_export.models.architectures import ARCHITECTURES, example_inputs_for
+from toma_export.models.architectures import ARCHITECTURES
+from toma_export.models.inputs import example_inputs
 
 #: name -> (height, width, frames, merged site kinds, site count, RoPE/mask gathers expected)
 CASES: dict[str, tuple[int, int, int, dict[str, int], bool]] = {
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_quiet_fakes")
 def _setup(name: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
     h, w, frames, *_ = CASES[name]
     model = load_model(name)
-    return model, example_inputs_for(model, 1, h, w, frames=frames, seed=seed)
+    return model, example_inputs(model, batch=1, height=h, width=w, frames=frames, seed=seed)
 
 
 _PROGRAMS: dict[str, Any] = {}
@@ -109,7 +110,7 @@ def test_wan_frames_a_tile_does_not_divide_keep_their_border_rows() -> None:
     """96 px: 6 token rows per frame, 4x4 tiles: each of the 2 frames gets one tile row and keeps 2 rows
     unmerged; ratio 0 is the model, the eager hook runs the same program, select and reuse agree."""
     model = load_model("wan-tiny")
-    kw = example_inputs_for(model, 1, 96, 64, frames=5)
+    kw = example_inputs(model, batch=1, height=96, width=64, frames=5)
     program = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.5, recompute_every=2))
     layout = program.groups[0].layout
     assert (layout.frames, layout.num_tiles, layout.num_rest) == (2, 2, 2 * 2 * 4)

@@ -84,20 +84,6 @@ def test_every_command_has_help_and_a_handler() -> None:
         assert callable(command.get_default("handler")), name
 
 
-def test_method_names_match_the_registry() -> None:
-    from toma_export.cli._choices import METHODS
-    from toma_export.config import METHODS as REGISTERED
-
-    assert METHODS == REGISTERED
-
-
-def test_engine_backends_are_the_build_backends() -> None:
-    from toma_export.engines import BACKENDS
-    from toma_export.engines.build import BACKENDS as BUILD_BACKENDS
-
-    assert BACKENDS is BUILD_BACKENDS
-
-
 def test_bench_help_lists_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
     from toma_export.bench.backends import BACKENDS
     from toma_export.bench.workloads import WORKLOADS

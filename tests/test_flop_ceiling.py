@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from toma_export.bench.ceiling import (
     Ceiling,
     Spec,
-    count_flops,
     flop_ceilings,
     machine_label,
     saving_share,
     speed_rows,
 )
+
+from toma_export.graph.flops import count_flops, graph_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "plot_ceiling.py"
@@ -188,3 +189,20 @@ def test_script_missing_or_bad_file_is_a_clear_error(tmp_path: Path) -> None:
     assert not out.exists()
     help_text = _run("--help", cwd=tmp_path).stdout
     assert "FLOP ceiling" in help_text and "--out" in help_text
+
+
+@pytest.mark.parametrize("name", ["sdxl-tiny", "flux-tiny", "wan-tiny"])
+def test_inspect_counts_a_graph_as_the_ceiling_counts_its_run(name: str, one_thread_quiet_fakes: None) -> None:
+    """One FLOP count: a captured graph's nodes (inspect) sum to what ``FlopCounterMode`` counts when the
+    model runs (the ceiling); the select variant adds selection's tile similarity to the reuse variant."""
+    import toma_export
+    from toma_export.graph import capture
+    from toma_export.models import load_model
+    from toma_export.models.inputs import example_inputs
+
+    model = load_model(name)
+    kw = example_inputs(model, height=64, width=64, frames=5 if name == "wan-tiny" else 1)
+    assert graph_flops(capture(model, kw).ep.graph) == count_flops(lambda: model(**kw))[0] > 0
+    program = toma_export.rewrite(model, kw, toma_export.ToMAConfig(ratio=0.5))
+    assert program.select_graph_module is not None
+    assert graph_flops(program.select_graph_module.graph) > graph_flops(program.graph_module.graph)

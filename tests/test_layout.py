@@ -3,6 +3,9 @@
 - ``toma_export`` may import ``plugins``; ``plugins`` imports only the leaf modules
   ``toma_export.core`` and ``toma_export.errors``.
 - The library never imports the command line (``toma_export.cli``); the command line sits on top.
+- The method capability table (``toma_export.methods``) never imports the eager code (the mergers live
+  there, ``eager/mergers.py``), and the graph pass never imports engines or eager code.
+- Module-level imports between ``toma_export`` modules (``TYPE_CHECKING`` ones included) form no circle.
 - No module is named after a library it would shadow (``tensorrt``).
 """
 
@@ -68,6 +71,80 @@ def test_library_does_not_import_the_cli() -> None:
         if wrong:
             bad[str(path.relative_to(ROOT))] = wrong
     assert not bad, bad
+
+
+def _forbidden(folder: str, banned: tuple[str, ...]) -> dict[str, list[str]]:
+    bad = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        wrong = sorted(n for n in _imports(path) if _within(n, banned))
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = wrong
+    return bad
+
+
+def test_methods_do_not_import_eager_code() -> None:
+    bad = _forbidden("toma_export/methods", ("toma_export.eager",))
+    assert not bad, f"the method table is torch-free; eager code (mergers) imports it, not the reverse: {bad}"
+
+
+def test_graph_does_not_import_engines_or_eager() -> None:
+    bad = _forbidden("toma_export/graph", ("toma_export.engines", "toma_export.eager"))
+    assert not bad, f"the graph pass sits below the engines and the eager hooks: {bad}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_level_imports(path: Path, modules: set[str]) -> set[str]:
+    """The ``toma_export`` modules ``path`` imports at module level (in ``if``/``try`` blocks too,
+    ``if TYPE_CHECKING:`` included): ``from pkg import name`` counts as ``pkg.name`` when that is a module."""
+    out: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+                for handler in node.handlers:
+                    visit(handler.body)
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names)
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return out & modules
+
+
+def test_module_imports_form_no_circle() -> None:
+    paths = {_module_name(p): p for p in sorted((ROOT / "toma_export").rglob("*.py"))}
+    graph = {m: sorted(_module_level_imports(p, set(paths))) for m, p in paths.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    circles: list[list[str]] = []
+
+    def walk(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for n in graph[m]:
+            if state.get(n) == 1:
+                circles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                walk(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m)
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
 
 
 def test_no_module_shadows_tensorrt() -> None:

@@ -3,7 +3,7 @@
 ONNX Runtime's CPU provider runs the fp16 graphs as exported (after the exporter's missing Concat
 promotion cast, ``onnx_export.promote_mixed_dtypes``). bf16 graphs do not load as exported (opset 18
 Conv admits no bf16), so every op computes in fp32 between bf16 casts (``bf16_compute_in_fp32``).
-Tolerances: ``toma_export.engines.verify.TOLERANCES``.
+Tolerances: ``toma_export.vocabulary.VERIFY_TOLERANCES``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 
 from toma_export.engines.build import BuildRequest, build_artifact
 from toma_export.engines.load import load_artifact
-from toma_export.engines.verify import TOLERANCES, verify_artifact
+from toma_export.engines.verify import verify_artifact
+from toma_export.vocabulary import VERIFY_TOLERANCES
 
 SIZE = 128
 
@@ -62,10 +63,10 @@ def test_half_precision_artifact_verifies_against_same_dtype_eager(name: str, pr
     assert str(dtype).removeprefix("torch.") in manifest["extra"]["input_dtypes"]
     ok, rows = verify_artifact(out, steps=3)
     assert ok, rows
-    assert all(r["tol"] == TOLERANCES[precision] for r in rows)
+    assert all(r["tol"] == VERIFY_TOLERANCES[precision] for r in rows)
     assert {r["variant"] for r in rows} == {"select", "reuse"}
     # ToMA is still told apart from the unmerged model at this tolerance
-    assert max(r["max_vs_unmerged"] for r in rows) > TOLERANCES[precision]
+    assert max(r["max_vs_unmerged"] for r in rows) > VERIFY_TOLERANCES[precision]
     # fp32 inputs are converted to the artifact's dtype at the runner's boundary
     loaded = load_artifact(out)
     from toma_export.models.inputs import example_inputs

@@ -224,11 +224,11 @@ def _first(out: Any) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_eager_apply_todo_runs_through_the_graph_pass(name: str) -> None:
-    from toma_export.models.architectures import example_inputs_for
+    from toma_export.models.inputs import example_inputs
 
     h, w, frames, n_sites = FAMILIES[name]
     model = load_model(name)
-    kw = example_inputs_for(model, 1, h, w, frames=frames)
+    kw = example_inputs(model, batch=1, height=h, width=w, frames=frames)
     with torch.inference_mode():
         plain = _first(model(**kw))
         for ratio in (RATIO, 0.0):

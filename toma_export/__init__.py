@@ -28,7 +28,7 @@ __all__ = [
 
 #: Public name -> module that defines it.
 _LAZY: dict[str, str] = {
-    "METHODS": "toma_export.config",
+    "METHODS": "toma_export.vocabulary",
     "ToMAConfig": "toma_export.config",
     "apply": "toma_export.eager",
     "remove": "toma_export.eager",
@@ -42,11 +42,12 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from toma_export.config import METHODS, ToMAConfig
+    from toma_export.config import ToMAConfig
     from toma_export.eager.api import apply, remove, reset, state
     from toma_export.engines.swap import load_engine
     from toma_export.errors import ToMAConfigError, ToMAError, UnsupportedModelError
     from toma_export.graph import rewrite
+    from toma_export.vocabulary import METHODS
 
 
 def __getattr__(name: str) -> Any:

@@ -1,47 +1,19 @@
 """``ToMAConfig``: one switch for ToMA and the baselines, validated before anything is patched.
 
-``SubLayer`` is the one vocabulary for what runs on merged tokens: config fields, eager hooks,
-the graph pass, bench rows and the CLI (``--merge attn,mlp``) all name sub-layers with it.
+``SubLayer`` (what runs on merged tokens) and the method names come from :mod:`toma_export.vocabulary`;
+they are re-exported here for the modules that name them beside the config.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from enum import Enum
 from typing import Any, Literal
 
 from toma_export.errors import ToMAConfigError
-from toma_export.methods import REGISTRY
+from toma_export.vocabulary import METHODS, Method, SubLayer
 
-Method = Literal["toma", "tomesd", "todo", "catome", "none"]
-METHODS: tuple[str, ...] = tuple(REGISTRY)
-
-
-class SubLayer(str, Enum):
-    """A sub-layer whose input tokens can be merged."""
-
-    ATTN = "attn"  # self-attention (queries, keys and values)
-    CROSS = "cross"  # cross-attention queries (keys/values are text)
-    MLP = "mlp"  # the feed-forward
-
-    @property
-    def switch(self) -> str:
-        """The ``ToMAConfig`` field that turns it on."""
-        return f"merge_{self.value}"
-
-    @classmethod
-    def parse(cls, text: str) -> tuple[SubLayer, ...]:
-        """``"attn,mlp"`` -> (ATTN, MLP); an unknown name is a ToMAConfigError naming the choices."""
-        out = []
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            try:
-                out.append(cls(part))
-            except ValueError:
-                raise ToMAConfigError(
-                    f"sub-layer {part!r} is unknown; choose from {', '.join(s.value for s in cls)} (e.g. attn,mlp)."
-                ) from None
-        return tuple(out)
+__all__ = ["METHODS", "Method", "SubLayer", "ToMAConfig"]
 
 
 def _is_bool(v: Any) -> bool:

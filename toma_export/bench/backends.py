@@ -16,6 +16,9 @@ from typing import Any, Callable
 import torch
 
 from toma_export.config import ToMAConfig
+from toma_export.errors import ToMAError, UnsupportedModelError
+from toma_export.methods.route import Route, check_backend, route
+from toma_export.models.spec import spec_for
 from toma_export.schedule import StepSchedule
 from toma_export.engines.shared_weights import WeightPool
 
@@ -48,14 +51,6 @@ class ScheduleHandle:
     @property
     def state(self) -> StepSchedule:
         return self.schedule
-
-
-def _refuse(config: ToMAConfig, backend: str) -> None:
-    from toma_export import methods
-
-    reason = methods.get(config.method).refusal(backend) if config.active else None
-    if reason:
-        raise ValueError(f"{config.method} on {backend}: {reason}")
 
 
 def get_backend(name: str) -> Backend:
@@ -105,12 +100,17 @@ def inductor_pass(model: torch.nn.Module, config: ToMAConfig | None, example: di
     _raise_recompile_limits()
     if config is None or not config.active:
         return torch.compile(model, backend="inductor", dynamic=False)
-    from toma_export import methods, rewrite
+    from toma_export import rewrite
 
-    from toma_export.eager.api import uses_graph_hook
-
-    method = methods.get(config.method)
-    if not (method.graph_pass or method.graph_kv and uses_graph_hook(model)):
+    try:  # a plain module (a block workload) has no spec and no adapter: the graph pass takes it as it is
+        spec: Any = spec_for(model)
+    except ToMAError:
+        spec = "module"
+    try:
+        path = route(spec, config, "inductor-pass")
+    except UnsupportedModelError:
+        path = Route.ADAPTER
+    if path not in (Route.GRAPH_PASS, Route.KV_PASS):
         raise ValueError(f"{config.method} has no graph pass for this model; use --backends inductor for it")
     program = rewrite(model, example, config).compile(backend="inductor", dynamic=False)
 
@@ -145,9 +145,9 @@ def _engine_backend(
         from toma_export.engines.signature import dump_spec
 
         cfg = config or ToMAConfig(ratio=0.0, method="none")
-        _refuse(cfg, name)
+        check_backend(cfg, name)  # a ToMAConfigError (a ValueError) naming why this backend cannot build it
         folder = tempfile.TemporaryDirectory(prefix=f"toma-bench-{name}-")
-        variants, n_groups, _ = _variants(model, example, cfg)
+        variants, n_groups, _ = _variants(model, example, cfg, backend=name)
         engines = {v: build_variant(ep, Path(folder.name) / v) for v, ep in variants.items()}
         shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
         runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})

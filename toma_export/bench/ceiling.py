@@ -6,17 +6,11 @@ sub-layers on ``(1 - r)·N`` tokens and no merge cost. A measured speed-up is re
 ideal row's measured speed-up says how much of the FLOP saving the hardware turns into time, the
 ToMA row's how much is left after the merge machinery.
 
-What is counted: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs, i.e. matmuls (mm, addmm, bmm,
-baddbmm), convolutions and attention (SDPA, ``2·S_q·S_k·(d_qk + d_v)`` per head), a multiply-add
-counted as 2 FLOPs. Norms, softmax, activations and other elementwise work are not counted, so the
-ceiling is that of the matmul/conv/attention work. Two additions to torch's table:
-
-- ``aten._scaled_dot_product_flash_attention_for_cpu`` (the CPU SDPA kernel, absent from torch's
-  table, so real CPU counts would drop all attention) uses torch's own SDPA formula;
-- ToMA's opaque custom ops (``toma::facility_location``, ``toma::merge_weights``, ``toma::merge``,
-  ``toma::unmerge``) count their batched matmuls (tile similarity, destination-token similarity,
-  ``M @ X``, ``A^T @ Y``), so the graph pass (custom ops) and the eager hooks (plain matmuls) count
-  the same merge cost. Selection's greedy steps are elementwise and not counted.
+What is counted: :func:`toma_export.graph.flops.count_flops`, the one FLOP count (torch's
+``FlopCounterMode`` table: matmuls, convolutions, attention, a multiply-add as 2 FLOPs; plus the CPU
+SDPA kernel and ToMA's custom ops as their batched matmuls, selection's tile similarity included; no
+elementwise work), so the ceiling is that of the matmul/conv/attention work. ``inspect`` counts graph
+nodes with the same table.
 
 How: every model is built and run on the ``meta`` device (``load_model(..., device="meta")`` and
 meta inputs), so FLOPs come from shapes alone and the real-size models (SDXL 1024², Flux, SD3.5,
@@ -37,17 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from toma_export.bench.workloads import Built, Options, get_workload, shared_clone
 from toma_export.config import ToMAConfig
+from toma_export.graph.flops import count_flops
 
 #: Unmerged forwards at most this many FLOPs may fall back to real CPU compute for the ToMA row
 #: (about a second on 2 cores); larger ones are never run for real here.
@@ -60,58 +53,7 @@ WHAT_IS_COUNTED = (
 )
 
 
-# -- counting ------------------------------------------------------------------------------------
-def _prod(xs: Any) -> int:
-    return math.prod(int(x) for x in xs)
-
-
-def _sdpa_cpu(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
-              **kwargs: Any) -> int:
-    """The CPU flash kernel: torch's SDPA formula (query/key/value ``(B, H, S, D)``)."""
-    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
-
-
-def _facility_location(features_shape: Any, k: int, *, out_shape: Any = None) -> int:
-    """Tile similarity ``X̂ X̂ᵀ`` over features ``(..., S, C)``: ``2·S·S·C`` per tile."""
-    *lead, s, c = features_shape
-    return 2 * _prod(lead) * s * s * c
-
-
-def _merge_weights(x_shape: Any, idx_shape: Any, *args: Any, out_shape: Any = None) -> int:
-    """Destination-to-token similarity, ``(B, T, k, C) @ (B, T, C, S)``: output ``(B, T, k, S)``."""
-    return 2 * _prod(out_shape) * int(x_shape[-1])
-
-
-def _merge_or_unmerge(x_shape: Any, weights_shape: Any, *args: Any, out_shape: Any = None) -> int:
-    """``M @ X`` (merge) or ``A^T @ Y`` (unmerge) per tile, weights ``(B, T, k, S)``: ``2·B·T·k·S·C``."""
-    return 2 * _prod(weights_shape) * int(x_shape[-1])
-
-
-def _custom_mapping() -> dict[Any, Callable[..., int]]:
-    import toma_export.ops  # noqa: F401  (registers torch.ops.toma.*)
-
-    toma = torch.ops.toma
-    return {
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
-        toma.facility_location: _facility_location,
-        toma.merge_weights: _merge_weights,
-        toma.merge: _merge_or_unmerge,
-        toma.unmerge: _merge_or_unmerge,
-    }
-
-
-def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
-    """FLOPs of ``fn()`` (see the module doc for what counts), total and by op.
-
-    ``no_grad``, not ``inference_mode``: the counter's module tracker breaks on parameters that
-    require grad inside inference mode.
-    """
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
-        fn()
-    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return int(counter.get_total_flops()), by_op
-
-
+# -- counting: toma_export.graph.flops ------------------------------------------------------------
 def forward_flops(module: torch.nn.Module, kwargs: dict[str, Any]) -> int:
     """FLOPs of one ``module(**kwargs)``."""
     return count_flops(lambda: module(**kwargs))[0]

@@ -27,10 +27,9 @@ import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAError
 from toma_export.graph.provenance import TEXT_INPUT_PREFIX
-from toma_export.models.architectures import architecture_family
 from toma_export.models.inputs import VAE_FACTOR, example_inputs
 from toma_export.models.outputs import first_output as first
-from toma_export.models.registry import model_family
+from toma_export.models.spec import spec_for
 
 DEFAULT_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
 DEFAULT_TIMESTEPS = (800, 300)
@@ -98,7 +97,7 @@ Latents = torch.Tensor | list[torch.Tensor]
 #: Names a denoiser's forward gives its timestep (diffusers: ``timestep``; Z-Image: ``t``).
 TIMESTEP_KEYS = ("timestep", "t")
 
-#: Family (:func:`~toma_export.models.architectures.architecture_family`) -> the model's timestep for noise
+#: Family (:attr:`~toma_export.models.spec.ModelSpec.family`) -> the model's timestep for noise
 #: level s (0 clean, 1 pure noise), where the example timestep's magnitude cannot tell the convention.
 #: ZImagePipeline passes ``t = (1000 - timestep) / 1000`` of its flow-matching scheduler's ``timestep = 1000 s``,
 #: so t = 1 is the clean image.
@@ -214,10 +213,11 @@ def model_timestep(model: torch.nn.Module, example: torch.Tensor, t: int) -> flo
     transformers: noise level s = t/1000, mapped by :data:`TIMESTEP_OF_NOISE` for the family where the
     convention is not the usual one, else s itself where the example timestep is at most 1 (Flux, FLUX.2,
     Qwen-Image pipelines pass it so) and 1000 s otherwise (SD3, Wan)."""
-    if model_family(model) == "unet":
+    spec = spec_for(model)
+    if spec.kind == "unet":
         return float(t)
     s = t / 1000
-    convert = TIMESTEP_OF_NOISE.get(architecture_family(model) or "")
+    convert = TIMESTEP_OF_NOISE.get(spec.family)
     if convert is not None:
         return convert(s)
     return s if float(example.max()) <= 1.0 else 1000.0 * s
@@ -236,7 +236,7 @@ def samples(
 
     UNets get DDPM noise; transformers are flow-matching models, ``(1-s)·x0 + s·eps`` with s = t/1000.
     The timestep reaches the model on its own scale (:func:`model_timestep`)."""
-    unet = model_family(model) == "unet"
+    unet = spec_for(model).kind == "unet"
     base = example_inputs(model, batch=1, height=height, width=width, seed=seed, frames=frames)
     key = latent_key(base, height, width, getattr(model.config, "in_channels", None))
     tkey = timestep_key(base)
@@ -289,7 +289,7 @@ def evaluate(
         errs, coss = [], []
         try:
             toma_export.apply(model, cfg)
-            if model_family(model) == "transformer":  # the graph hook captures at the first call
+            if spec_for(model).adapter is None:  # the graph hook captures at the first call
                 with torch.inference_mode():
                     model(**inputs[0].kwargs)
         except ToMAError as exc:  # e.g. ToMeSD on a transformer without an adapter: a row saying why

@@ -190,15 +190,16 @@ def _arch_builder(
     default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
 ) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
-        from toma_export.models.architectures import architecture_family, example_inputs_for, latent_frames
+        from toma_export.models.architectures import latent_frames
+        from toma_export.models.spec import spec_for
 
         model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
         px = default_px if isinstance(default_px, tuple) else (default_px, default_px)
         h, w = opts.height or px[0], opts.width or px[1]
 
         def inputs(width: int) -> dict[str, Any]:
-            kw = example_inputs_for(model, opts.batch, h, width, frames, text_len=text_len, dtype=opts.dtype,
-                                    device=opts.device)
+            kw = example_inputs(model, batch=opts.batch, height=h, width=width, frames=frames, text_len=text_len,
+                                dtype=opts.dtype, device=opts.device)
             kw["return_dict"] = False
             return kw
 
@@ -206,7 +207,7 @@ def _arch_builder(
             cols = max(1, round((w // 16) * (1 - ratio)))  # 16 px per image token in all four families
             return shared_clone(model), inputs(cols * 16)
 
-        latent = latent_frames(architecture_family(model), frames, patch_size=getattr(model.config, "patch_size", None))
+        latent = latent_frames(spec_for(model), frames, patch_size=getattr(model.config, "patch_size", None))
         n = (h // 16) * (w // 16) * latent
         clip = f", {frames} frames ({latent} latent)" if frames > 1 else ""
         return Built(

@@ -1,9 +1,5 @@
-"""Names the parser offers, known without importing the library.
-
-The method registry (``toma_export.methods``, behind ``toma_export.config.METHODS``) imports torch,
-so the command line keeps its own copy of the method names to build its parser fast;
-``tests/test_cli.py`` asserts it equals ``toma_export.config.METHODS``, so a new method fails that
-test until it is named here too.
+"""Help texts of the parser, known without importing the library (method, precision, backend and
+sub-layer names come from the torch-free :mod:`toma_export.vocabulary`).
 
 The embedded model names live in ``toma_export.models.registry.EMBEDDED_MODELS`` (which imports torch),
 so the ``MODEL`` help names a few of them and says where the full list is, rather than copying it;
@@ -11,8 +7,6 @@ so the ``MODEL`` help names a few of them and says where the full list is, rathe
 """
 
 from __future__ import annotations
-
-METHODS: tuple[str, ...] = ("toma", "tomesd", "todo", "catome", "none")
 
 #: Embedded models the ``MODEL`` help names as examples (each must be in ``EMBEDDED_MODELS``).
 MODEL_EXAMPLES: tuple[str, ...] = ("sdxl-tiny", "flux-tiny", "wan-tiny")

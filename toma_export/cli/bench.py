@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from toma_export.cli._choices import METHODS
 from toma_export.cli.config_options import add_config_options, config_dict_from_args
+from toma_export.vocabulary import METHODS
 
 
 def _csv(text: str) -> list[str]:
@@ -103,13 +103,12 @@ def handler(args: argparse.Namespace) -> int:
     from toma_export.bench.report import markdown_report, write_atomic, write_json
     from toma_export.bench.runner import Plan, run_plan
     from toma_export.bench.workloads import WORKLOADS, Options
-    from toma_export.config import METHODS as KNOWN_METHODS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n, w in WORKLOADS.items() if not w.opt_in] if args.workloads == "all" else _csv(args.workloads)
     for bad, known, what in ((names, WORKLOADS, "workload"), (_csv(args.backends), BACKENDS, "backend"),
-                             (_csv(args.methods), KNOWN_METHODS, "method")):
+                             (_csv(args.methods), METHODS, "method")):
         missing = [b for b in bad if b not in known]
         if missing:
             raise SystemExit(f"unknown {what}(s) {missing}; choose from {', '.join(known)}")

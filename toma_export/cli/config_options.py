@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toma_export.cli._choices import METHODS
 from toma_export.presets import PRESETS, SUMMARY
+from toma_export.vocabulary import METHODS, SUBLAYERS
 
 __all__ = ["DEFAULTS", "OPTIONS", "add_config_options", "config_dict_from_args", "config_from_args",
            "load_config_file"]
@@ -45,7 +45,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 MERGE_FIELDS = ("merge_attn", "merge_cross", "merge_mlp")
-SUBLAYERS = ("attn", "cross", "mlp")  # toma_export.config.SubLayer values (checked by a test)
 MAX_CONFIG_BYTES = 1 << 20
 
 

@@ -14,12 +14,8 @@ from typing import Any
 from toma_export.cli._choices import MODEL_HELP
 from toma_export.cli.argtypes import MAX_SEED, int_in, nonneg_float
 from toma_export.cli.config_options import add_config_options, config_from_args
-from toma_export.engines import BACKENDS
+from toma_export.vocabulary import ENGINE_BACKENDS, PRECISIONS, SELECTIONS, VERIFY_TOLERANCES
 
-#: ``--dtype`` choices (toma_export.engines.build.DTYPES) and ``verify``'s default tolerance for each
-#: (toma_export.engines.verify.TOLERANCES; tests/test_cli_config.py checks both copies agree).
-PRECISIONS = ("fp32", "fp16", "bf16")
-VERIFY_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 1e-1}
 MAX_STEPS = 1000
 
 
@@ -80,7 +76,7 @@ def register(sub: Any) -> None:
     b.add_argument("--revision", help="Hub ids: branch, tag or commit to load (default: main)")
     b.add_argument("--variant", help="weights variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
     b.add_argument("--subfolder", help="folder of the denoiser inside a pipeline (default: unet or transformer)")
-    b.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="engine backend (default: onnxruntime)")
+    b.add_argument("--backend", choices=ENGINE_BACKENDS, default="onnxruntime", help="engine backend (default: onnxruntime)")
     b.add_argument("--height", type=int, default=256,
                    help="image height in pixels, a multiple of 8 (UNets) or 16 (Flux), at most 4096 (default: 256)")
     b.add_argument("--width", type=int, default=256, help="image width in pixels, as --height (default: 256)")
@@ -89,7 +85,7 @@ def register(sub: Any) -> None:
                    "recorded in the manifest, so verify needs no flag")
     b.add_argument("--batch", type=int, default=2, help="denoiser batch (SDXL with guidance: 2 per image)")
     b.add_argument("--out", required=True, help="artifact folder to create")
-    b.add_argument("--selection", choices=("unrolled", "plugin"), default="unrolled",
+    b.add_argument("--selection", choices=SELECTIONS, default="unrolled",
                    help="ONNX selection as standard ops (ONNX Runtime) or a toma plugin node (TensorRT)")
     b.add_argument("--dtype", "--precision", dest="precision", choices=PRECISIONS, default="fp32",
                    help="dtype of the engine's weights and activations: the model is cast to it before capture "

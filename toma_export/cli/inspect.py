@@ -1,6 +1,6 @@
 """``toma-export inspect MODEL|ARTIFACT``: the merge sites the graph pass finds
 (:func:`toma_export.graph.inspect.inspect_model`), or what an artifact folder holds
-(:func:`toma_export.graph.inspect.format_artifact`)."""
+(:func:`toma_export.engines.describe.format_artifact`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     from toma_export.errors import ToMAConfigError
 
     if _is_artifact(args.model):
-        from toma_export.graph.inspect import format_artifact
+        from toma_export.engines.describe import format_artifact
 
         print(format_artifact(args.model))
         return 0

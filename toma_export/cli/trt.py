@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from toma_export.vocabulary import PRECISIONS
+
 
 def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     try:
@@ -50,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("onnx", type=Path, metavar="ONNX_PATH", help="model to build the TensorRT engine from")
     p.add_argument("--reference", type=Path, default=None, help="model ONNX Runtime runs (default: ONNX_PATH)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="TensorRT engine precision (default: fp32)")
     p.add_argument("--shape", type=_parse_shape, action="append", help="NAME:D0xD1x... for a dynamic input")
     p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance per element (default: 1e-3)")

@@ -19,65 +19,42 @@ from toma_export.eager.graph_hook import GraphPassHook
 from toma_export.eager.hooks import Installed
 from toma_export.eager.state import MergeContext
 from toma_export.errors import ToMAError, UnsupportedModelError
-from toma_export.models.registry import model_family
+from toma_export.methods import route
+from toma_export.models.spec import denoiser_of, spec_for
 
 _INSTALLED_ATTR = "_toma_installed"
 
 
 def _denoiser(obj: Any) -> torch.nn.Module:
     """The model to patch: ``obj`` itself or a pipeline's ``unet`` / ``transformer``."""
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    for attr in ("unet", "transformer"):
-        inner = getattr(obj, attr, None)
-        if isinstance(inner, torch.nn.Module):
-            return inner
+    model = obj if isinstance(obj, torch.nn.Module) else denoiser_of(obj)
+    if isinstance(model, torch.nn.Module):
+        return model
     raise UnsupportedModelError(
         f"cannot apply ToMA to a {type(obj).__name__}: pass a diffusers pipeline with .unet or .transformer, "
         "or the UNet2DConditionModel / FluxTransformer2DModel itself."
     )
 
 
-def _eager_family(model: torch.nn.Module) -> str:
-    """``"unet"`` / ``"flux"`` (hand-written hook adapters) or ``"transformer"`` (the graph pass behind a
-    hook, :mod:`toma_export.eager.graph_hook`: accepted at its first call only where sites match).
-    The Flux adapter is for ``FluxTransformer2DModel`` itself: look-alikes with the same attribute
-    names (Chroma, ...) differ inside their blocks, so they take the graph pass, which matches structure."""
-    family = model_family(model)
-    if family == "flux":
-        from diffusers import FluxTransformer2DModel
-
-        if not isinstance(model, FluxTransformer2DModel):
-            return "transformer"
-    return family
-
-
 def uses_graph_hook(model: torch.nn.Module) -> bool:
     """Whether eager ``apply`` runs ``model`` through the graph pass behind a hook (no hand-written
-    adapter): then ``build`` also takes ToDo through the key/value graph pass, as eager does."""
-    return _eager_family(model) == "transformer"
+    adapter, :attr:`ModelSpec.adapter`)."""
+    return spec_for(model).adapter is None
 
 
 def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
-    """Register the hooks for ``model``'s family; nothing stays registered when this raises."""
-    family = _eager_family(model)
+    """Register the hooks for ``model``'s route (:func:`toma_export.methods.route`); nothing stays
+    registered when this raises."""
+    spec = spec_for(model)
     try:
-        if family == "unet":
+        if spec.adapter == "unet":
             installed = unet.install(model, config, **options)
-        elif family == "flux":
+        elif spec.adapter == "flux":
             installed = flux.install(model, config)
         else:
             if options:
                 raise TypeError(f"options {sorted(options)} apply to UNets only")
-            from toma_export.methods import get as get_method
-
-            method = get_method(config.method)
-            if config.active and not (method.graph_pass or method.graph_kv):
-                raise UnsupportedModelError(
-                    f"{type(model).__name__}: eager apply runs this architecture through the graph pass, which "
-                    f"implements ToMA and ToDo only; {config.method!r} has eager adapters for UNets and Flux.1 "
-                    "transformers."
-                )
+            route(spec, config, name=type(model).__name__)  # refuses methods no graph pass implements
             hook = GraphPassHook(config)
             installed = Installed(model, hook)  # type: ignore[arg-type]  # its root has reset_state/active too
             installed.add(model, hook, GRAPH_HOOK)
@@ -124,7 +101,7 @@ def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
     elif options:
         raise TypeError("pass either a ToMAConfig or keyword options, not both")
     model = _denoiser(obj)
-    _eager_family(model)  # refuse unsupported models before removing anything
+    spec_for(model)  # refuse unsupported models before removing anything
     remove(obj)
     setattr(model, _INSTALLED_ATTR, install(model, config))
     return obj

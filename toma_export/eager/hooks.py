@@ -33,7 +33,7 @@ from toma_export.config import SubLayer, ToMAConfig
 from toma_export.core.profiling import region
 from toma_export.core.tiles import TileLayout
 from toma_export.eager.state import MergeContext
-from toma_export.methods import MergeMethod, Merger, get
+from toma_export.eager.mergers import EagerMethod, Merger, eager_method
 
 STEP_HOOK = "toma_step"
 SITE_HOOK = "toma_site"
@@ -64,7 +64,7 @@ class StepHook(ModelHook):
     def __init__(self, config: ToMAConfig, read_grid: GridReader):
         super().__init__()
         self.config = config
-        self.method: MergeMethod = get(config.method)
+        self.method: EagerMethod = eager_method(config.method)
         self.read_grid = read_grid
         self.default = MergeContext(config)
         self.contexts = _Contexts(MergeContext, (config,))  # type: ignore[arg-type]  # diffusers sets its cache context

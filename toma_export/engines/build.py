@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 import toma_export
-from toma_export import methods
 from toma_export.config import ToMAConfig
+from toma_export.dtypes import precision_dtype
 from toma_export.engines import BACKENDS
 from toma_export.engines.artifact import Manifest, atomic_folder, library_versions, write_manifest
 from toma_export.engines.signature import dump_spec
@@ -31,11 +31,11 @@ from toma_export.errors import ToMAConfigError, ToMAError
 from toma_export.graph import Captured, capture
 from toma_export.models.identity import model_identity
 from toma_export.models.inputs import example_inputs
+from toma_export.methods.route import Route, check_backend, route
 from toma_export.models.registry import load_model
+from toma_export.models.spec import VAE_FACTOR, ModelSpec, spec_for, spec_for_config
+from toma_export.vocabulary import Selection
 
-#: ``--dtype`` names -> torch dtypes: the model is cast to it before capture, the example inputs are
-#: in it, so the engine's weights and activations are in that type.
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: The largest image side ``build`` accepts, in pixels (checked before the model is loaded).
 MAX_SIDE = 4096
 
@@ -54,8 +54,8 @@ class BuildRequest:
     frames: int = 1  # pixel frames of the clip (video models; models.architectures.latent_frames); 1 for images
     batch: int = 1
     out: Path = Path("engines/out/model")
-    selection: str = "unrolled"  # ONNX: "unrolled" standard ops or "plugin" node (TensorRT)
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (DTYPES): weights and activations of the engine
+    selection: Selection = "unrolled"  # ONNX: "unrolled" standard ops or "plugin" node (TensorRT)
+    precision: str = "fp32"  # a vocabulary PRECISIONS name: the model is cast to its dtype before capture
     recompute_every: int | None = None
     force: bool = False
     seed: int = 0
@@ -75,12 +75,7 @@ class BuildRequest:
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.precision]
-
-
-#: Families / classes whose latents are packed 2x2 into tokens (image sides in multiples of 16 px).
-PACKED_FAMILIES = ("flux", "flux2", "qwen-image")
-PACKED_CLASSES = ("FluxTransformer2DModel", "Flux2Transformer2DModel", "QwenImageTransformer2DModel")
+        return precision_dtype(self.precision, ToMAConfigError, "--dtype", "choose one of those")
 
 
 def _folder_config(model: str | Path) -> dict[str, Any]:
@@ -101,39 +96,39 @@ def _folder_config(model: str | Path) -> dict[str, Any]:
     return {}
 
 
-def pixel_multiple(model: str | Path) -> int:
-    """Image sides must be multiples of this many pixels: 8 for UNets (the VAE factor), 16 for Flux
-    (2x2-packed latents). Read from the embedded table or the folder's config.json, without loading
-    weights; a folder whose config cannot be read gives 8 (loading it then names what is wrong)."""
-    from toma_export.models.inputs import FLUX_TOKEN_PIXELS, VAE_FACTOR
-    from toma_export.models.registry import EMBEDDED_MODELS
+def spec_for_name(model: str | Path) -> tuple[ModelSpec, dict[str, Any]] | None:
+    """The model's spec and config before loading it: from the embedded table or the folder's config.json;
+    None for a Hub id or a folder whose config cannot be read here (loading it then names what is wrong)."""
+    from toma_export.models.registry import EMBEDDED_MODELS, embedded_config
 
     key = str(model)
-    if key in EMBEDDED_MODELS:
-        return FLUX_TOKEN_PIXELS if EMBEDDED_MODELS[key][0] in PACKED_FAMILIES else VAE_FACTOR
-    return FLUX_TOKEN_PIXELS if _folder_config(key).get("_class_name") in PACKED_CLASSES else VAE_FACTOR
+    cfg = embedded_config(key) if key in EMBEDDED_MODELS else _folder_config(key)
+    return (spec_for_config(cfg), cfg) if cfg else None
+
+
+def pixel_multiple(model: str | Path) -> int:
+    """Image sides must be multiples of this many pixels (:attr:`ModelSpec.pixel_multiple`: 8 for UNets, the
+    VAE factor; 16 for 2x2-packed latents), read without loading weights; 8 when the config cannot be read
+    here (loading the model then names what is wrong)."""
+    found = spec_for_name(model)
+    return found[0].pixel_multiple if found else VAE_FACTOR
 
 
 def check_frames(model: str | Path, frames: Any) -> int | None:
     """``--frames`` for ``model`` before loading it: the latent frames it gives, or a ToMAConfigError naming
-    the counts that work (the rule: :func:`toma_export.models.architectures.latent_frames`). The family
+    the counts that work (the rule: :func:`toma_export.models.architectures.latent_frames`). The spec
     comes from the embedded table or the folder's config.json; for a Hub id (no config here before
     loading) only the count itself is checked here, returning None, and building the example inputs
     checks the rest on the loaded model."""
-    from toma_export.models.architectures import FAMILY_OF_CLASS, latent_frames
-    from toma_export.models.registry import EMBEDDED_MODELS
+    from toma_export.models.architectures import latent_frames
 
-    key = str(model)
-    if key in EMBEDDED_MODELS:
-        family, cfg, _ = EMBEDDED_MODELS[key]
-        return latent_frames(family, frames, patch_size=cfg.get("patch_size"), model=key)
-    cfg = _folder_config(key)
-    if not cfg and not Path(key).exists():
+    found = spec_for_name(model)
+    if found is None and not Path(str(model)).exists():
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             latent_frames(None, frames)  # raises: not a positive count
         return None
-    return latent_frames(FAMILY_OF_CLASS.get(cfg.get("_class_name", "")), frames, patch_size=cfg.get("patch_size"),
-                         model=key)
+    spec, cfg = found if found else (None, {})
+    return latent_frames(spec, frames, patch_size=cfg.get("patch_size"), model=str(model))
 
 
 def check_image_size(model: str | Path, height: Any, width: Any) -> None:
@@ -169,15 +164,12 @@ def _check_out(out: Path) -> None:
 
 def _validate(req: BuildRequest) -> ToMAConfig:
     config = req.toma_config()  # raises on a bad field
-    if req.precision not in DTYPES:
-        raise ToMAConfigError(f"--dtype {req.precision!r} is unknown; choose one of {', '.join(DTYPES)}.")
+    req.dtype  # noqa: B018  (an unknown --dtype raises, naming the precisions)
     check_image_size(req.model, req.height, req.width)
     check_frames(req.model, req.frames)
     if req.backend not in BACKENDS:
         raise ToMAConfigError(f"--backend {req.backend!r} is unknown; choose one of {', '.join(BACKENDS)}.")
-    refusal = methods.get(config.method).refusal(req.backend) if config.active else None
-    if refusal:
-        raise ToMAConfigError(f"--method {config.method} with --backend {req.backend} cannot be built: {refusal}.")
+    check_backend(config, req.backend)
     if req.batch < 1:
         raise ToMAConfigError(f"--batch {req.batch} must be >= 1.")
     if req.dynamic_batch and req.batch < 2:
@@ -200,18 +192,17 @@ def _validate(req: BuildRequest) -> ToMAConfig:
 
 
 def _variants(
-    model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig, dynamic_batch: bool = False
+    model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig, dynamic_batch: bool = False, *,
+    backend: str = "onnxruntime",
 ) -> tuple[dict[str, Any], int, Any]:
-    """Exported programs by variant name, the number of destination groups, and the program.
+    """Exported programs by variant name, the number of destination groups, and the program, on the
+    route (:func:`toma_export.methods.route`) ``config`` takes on ``model`` for ``backend``.
 
     ``dynamic_batch``: every variant takes a symbolic batch (shared by all batch-leading inputs
     and the destinations), so one artifact serves any batch at the built resolution.
     """
-    from toma_export.eager.api import uses_graph_hook
-
-    method = methods.get(config.method)
     # ToMA's graph pass; ToDo's key/value pass where eager apply runs it (one stateless variant, no groups)
-    if config.active and (method.graph_pass or (method.graph_kv and uses_graph_hook(model))):
+    if route(spec_for(model), config, backend, name=type(model).__name__) in (Route.GRAPH_PASS, Route.KV_PASS):
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
         _require_one_output(model, program.captured.ep)
         if program.groups:
@@ -247,7 +238,7 @@ def _write_engine(req: BuildRequest, name: str, ep: Any, folder: Path, phase: Ca
         from toma_export.engines.onnxruntime import OrtEngine
 
         phase("ONNX export")
-        path = export_onnx(ep, folder / f"{name}.onnx", selection=req.selection)  # type: ignore[arg-type]
+        path = export_onnx(ep, folder / f"{name}.onnx", selection=req.selection)
         phase("ORT session")
         OrtEngine(path)  # the engine must load here (kernels for its dtype), not first at run time
         return path.name
@@ -338,7 +329,7 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
             raise ToMAConfigError(f"{err}; pick --height/--width the model accepts.") from None
         variants, n_groups, program = stage(
             "capture + rewrite (torch.export)",
-            lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch),
+            lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch, backend=req.backend),
         )
         bar.total = 3 + len(variants) * _ENGINE_PHASES.get(req.backend, 1)
         bar.refresh()

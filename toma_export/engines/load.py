@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from toma_export import dtypes
 from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest, shape_frames
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
@@ -140,16 +141,11 @@ class ProgramRunner:
         return self.variants["reuse"](flat + (schedule.carried_list(keys) or []))[0]
 
 
-#: ``extra.precision`` -> the engine's floating dtype.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def precision_dtype(manifest: Manifest) -> torch.dtype:
-    """The artifact's floating dtype (``extra.precision``, fp32 when absent); an unknown one is refused."""
-    name = manifest.extra.get("precision", "fp32")
-    if name not in PRECISIONS:
-        raise ArtifactError(f"manifest extra.precision {name!r} is not one of {', '.join(PRECISIONS)}; rebuild the artifact.")
-    return PRECISIONS[name]
+    """The artifact's floating dtype (``extra.precision``, fp32 when absent; the map:
+    :data:`toma_export.dtypes.DTYPES`); an unknown one is refused."""
+    return dtypes.precision_dtype(manifest.extra.get("precision", "fp32"), ArtifactError, "manifest extra.precision",
+                                  "rebuild the artifact")
 
 
 def input_dtypes(manifest: Manifest) -> list[torch.dtype] | None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
 from toma_export.engines.complex_lowering import lower_complex
 from toma_export.errors import ToMAError
-
-Selection = Literal["unrolled", "plugin"]
+from toma_export.vocabulary import Selection
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to an external file
 PROTO_LIMIT = (1 << 31) - (1 << 26)  # a single protobuf holds < 2 GiB; leave room for the graph
 WEIGHTS_FILE = "weights.bin"

@@ -23,6 +23,7 @@ import torch
 from toma_export.engines.load import LoadedArtifact, load_artifact
 from toma_export.errors import ToMAError
 from toma_export.models.registry import model_shell
+from toma_export.models.spec import spec_for
 
 __all__ = ["RunResult", "generate", "pipeline_for", "run_artifact", "save_png"]
 
@@ -74,10 +75,6 @@ def pipeline_for(loaded: LoadedArtifact, *, seed: int = 0) -> Any:
     return swap_denoiser(pipe, loaded, check=True)
 
 
-def _is_sdxl_like(pipe: Any) -> bool:
-    return getattr(pipe, "unet", None) is not None
-
-
 def generate(
     pipe: Any,
     *,
@@ -100,6 +97,8 @@ def generate(
     """
     from toma_export.models.pipelines import has_text_encoders, prompt_embeddings, prompt_embeddings_for
 
+    spec = spec_for(pipe)
+
     if prompt is None and not has_text_encoders(pipe):
         if negative_prompt is not None:
             raise ToMAError("a negative prompt needs a prompt; pass --prompt as well.")
@@ -112,9 +111,9 @@ def generate(
     )
     if guidance_scale is not None:
         kwargs["guidance_scale"] = float(guidance_scale)
-    elif not _is_sdxl_like(pipe) and not has_text_encoders(pipe):
+    elif not spec.cfg_doubles_batch and not has_text_encoders(pipe):
         kwargs["guidance_scale"] = 1.0  # the embedded Flux pipeline (no guidance embedding)
-    denoiser = pipe.unet if _is_sdxl_like(pipe) else pipe.transformer
+    denoiser = getattr(pipe, spec.denoiser_attribute)
     if hasattr(denoiser, "reset"):
         denoiser.reset()
     start = time.perf_counter()
@@ -182,8 +181,7 @@ def run_artifact(
     pipe = pipeline_for(loaded, seed=seed)
     pipe.set_progress_bar_config(desc="denoising")
     # CFG doubles the batch inside SDXL pipelines: the artifact's batch is the denoiser's batch.
-    sdxl = _is_sdxl_like(pipe)
-    cfg_factor = 2 if sdxl and (SDXL_GUIDANCE if guidance_scale is None else guidance_scale) > 1 else 1
+    cfg_factor = 2 if spec_for(pipe).cfg_doubles_batch and (SDXL_GUIDANCE if guidance_scale is None else guidance_scale) > 1 else 1
     if shapes["batch"] % cfg_factor:
         raise ToMAError(
             f"this SDXL artifact was built for denoiser batch {shapes['batch']}, but classifier-free guidance "

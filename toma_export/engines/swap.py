@@ -19,35 +19,20 @@ from typing import Any
 
 import torch
 
-from toma_export.engines.load import LoadedArtifact, load_artifact
+from toma_export.engines.load import LoadedArtifact, load_artifact, precision_dtype
 from toma_export.errors import ToMAError
+from toma_export.models.spec import denoiser_of, spec_for
 
-__all__ = ["ENGINE_DTYPES", "denoiser_attribute", "engine_dtype", "load_engine", "swap_denoiser"]
-
-#: Artifact precision (manifest ``extra.precision``) -> the dtype its engine is fed.
-ENGINE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
+__all__ = ["denoiser_attribute", "load_engine", "swap_denoiser"]
 
 def denoiser_attribute(pipe: Any) -> str:
-    """``"unet"`` or ``"transformer"``: where ``pipe`` holds its denoiser."""
-    for attr in ("unet", "transformer"):
-        if getattr(pipe, attr, None) is not None:
-            return attr
+    """``"unet"`` or ``"transformer"``: where ``pipe`` holds its denoiser (its spec's ``denoiser_attribute``)."""
+    if denoiser_of(pipe) is not pipe:
+        return spec_for(pipe).denoiser_attribute
     raise ToMAError(
         f"{type(pipe).__name__} has no unet or transformer to replace: load_engine takes a diffusers pipeline "
         "(StableDiffusionXLPipeline, FluxPipeline, ...) whose denoiser the artifact was built from."
     )
-
-
-def engine_dtype(loaded: LoadedArtifact) -> torch.dtype:
-    """The dtype the artifact's engine takes (its ``extra.precision``; fp32 when absent)."""
-    precision = loaded.manifest.extra.get("precision", "fp32")
-    if precision not in ENGINE_DTYPES:
-        raise ToMAError(
-            f"{loaded.folder}: precision {precision!r} is not one the runtime wrapper can feed "
-            f"({', '.join(ENGINE_DTYPES)}); rebuild the artifact."
-        )
-    return ENGINE_DTYPES[precision]
 
 
 def _check_model(model: torch.nn.Module, loaded: LoadedArtifact, attr: str, check_weights: bool) -> None:
@@ -108,7 +93,7 @@ def swap_denoiser(pipe: Any, loaded: LoadedArtifact, *, check: bool = True, chec
         recompute_every=int(loaded.manifest.config["recompute_every"]),
         dtype=dtype,
         device=device,
-        engine_dtype=engine_dtype(loaded),
+        engine_dtype=precision_dtype(loaded.manifest),
     )
     # Assigning a registered component re-registers it in the pipeline's config, as diffusers does.
     setattr(pipe, attr, denoiser)

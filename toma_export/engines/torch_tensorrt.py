@@ -29,11 +29,9 @@ from typing import Any
 import torch
 
 from plugins import contract
+from toma_export.dtypes import precision_dtype
 from toma_export.errors import ToMAConfigError
 from toma_export.engines.trt_engine._trt import TensorRTUnavailableError, require_cuda, require_tensorrt
-
-_PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class TorchTensorRTUnavailableError(TensorRTUnavailableError):
     """torch-tensorrt is missing or unusable."""
@@ -115,11 +113,10 @@ def compile_program(
     ``inputs``: example tensors or ``torch_tensorrt.Input`` specs (min/opt/max shapes for dynamic
     dims). ``settings`` are passed to ``torch_tensorrt.dynamo.compile`` (e.g. ``workspace_size``).
     """
-    if precision not in _PRECISIONS:
-        raise ToMAConfigError(f"precision {precision!r} is not one of {sorted(_PRECISIONS)}")
+    dtype = precision_dtype(precision, ToMAConfigError, "precision", "pass one of those")
     tt = require_torch_tensorrt()
     register_plugin_converters(toma_ops_in(exported_program), aot=aot_plugins)
-    kwargs: dict[str, Any] = {"enabled_precisions": {_PRECISIONS[precision]}, "min_block_size": 1}
+    kwargs: dict[str, Any] = {"enabled_precisions": {dtype}, "min_block_size": 1}
     kwargs.update(settings)
     compiled: torch.fx.GraphModule = tt.dynamo.compile(exported_program, inputs=list(inputs), **kwargs)
     return compiled

@@ -20,17 +20,10 @@ from toma_export.models.inputs import example_inputs
 from toma_export.models.outputs import first_output
 from toma_export.models.registry import load_model
 from toma_export.schedule import StepSchedule
+from toma_export.vocabulary import VERIFY_TOLERANCES
 
-__all__ = ["TOLERANCES", "verify_artifact"]
+__all__ = ["verify_artifact"]
 
-#: Default max abs error of the engine against eager ToMA in the artifact's dtype, per precision
-#: (``toma-export verify --tol`` overrides). fp32: the engine contract. fp16 / bf16: the engine and
-#: eager round differently (ONNX Runtime's CPU provider computes some fp16 ops in fp32; bf16 graphs
-#: compute every op in fp32 between bf16 casts, see onnx_export.bf16_compute_in_fp32), and the UNet
-#: compounds that over its depth. Measured max abs over 3 steps at 128x128, batch 1 (tests/test_precision.py;
-#: outputs ~1.6 max abs): sdxl-tiny fp16 3.4e-3, bf16 3.9e-2; flux-tiny bf16 2.3e-2. The bounds leave
-#: >= 2.5x headroom and stay below the engine-vs-unmerged distance (0.11 to 0.24), so ToMA is still told apart.
-TOLERANCES: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 1e-1}
 MAX_STEPS = 1000
 MAX_SEED = 2**63
 
@@ -56,7 +49,7 @@ def verify_artifact(
 
     Each step gets new random inputs, so reuse steps run the engine's reuse variant on features
     the destinations were not selected from, exactly as eager does. ``tol`` (max abs against eager
-    ToMA) defaults to :data:`TOLERANCES` of the artifact's precision. ``model``: where the model is
+    ToMA) defaults to :data:`toma_export.vocabulary.VERIFY_TOLERANCES` of the artifact's precision. ``model``: where the model is
     now (a local folder or Hub id), when it moved since the build; its identity must still match.
     Returns (ok, rows).
     """
@@ -72,7 +65,7 @@ def verify_artifact(
     loaded = load_artifact(folder)
     m = loaded.manifest
     dtype = precision_dtype(m)
-    tol = TOLERANCES[m.extra.get("precision", "fp32")] if tol is None else float(tol)
+    tol = VERIFY_TOLERANCES[m.extra.get("precision", "fp32")] if tol is None else float(tol)
     source = m.model
     net = load_model(
         str(model) if model is not None else source["name"],

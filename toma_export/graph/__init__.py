@@ -43,9 +43,9 @@ def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the
     """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
     region explains leaves every site unmerged, each reported with that reason (``program.skipped``).
     ToDo (``method="todo"``) goes to its key/value pass (``kv_downsample``)."""
-    from toma_export.methods import get as get_method
+    from toma_export.methods.route import Route, graph_route
 
-    if config.active and get_method(config.method).graph_kv:
+    if graph_route(config) is Route.KV_PASS:
         from toma_export.graph import kv_downsample
 
         return kv_downsample.rewrite_captured(captured, config, name=name)

@@ -20,52 +20,10 @@ import torch
 from torch.fx import Graph, Node
 
 from toma_export.config import ToMAConfig
+from toma_export.graph.flops import graph_flops, node_flops
 from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
 
 aten = torch.ops.aten
-
-
-def _dim(d: Any) -> int:
-    """A size as a plain int: symbolic sizes (a dynamic batch, a length read from a mask) count at the
-    example's value; a data-dependent size without one counts as 0 (its node adds no FLOPs)."""
-    if isinstance(d, int):
-        return d
-    hint = getattr(getattr(d, "node", None), "hint", None)
-    return int(hint) if hint is not None else 0
-
-
-def _shape(n: Any) -> list[int]:
-    v = n.meta.get("val") if isinstance(n, Node) else None
-    return [_dim(d) for d in v.shape] if isinstance(v, torch.Tensor) else []
-
-
-def node_flops(n: Node) -> int:
-    """Multiply-add FLOPs (x2) of one node; 0 for ops that are not matmul-class."""
-    if n.op != "call_function":
-        return 0
-    t = n.target
-    out = _shape(n)
-    if t is aten.linear.default:
-        return 2 * math.prod(out) * _shape(n.args[0])[-1]
-    if t in (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.matmul.default):
-        a = n.args[1] if t in (aten.addmm.default, aten.baddbmm.default) else n.args[0]
-        return 2 * math.prod(out) * _shape(a)[-1]
-    if "scaled_dot_product" in str(t):
-        q, k, v = (_shape(a) for a in n.args[:3])
-        lead = math.prod(q[:-2])
-        return 2 * lead * q[-2] * k[-2] * (q[-1] + v[-1])
-    if t in (aten.conv2d.default, aten.convolution.default, aten.conv1d.default):
-        w = _shape(n.args[1])
-        return 2 * math.prod(out) * math.prod(w[1:])
-    if t in (torch.ops.toma.merge_weights.default, torch.ops.toma.merge.default, torch.ops.toma.unmerge.default):
-        a = _shape(n.args[1]) if t is not torch.ops.toma.merge_weights.default else _shape(n)
-        c = _shape(n.args[0])[-1]
-        return 2 * math.prod(a) * c
-    return 0
-
-
-def graph_flops(graph: Graph, names: set[str] | None = None) -> int:
-    return sum(node_flops(n) for n in graph.nodes if names is None or n.name in names)
 
 
 @dataclass
@@ -90,7 +48,7 @@ class InspectReport:
     def format(self) -> str:
         lines = [f"{self.model} at {self.height}x{self.width}, ratio {self.ratio}"]
         if self.config is not None:
-            lines.append("config: " + _format_config(self.config.to_dict()))
+            lines.append("config: " + format_config(self.config.to_dict()))
         found = len(self.sites) + len(self.skipped)
         kv = bool(self.sites) and all(s.group is None for s in self.sites)  # ToDo: keys/values downsampled
         if not found:
@@ -171,9 +129,10 @@ def inspect_model(
         coverage = rewrite(captured, ToMAConfig(**{**config.to_dict(), "ratio": 0.5}))
     report = report_for(program, name, height, width, coverage)
     if frames > 1:
-        from toma_export.models.architectures import architecture_family, latent_frames
+        from toma_export.models.architectures import latent_frames
+        from toma_export.models.spec import spec_for
 
-        latent = latent_frames(architecture_family(model), frames, patch_size=getattr(model.config, "patch_size", None))
+        latent = latent_frames(spec_for(model), frames, patch_size=getattr(model.config, "patch_size", None))
         found = [*program.plan.sites, *(site for site, _ in program.plan.skipped)]
         grids = sorted({(s.grid.frames, s.grid.frame_h, s.grid.w) for s in found})
         report.notes.append(
@@ -186,53 +145,29 @@ def inspect_model(
 def _kv_pass(model: torch.nn.Module, config: ToMAConfig) -> bool:
     """Whether ``config``'s method runs on ``model`` through the key/value graph pass (ToDo on a
     model without an eager adapter; a plain module has none)."""
-    from toma_export import methods
-    from toma_export.eager.api import uses_graph_hook
+    import dataclasses
+
     from toma_export.errors import ToMAError
+    from toma_export.methods import Route, route
+    from toma_export.models.spec import spec_for
 
-    if not methods.get(config.method).graph_kv:
-        return False
     try:
-        return uses_graph_hook(model)
+        spec: Any = spec_for(model)
     except ToMAError:
-        return True
+        spec = "module"
+    active = config if config.active or config.method == "none" else dataclasses.replace(config, ratio=0.5)
+    try:  # the pass the method takes at any ratio: inspect reports the sites of a ratio-0 config too
+        return route(spec, active) is Route.KV_PASS
+    except ToMAError:
+        return False
 
 
-def _format_config(config: dict[str, Any]) -> str:
+def format_config(config: dict[str, Any]) -> str:
+    """A config dict as one line (``tile 4x4``, ``max_downsample auto``), for reports and artifact listings."""
+
     def show(k: str, v: Any) -> str:
         if isinstance(v, (list, tuple)) and len(v) == 2:
             return f"{v[0]}x{v[1]}"
         return ("auto" if k == "max_downsample" else "none") if v is None else str(v)
 
     return ", ".join(f"{k} {show(k, v)}" for k, v in config.items())
-
-
-def format_artifact(folder: Any) -> str:
-    """What an artifact folder holds (``toma-export inspect ARTIFACT``): model, full config, backend,
-    precision, shapes, variants and destination groups. The manifest's schema and paths are checked;
-    file hashes are not (``verify`` and ``run`` check them before anything runs)."""
-    from toma_export.engines.artifact import read_manifest
-
-    m = read_manifest(folder, verify_files=False)
-    extra, shapes = m.extra, m.shapes
-    lines = [f"artifact {folder}"]
-    lines.append(f"model: {m.model.get('name')} ({m.model.get('class', '?')}, weights {str(m.model.get('weights_hash', '?'))[:12]})")
-    lines.append(f"backend: {m.backend}, precision {extra.get('precision', 'fp32')}, selection {extra.get('selection', '?')}")
-    lines.append("config: " + _format_config(m.config))
-    batch = f"any batch 1..{shapes.get('batch_max') or 'n'} (built at {shapes['batch']})" if shapes.get("dynamic_batch") \
-        else f"batch {shapes['batch']}"
-    lines.append(f"shapes: {shapes['height']}x{shapes['width']} px, {batch}; inputs {shapes.get('inputs')}")
-    if extra.get("input_dtypes"):
-        lines.append(f"input dtypes: {', '.join(extra['input_dtypes'])}")
-    lines.append("variants: " + ", ".join(f"{k} ({v})" for k, v in extra.get("variants", {}).items()))
-    groups = extra.get("groups") or []
-    if groups:
-        lines.append("groups: " + ", ".join(f"{t} tiles x {k} destinations" for t, k in groups))
-    sites = extra.get("sites") or []
-    if sites:
-        lines.append(f"sites: {len(sites)} merged (" + ", ".join(sorted({str(s.get('kind')) for s in sites})) + ")")
-    if extra.get("build_seconds"):
-        lines.append("build seconds: " + ", ".join(f"{k} {v}" for k, v in extra["build_seconds"].items()))
-    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items())))
-    lines.append(f"files: {len(m.files)} (hashes checked by verify/run)")
-    return "\n".join(lines)

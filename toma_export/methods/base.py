@@ -1,40 +1,24 @@
-"""What a merging method declares: its eager merger, whether the graph pass implements it, and
-what each compiled backend can or cannot build, with the reason shown to the user."""
+"""What a merging method supports, torch-free: whether it merges tokens (an eager merger), whether a
+graph pass implements it, and what each compiled backend can or cannot build, with the reason shown
+to the user. The mergers themselves are eager code (:mod:`toma_export.eager.mergers`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Hashable, Mapping, Protocol
+from typing import Mapping
 
-import torch
-
-if TYPE_CHECKING:
-    from toma_export.eager.state import MergeContext
-
-
-class Merger(Protocol):
-    """``merge(x) -> (B, M, C)``, ``unmerge(y) -> (B, N, C)``, ``positions() -> (B, M)`` grid index
-    of each merged token (RoPE rows follow it)."""
-
-    def merge(self, x: torch.Tensor) -> torch.Tensor: ...
-
-    def unmerge(self, y: torch.Tensor) -> torch.Tensor: ...
-
-    def positions(self) -> torch.Tensor: ...
-
-
-#: ``(context, block key, features (B, h*w, C), h, w, first site of the block this step) -> merger``.
-MergerFactory = Callable[["MergeContext", Hashable, torch.Tensor, int, int, bool], "Merger | None"]
+from toma_export.vocabulary import EngineBackend, Method
 
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """One method in the harness."""
+    """One method in the harness: its capabilities."""
 
-    name: str
+    name: Method
     summary: str
-    #: Eager token merger at a site; None for methods that do not merge tokens (ToDo, none).
-    merger: MergerFactory | None = None
+    #: It merges tokens at a site and unmerges after (an eager merger, ``eager.mergers``); False for
+    #: ToDo (keys/values only) and none.
+    merges_tokens: bool = False
     #: ToDo-style: self-attention keys/values are downsampled, queries and outputs keep every token.
     keys_only: bool = False
     #: The graph pass (``toma_export.rewrite``) inserts this method; others export their eager patch.
@@ -48,8 +32,8 @@ class MergeMethod:
     #: Why no backend can build it as a static graph (None: it can).
     not_static: str | None = None
     #: Backend -> why that backend cannot lower it exactly.
-    backend_limits: Mapping[str, str] = field(default_factory=dict)
+    backend_limits: Mapping[EngineBackend, str] = field(default_factory=dict)
 
     def refusal(self, backend: str) -> str | None:
-        """Why ``backend`` cannot build this method, or None."""
-        return self.not_static or self.backend_limits.get(backend)
+        """Why ``backend`` (an engine backend) cannot build this method, or None."""
+        return self.not_static or next((why for b, why in self.backend_limits.items() if b == backend), None)

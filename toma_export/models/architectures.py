@@ -16,9 +16,9 @@ Tiny random-weight configs for tests (built in code, nothing downloaded):
 Real width with reduced depth, for CPU benchmarks: ``sd35-medium-d2``, ``qwen-image-d2``, ``wan-1.3b-d2``,
 ``flux2-dev-d1``, ``flux2-klein-d2``, ``z-image-d2`` (their configs below say what was cut).
 
-:func:`example_inputs_for` gives keyword arguments at a pixel resolution, as each pipeline builds them
-(VAE factor 8; FLUX.2 and Qwen-Image pack 2x2 latents, so one token per 16x16 pixels; Wan: latent
-frames ``(frames - 1) // 4 + 1``). :func:`latent_frames` is the one rule for which frame counts a model takes.
+Their inputs, as each pipeline builds them, come from :func:`toma_export.models.inputs.example_inputs`
+(the family is the class's :class:`~toma_export.models.spec.ModelSpec`). :func:`latent_frames` is the one
+rule for which frame counts a model takes (Wan: ``(frames - 1) // 4 + 1`` latent frames).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import torch
 
 from toma_export.errors import ToMAConfigError
 
-VAE_FACTOR = 8
-PACKED_TOKEN_PIXELS = 16  # 2x2-packed latents: FLUX.2, Qwen-Image
+from toma_export.models.spec import SPECS_BY_FAMILY, ModelSpec
 
 FLUX2_TINY: dict[str, Any] = dict(
     patch_size=1,
@@ -196,55 +195,35 @@ def _builder(cls_name: str, cfg: dict[str, Any]) -> Callable[[], torch.nn.Module
     return build
 
 
-build_flux2_tiny = _builder("Flux2Transformer2DModel", FLUX2_TINY)
-build_qwen_image_tiny = _builder("QwenImageTransformer2DModel", QWEN_IMAGE_TINY)
-build_sd35_tiny = _builder("SD3Transformer2DModel", SD35_TINY)
-build_wan_tiny = _builder("WanTransformer3DModel", WAN_TINY)
-build_z_image_tiny = _builder("ZImageTransformer2DModel", Z_IMAGE_TINY)
-
-#: name -> (family, config, builder); the families' entries for the embedded-model table.
+#: name -> (diffusers class name, config, builder); entries of the embedded-model table
+#: (:data:`toma_export.models.registry.EMBEDDED_MODELS`). The family is the class's
+#: :class:`~toma_export.models.spec.ModelSpec`.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
-    "flux2-tiny": ("flux2", FLUX2_TINY, build_flux2_tiny),
-    "qwen-image-tiny": ("qwen-image", QWEN_IMAGE_TINY, build_qwen_image_tiny),
-    "sd35-tiny": ("sd35", SD35_TINY, build_sd35_tiny),
-    "wan-tiny": ("wan", WAN_TINY, build_wan_tiny),
-    "z-image-tiny": ("z-image", Z_IMAGE_TINY, build_z_image_tiny),
-    "sd35-medium-d2": ("sd35", SD35_MEDIUM_D2, _builder("SD3Transformer2DModel", SD35_MEDIUM_D2)),
-    "qwen-image-d2": ("qwen-image", QWEN_IMAGE_D2, _builder("QwenImageTransformer2DModel", QWEN_IMAGE_D2)),
-    "wan-1.3b-d2": ("wan", WAN_1_3B_D2, _builder("WanTransformer3DModel", WAN_1_3B_D2)),
-    "flux2-dev-d1": ("flux2", FLUX2_DEV_D1, _builder("Flux2Transformer2DModel", FLUX2_DEV_D1)),
-    "flux2-klein-d2": ("flux2", FLUX2_KLEIN_D2, _builder("Flux2Transformer2DModel", FLUX2_KLEIN_D2)),
-    "z-image-d2": ("z-image", Z_IMAGE_D2, _builder("ZImageTransformer2DModel", Z_IMAGE_D2)),
+    name: (cls, cfg, _builder(cls, cfg))
+    for name, cls, cfg in (
+        ("flux2-tiny", "Flux2Transformer2DModel", FLUX2_TINY),
+        ("qwen-image-tiny", "QwenImageTransformer2DModel", QWEN_IMAGE_TINY),
+        ("sd35-tiny", "SD3Transformer2DModel", SD35_TINY),
+        ("wan-tiny", "WanTransformer3DModel", WAN_TINY),
+        ("z-image-tiny", "ZImageTransformer2DModel", Z_IMAGE_TINY),
+        ("sd35-medium-d2", "SD3Transformer2DModel", SD35_MEDIUM_D2),
+        ("qwen-image-d2", "QwenImageTransformer2DModel", QWEN_IMAGE_D2),
+        ("wan-1.3b-d2", "WanTransformer3DModel", WAN_1_3B_D2),
+        ("flux2-dev-d1", "Flux2Transformer2DModel", FLUX2_DEV_D1),
+        ("flux2-klein-d2", "Flux2Transformer2DModel", FLUX2_KLEIN_D2),
+        ("z-image-d2", "ZImageTransformer2DModel", Z_IMAGE_D2),
+    )
 }
-
-#: diffusers class name -> family of :func:`example_inputs_for`.
-FAMILY_OF_CLASS = {
-    "Flux2Transformer2DModel": "flux2",
-    "QwenImageTransformer2DModel": "qwen-image",
-    "SD3Transformer2DModel": "sd35",
-    "WanTransformer3DModel": "wan",
-    "ZImageTransformer2DModel": "z-image",
-}
-
-
-def architecture_family(model: torch.nn.Module) -> str | None:
-    """The family of :func:`example_inputs_for` for ``model`` (by its diffusers class), or None."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in FAMILY_OF_CLASS:
-            return FAMILY_OF_CLASS[cls.__name__]
-    return None
 
 
 #: Wan's video VAE keeps the first pixel frame as one latent frame and packs every further 4 into one:
 #: 4k+1 pixel frames -> k+1 latent frames (diffusers ``AutoencoderKLWan``: 2 ** sum(temperal_downsample)).
 WAN_VAE_TEMPORAL_FACTOR = 4
-#: Families of :func:`example_inputs_for` whose inputs have a frame axis (video denoisers).
-VIDEO_FAMILIES = ("wan",)
 
 
-def latent_frames(family: str | None, frames: Any, *, patch_size: Any = None, model: str = "this model") -> int:
-    """Latent frames of a clip of ``frames`` pixel frames for a denoiser of ``family`` (an
-    :func:`example_inputs_for` family; None or another: an image model): the one rule behind ``--frames``.
+def latent_frames(spec: ModelSpec | str | None, frames: Any, *, patch_size: Any = None, model: str = "this model") -> int:
+    """Latent frames of a clip of ``frames`` pixel frames for a denoiser of ``spec`` (a spec or a family name;
+    None, an unknown name or an image family: an image model): the one rule behind ``--frames``.
 
     Image models take one frame. Wan: its VAE turns ``4k + 1`` pixel frames into ``k + 1`` latent frames
     (:data:`WAN_VAE_TEMPORAL_FACTOR`), and its patch embedding packs ``patch_size[0]`` latent frames into
@@ -255,7 +234,9 @@ def latent_frames(family: str | None, frames: Any, *, patch_size: Any = None, mo
         raise ToMAConfigError(
             f"--frames {frames!r} must be a positive number of pixel frames: 1 for an image, e.g. 17 for a clip."
         )
-    if family not in VIDEO_FAMILIES:
+    if isinstance(spec, str):
+        spec = SPECS_BY_FAMILY.get(spec)
+    if spec is None or not spec.video:
         if frames != 1:
             raise ToMAConfigError(
                 f"--frames {frames}: {model} is an image model (one frame); drop --frames (or use --frames 1), or "
@@ -276,92 +257,3 @@ def latent_frames(family: str | None, frames: Any, *, patch_size: Any = None, mo
     rule = f"{t}k+1 pixel frames (its VAE makes k+1 latent frames of them" + (
         f", and its temporal patch {pt} needs k+1 to be a multiple of {pt})" if pt > 1 else ")")
     raise ToMAConfigError(f"--frames {frames}: {model} takes {rule}; use e.g. --frames {lo} or {hi}.")
-
-
-def flux2_ids(h: int, w: int, batch: int, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """FLUX.2's int64 position ids as its pipeline builds them: image ``(B, h*w, 4)`` = (t=0, row, col, l=0)
-    (``torch.cartesian_prod``), text ``(B, L, 4)`` = (0, 0, 0, l)."""
-    img = torch.cartesian_prod(torch.arange(1), torch.arange(h), torch.arange(w), torch.arange(1))
-    txt = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text_len))
-    return img.unsqueeze(0).expand(batch, -1, -1), txt.unsqueeze(0).expand(batch, -1, -1)
-
-
-def example_inputs_for(
-    model: torch.nn.Module,
-    batch: int = 1,
-    height: int = 128,
-    width: int = 128,
-    frames: int = 1,
-    *,
-    text_len: int | None = None,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """Keyword arguments for ``model(**kw)`` at ``height x width`` pixels (``frames`` video frames for Wan)."""
-    family = architecture_family(model)
-    if family is None:
-        raise ValueError(f"no example-input builder for {type(model).__name__}")
-    g = torch.Generator().manual_seed(seed)
-    cfg: Any = model.config
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
-
-    def full(v: float) -> torch.Tensor:
-        return torch.full((batch,), v, dtype=dtype, device=device)
-
-    if family in ("flux2", "qwen-image"):
-        if height % PACKED_TOKEN_PIXELS or width % PACKED_TOKEN_PIXELS:
-            raise ValueError(f"height and width must be multiples of {PACKED_TOKEN_PIXELS} pixels, got {height}x{width}")
-        h, w = height // PACKED_TOKEN_PIXELS, width // PACKED_TOKEN_PIXELS
-        text_len = text_len or 8
-        if family == "flux2":
-            img_ids, txt_ids = flux2_ids(h, w, batch, text_len)
-            kw: dict[str, Any] = dict(
-                hidden_states=randn(batch, h * w, cfg.in_channels),
-                encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
-                timestep=full(0.5),
-                img_ids=img_ids.to(device),
-                txt_ids=txt_ids.to(device),
-            )
-            if cfg.guidance_embeds:
-                kw["guidance"] = full(4.0)
-            return kw
-        mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
-        return dict(
-            hidden_states=randn(batch, h * w, cfg.in_channels),
-            encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
-            encoder_hidden_states_mask=mask,
-            timestep=full(0.5),
-            img_shapes=[[(1, h, w)]] * batch,
-        )
-    if height % VAE_FACTOR or width % VAE_FACTOR:
-        raise ValueError(f"height and width must be multiples of {VAE_FACTOR} pixels, got {height}x{width}")
-    if family == "z-image":
-        if (height // VAE_FACTOR) % 2 or (width // VAE_FACTOR) % 2:
-            raise ValueError(f"height and width must be multiples of 16 pixels (2x2 patches), got {height}x{width}")
-        # per-sample lists, as ZImagePipeline passes them: latents (C, 1 frame, H/8, W/8) and caption
-        # features (L, D) (unpadded; the model pads both to multiples of 32); t = (1000 - timestep) / 1000
-        text_len = text_len or 8
-        return dict(
-            x=[randn(cfg.in_channels, 1, height // VAE_FACTOR, width // VAE_FACTOR) for _ in range(batch)],
-            t=full(0.5),
-            cap_feats=[randn(text_len, cfg.cap_feat_dim) for _ in range(batch)],
-        )
-    if family == "sd35":
-        text_len = text_len or 8
-        return dict(
-            hidden_states=randn(batch, cfg.in_channels, height // VAE_FACTOR, width // VAE_FACTOR),
-            encoder_hidden_states=randn(batch, text_len, cfg.joint_attention_dim),
-            pooled_projections=randn(batch, cfg.pooled_projection_dim),
-            timestep=full(500.0),
-        )
-    # wan: (B, C, latent frames, H/8, W/8), latent frames as the pipeline's VAE makes them (latent_frames)
-    text_len = text_len or 8
-    f = latent_frames(family, frames, patch_size=cfg.patch_size, model=type(model).__name__)
-    return dict(
-        hidden_states=randn(batch, cfg.in_channels, f, height // VAE_FACTOR, width // VAE_FACTOR),
-        timestep=full(500.0),
-        encoder_hidden_states=randn(batch, text_len, cfg.text_dim),
-    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from toma_export.models.registry import model_family
+from toma_export.models.spec import spec_for
 
 
 def config_hash(model: torch.nn.Module) -> str:
@@ -46,7 +46,7 @@ def model_identity(
     src = getattr(model, "_toma_source", None)
     return {
         "name": name,
-        "family": model_family(model),
+        "family": spec_for(model).kind,
         "class": type(model).__name__,
         "config_hash": config_hash(model),
         "weights_hash": weights_hash(model),

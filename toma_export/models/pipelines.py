@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from toma_export.errors import UnsupportedModelError
-from toma_export.models.registry import EMBEDDED_MODELS, load_model, model_family
+from toma_export.models.registry import EMBEDDED_MODELS, load_model
+from toma_export.models.spec import spec_for
 
 
 def tiny_vae(*, flux: bool = False, seed: int = 0) -> Any:
@@ -55,8 +56,7 @@ def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any
         if (path / "model_index.json").exists():
             return DiffusionPipeline.from_pretrained(path, local_files_only=True)
     denoiser: Any = model if isinstance(model, torch.nn.Module) else load_model(model, seed=seed)
-    family = model_family(denoiser)
-    if family == "flux":
+    if spec_for(denoiser).kind == "flux":
         if denoiser.config.in_channels != 16:
             raise UnsupportedModelError(
                 f"the embedded Flux pipeline packs 4-channel latents (16 input channels); this transformer takes "
@@ -87,15 +87,14 @@ def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any
 def prompt_embeddings(pipe: Any, *, batch: int = 1, seed: int = 0, text_len: int | None = None) -> dict[str, Any]:
     """Random prompt embeddings standing in for encoded prompts: keyword arguments for ``pipe(...)``."""
     g = torch.Generator().manual_seed(seed)
-    denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-    cfg = denoiser.config
-    if hasattr(pipe, "transformer"):
-        n = text_len or 16
+    spec = spec_for(pipe)
+    cfg = getattr(pipe, spec.denoiser_attribute).config
+    n = text_len or spec.text_len
+    if spec.denoiser_attribute == "transformer":
         return dict(
             prompt_embeds=torch.randn(batch, n, cfg.joint_attention_dim, generator=g),
             pooled_prompt_embeds=torch.randn(batch, cfg.pooled_projection_dim, generator=g),
         )
-    n = text_len or 77
     pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
     pe = torch.randn(batch, n, cfg.cross_attention_dim, generator=g)
     pp = torch.randn(batch, pooled, generator=g)

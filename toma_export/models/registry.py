@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from toma_export.errors import UnsupportedModelError
+from toma_export.models.spec import DENOISER_ATTRIBUTES
 
 SDXL_TINY: dict[str, Any] = dict(
     sample_size=32,
@@ -131,19 +132,27 @@ def _flux(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     return build
 
 
+#: name -> (diffusers class name, config, builder). The class name and config are what
+#: :func:`embedded_config` gives :func:`toma_export.models.spec.spec_for_config` before anything is built.
 EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
-    "sdxl-tiny": ("sdxl", SDXL_TINY, _unet(SDXL_TINY)),
-    "sdxl": ("sdxl", SDXL, _unet(SDXL)),
-    "sdxl-lite": ("sdxl", SDXL_LITE, _unet(SDXL_LITE)),
-    "sd15-tiny": ("sd15", SD15_TINY, _unet(SD15_TINY)),
-    "flux-tiny": ("flux", FLUX_TINY, _flux(FLUX_TINY)),
-    "flux": ("flux", FLUX, _flux(FLUX)),
-    "flux-full": ("flux", FLUX_FULL, _flux(FLUX_FULL)),
+    "sdxl-tiny": ("UNet2DConditionModel", SDXL_TINY, _unet(SDXL_TINY)),
+    "sdxl": ("UNet2DConditionModel", SDXL, _unet(SDXL)),
+    "sdxl-lite": ("UNet2DConditionModel", SDXL_LITE, _unet(SDXL_LITE)),
+    "sd15-tiny": ("UNet2DConditionModel", SD15_TINY, _unet(SD15_TINY)),
+    "flux-tiny": ("FluxTransformer2DModel", FLUX_TINY, _flux(FLUX_TINY)),
+    "flux": ("FluxTransformer2DModel", FLUX, _flux(FLUX)),
+    "flux-full": ("FluxTransformer2DModel", FLUX_FULL, _flux(FLUX_FULL)),
 }
 # FLUX.2, Qwen-Image, SD3.5 and Wan tiny configs: toma_export/models/architectures.py
 from toma_export.models.architectures import ARCHITECTURES as _ARCHITECTURES  # noqa: E402
 
 EMBEDDED_MODELS.update(_ARCHITECTURES)
+
+
+def embedded_config(name: str) -> dict[str, Any]:
+    """An embedded model's config as a ``config.json`` would hold it (``_class_name`` and fields)."""
+    cls, cfg, _ = EMBEDDED_MODELS[name]
+    return {"_class_name": cls, **cfg}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +240,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _component(index: dict[str, Any]) -> str | None:
     """The pipeline's denoiser attribute: ``unet`` or ``transformer`` where ``model_index.json`` names a class."""
-    return next((c for c in ("unet", "transformer") if isinstance(index.get(c), list) and any(index[c])), None)
+    return next((c for c in DENOISER_ATTRIBUTES if isinstance(index.get(c), list) and any(index[c])), None)
 
 
 class _Hub:
@@ -420,27 +429,6 @@ def _load_hub(source: ModelSource, dtype: torch.dtype, config: dict[str, Any]) -
             f"(hf download {source.root}), check --variant/--subfolder, or unset HF_HUB_OFFLINE."
         ) from exc
     return model.eval()
-
-
-def model_family(model: torch.nn.Module) -> str:
-    """'unet', 'flux' (Flux.1-style double/single-stream blocks), or 'transformer' (another diffusers
-    denoiser with a config: the graph pass handles it, the eager adapters do not), from the module
-    tree and class family; anything else is refused."""
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "down_block_types") and hasattr(model, "down_blocks"):
-        return "unet"
-    from toma_export.models.architectures import architecture_family
-
-    if architecture_family(model) is None and all(
-        hasattr(model, a) for a in ("transformer_blocks", "single_transformer_blocks", "pos_embed")
-    ):
-        return "flux"
-    if cfg is not None and isinstance(model, torch.nn.Module) and hasattr(model, "from_config"):
-        return "transformer"
-    raise UnsupportedModelError(
-        f"{type(model).__name__} is not supported: toma-export takes diffusers denoisers (UNet2DConditionModel, "
-        "FluxTransformer2DModel and other diffusers transformers), or pipelines holding one as .unet/.transformer."
-    )
 
 
 def model_shell(

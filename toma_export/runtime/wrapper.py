@@ -13,7 +13,7 @@ Dtype and device boundary: the pipeline sees the wrapper in the pipeline's dtype
 (``dtype``/``device``, moved by ``pipe.to(...)`` like any component); the engine sees its own dtype
 (``engine_dtype``, the artifact's precision). Floating inputs are cast to the engine's dtype on the
 way in — except the inputs the artifact takes in float32 whatever its precision
-(:data:`FLOAT32_INPUTS`, mirroring :func:`toma_export.models.inputs.example_inputs`) — and the
+(:attr:`ModelSpec.float32_inputs <toma_export.models.spec.ModelSpec.float32_inputs>`) — and the
 output is cast back to the pipeline's dtype and device on the way out, so a bf16 or fp16 pipeline
 runs an fp32 engine (and an fp32 pipeline a half-precision one).
 """
@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from toma_export.models.spec import spec_for
 from toma_export.schedule import StepSchedule
 
 
@@ -38,15 +39,6 @@ class StepRunner(Protocol):
     """
 
     def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor: ...
-
-
-#: Inputs that artifacts take in float32 at every precision (position ids; the UNet's timestep), as
-#: :func:`toma_export.models.inputs.example_inputs` builds them; every other floating input is cast to
-#: the engine's dtype. Keys are input names; nested inputs are named ``parent.child``.
-FLOAT32_INPUTS: dict[str, frozenset[str]] = {
-    "unet": frozenset({"timestep"}),
-    "flux": frozenset({"img_ids", "txt_ids"}),
-}
 
 
 def _cast(value: Any, dtype: torch.dtype, keep: frozenset[str], name: str = "") -> Any:
@@ -65,11 +57,15 @@ def _cast(value: Any, dtype: torch.dtype, keep: frozenset[str], name: str = "") 
 def _meta_shell(model: torch.nn.Module) -> torch.nn.Module:
     """The model's class rebuilt from its config on the meta device: attributes without weights."""
     with torch.device("meta"):
-        return type(model).from_config(model.config)  # type: ignore[attr-defined]
+        cls: Any = type(model)  # a diffusers ModelMixin (untyped for mypy)
+        return cls.from_config(model.config)
 
 
 class ToMADenoiser(torch.nn.Module):
     """Drop-in replacement for a diffusers UNet/transformer that runs a :class:`StepRunner`."""
+
+    #: The weightless meta-device copy of the model it stands in for (a diffusers model: untyped for mypy).
+    _shell: Any
 
     def __init__(
         self,
@@ -93,13 +89,13 @@ class ToMADenoiser(torch.nn.Module):
         self._device = torch.device(device)
         self._output_class = output_class
         self.engine_dtype = engine_dtype
-        family = "unet" if hasattr(self._shell.config, "down_block_types") else "flux"  # type: ignore[attr-defined]
-        self._float32_inputs = FLOAT32_INPUTS[family]
+        self.spec = spec_for(self._shell)
+        self._float32_inputs = self.spec.float32_inputs
 
     # What pipelines read off the model ------------------------------------------------------
     @property
     def config(self) -> Any:
-        return self._shell.config  # type: ignore[attr-defined]
+        return self._shell.config
 
     @property
     def dtype(self) -> torch.dtype:
@@ -163,7 +159,7 @@ class ToMADenoiser(torch.nn.Module):
         }
         t = inputs.get("timestep")
         on_cpu = isinstance(t, torch.Tensor) and t.device.type == "cpu"
-        self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu else None)  # type: ignore[union-attr]
+        self.schedule.observe_timestep(float(t.flatten()[0]) if on_cpu and isinstance(t, torch.Tensor) else None)
         out = self.runner(_cast(inputs, self.engine_dtype, self._float32_inputs), self.schedule)
         out = out.to(device=self._device, dtype=self._dtype)
         self.schedule.advance()
@@ -173,6 +169,6 @@ class ToMADenoiser(torch.nn.Module):
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-            cls = UNet2DConditionOutput if hasattr(self.config, "down_block_types") else Transformer2DModelOutput
+            cls = UNet2DConditionOutput if self.spec.output_class == "UNet2DConditionOutput" else Transformer2DModelOutput
             return cls(sample=out)
         return self._output_class(sample=out)

@@ -113,6 +113,7 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     from toma_export.engines.load import ProgramRunner
     from toma_export.models.pipelines import build_pipeline
     from toma_export.models.registry import model_shell
+    from toma_export.models.spec import spec_for
     from toma_export.runtime.wrapper import ToMADenoiser
     from toma_export.serving.pipeline import BatchedGenerator
 
@@ -127,10 +128,7 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     shell = model_shell(spec["model"])
     pipe = build_pipeline(shell, seed=0)
     denoiser = ToMADenoiser(runner, shell, recompute_every=int(spec["recompute_every"]))
-    if hasattr(pipe, "unet"):
-        pipe.unet = denoiser
-    else:
-        pipe.transformer = denoiser
+    setattr(pipe, spec_for(shell).denoiser_attribute, denoiser)
     pipe.set_progress_bar_config(disable=True)
     h, w = int(shapes["height"]), int(shapes["width"])
     if shapes.get("dynamic_batch"):

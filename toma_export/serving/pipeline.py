@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from toma_export.errors import ToMAError
+from toma_export.models.spec import spec_for
 from toma_export.serving.contract import GenerationRequest, Limits
 
 __all__ = ["BatchedGenerator", "generator_for_source", "to_uint8"]
@@ -57,16 +58,18 @@ class BatchedGenerator:
 
     @property
     def family(self) -> str:
-        return "flux" if hasattr(self.pipe, "transformer") else "unet"
+        """The pipeline's denoiser kind (``unet``: SDXL; ``flux``): default guidance, negative prompts."""
+        return spec_for(self.pipe).kind
 
     def limits(self, max_steps: int, max_prompt_bytes: int) -> Limits:
         return Limits(max_steps=max_steps, max_prompt_bytes=max_prompt_bytes, family=self.family)
 
     def _cfg_factor(self, guidance: float) -> int:
         """Denoiser rows per image: SDXL runs classifier-free guidance as a batch of 2 when guidance > 1."""
-        unet = getattr(self.pipe, "unet", None)
-        if unet is None:
+        spec = spec_for(self.pipe)
+        if not spec.cfg_doubles_batch:
             return 1
+        unet = getattr(self.pipe, spec.denoiser_attribute)
         return 2 if guidance > 1.0 and getattr(unet.config, "time_cond_proj_dim", None) is None else 1
 
     def check(self, req: GenerationRequest) -> None:
@@ -100,7 +103,7 @@ class BatchedGenerator:
             num_inference_steps=rows[0].steps, guidance_scale=rows[0].guidance_scale, height=self.height,
             width=self.width, output_type="pt", generator=[torch.Generator().manual_seed(r.seed) for r in rows],
         )
-        denoiser = self.pipe.transformer if hasattr(self.pipe, "transformer") else self.pipe.unet
+        denoiser = getattr(self.pipe, spec_for(self.pipe).denoiser_attribute)
         if hasattr(denoiser, "reset"):
             denoiser.reset()  # a fresh destination schedule for this call (also reset after every pipeline call)
         with torch.no_grad():

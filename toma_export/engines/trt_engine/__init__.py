@@ -13,7 +13,6 @@ from toma_export.engines.trt_engine._trt import (
     require_tensorrt,
 )
 from toma_export.engines.trt_engine.builder import (
-    PRECISIONS,
     BuildOptions,
     EngineBuildError,
     InputProfile,
@@ -24,7 +23,6 @@ from toma_export.engines.trt_engine.compare import ComparisonResult, compare_onn
 from toma_export.engines.trt_engine.runtime import TrtEngine, TrtShapeError
 
 __all__ = [
-    "PRECISIONS",
     "BuildOptions",
     "ComparisonResult",
     "EngineBuildError",

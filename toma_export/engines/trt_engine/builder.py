@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 
 from toma_export.engines.trt_engine._trt import require_tensorrt
 from toma_export.errors import ToMAConfigError, ToMAError
+from toma_export.vocabulary import PRECISIONS
 
 if TYPE_CHECKING:  # typed by tensorrt-stubs; the real module is imported after require_tensorrt()
     import tensorrt as trt
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 Shape = tuple[int, ...]
 
