@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from toma_export import methods
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.eager.hooks import (
     SITE_HOOK,
@@ -71,7 +72,7 @@ def install(unet: torch.nn.Module, config: ToMAConfig, installed: Installed | No
     """Register the step hook and the site hooks; ``max_downsample`` defaults to the config's or auto."""
     limit = max_downsample or config.max_downsample or auto_max_downsample(unet)
     validate(unet, config, limit)
-    tomesd_patch = config.active and config.method == "tomesd"
+    tomesd_patch = config.active and methods.get(config.method).unet_package_patch
 
     def read_grid(ctx: MergeContext, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]

@@ -155,9 +155,9 @@ def _kv_pass(model: torch.nn.Module, config: ToMAConfig) -> bool:
         spec: Any = spec_for(model)
     except ToMAError:
         spec = "module"
-    active = config if config.active or config.method == "none" else dataclasses.replace(config, ratio=0.5)
+    probe = config if config.active else dataclasses.replace(config, ratio=0.5)
     try:  # the pass the method takes at any ratio: inspect reports the sites of a ratio-0 config too
-        return route(spec, active) is Route.KV_PASS
+        return route(spec, probe) is Route.KV_PASS
     except ToMAError:
         return False
 

@@ -29,6 +29,7 @@ _TABLE = (
         name="tomesd",
         summary="ToMeSD bipartite soft matching (the tomesd package on UNets)",
         merges_tokens=True,
+        unet_package_patch=True,
         backend_limits={
             "onnxruntime": "ToMeSD's scatter_reduce(mean) has no exact lowering in the ONNX exporter "
             "(measured: outputs off by 0.26 max abs on sdxl-tiny); use --backend inductor for ToMeSD",
