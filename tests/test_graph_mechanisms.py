@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_quiet_fakes")
 
 
 def test_grid_from_flux2_int64_four_axis_ids() -> None:
-    from toma_export.models.architectures import flux2_ids
+    from toma_export.models.inputs import flux2_ids
 
     img, txt = flux2_ids(6, 10, batch=2, text_len=5)
     assert img.dtype == torch.int64 and img.shape == (2, 60, 4)
