@@ -127,6 +127,18 @@ register_backend("inductor-max-autotune", _inductor("max-autotune"))
 register_backend("inductor-pass", inductor_pass, merges=True)
 
 
+def cudagraph(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """The eager-patched model as CUDA graphs: select and reuse bodies captured once per shape and
+    replayed on the host schedule (:class:`~toma_export.runtime.cudagraph.GraphedModel`)."""
+    from toma_export.runtime.cudagraph import GraphedModel
+
+    return GraphedModel(model)
+
+
+register_backend("cudagraph", cudagraph)
+register_backend("inductor-cudagraph", _inductor("reduce-overhead"))
+
+
 def _engine_backend(
     name: str, build_variant: Callable[[Any, Any], Callable[[list[torch.Tensor]], list[torch.Tensor]]],
 ) -> Backend:
@@ -141,7 +153,7 @@ def _engine_backend(
         from pathlib import Path
 
         from toma_export.engines.build import _variants
-        from toma_export.engines.load import ProgramRunner
+        from toma_export.engines.load import make_runner
         from toma_export.engines.signature import dump_spec
 
         cfg = config or ToMAConfig(ratio=0.0, method="none")
@@ -149,8 +161,13 @@ def _engine_backend(
         folder = tempfile.TemporaryDirectory(prefix=f"toma-bench-{name}-")
         variants, n_groups, _ = _variants(model, example, cfg)
         engines = {v: build_variant(ep, Path(folder.name) / v) for v, ep in variants.items()}
-        shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
-        runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
+        leaves = [t for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
+        runner = make_runner(
+            engines,
+            {"input_spec": dump_spec(example), "num_groups": n_groups,
+             "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in leaves]},
+            {"inputs": [list(t.shape) for t in leaves], "batch": int(leaves[0].shape[0]), "height": "?", "width": "?"},
+        )
         schedule = StepSchedule(cfg.recompute_every)
 
         def step(**kwargs: Any) -> tuple[torch.Tensor]:

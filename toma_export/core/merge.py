@@ -107,7 +107,7 @@ def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:
 
     Used to gather RoPE rows: a merged token takes its destination's position (gather, not mean).
     """
-    tile_index, rest_index = (t.to(idx.device) for t in layout.token_index)
+    tile_index, rest_index = layout.token_index_on(idx.device)
     b = idx.shape[0]
     dest = torch.gather(tile_index.expand(b, -1, -1), -1, idx).flatten(1)
     return torch.cat([dest, rest_index.expand(b, -1)], dim=1)

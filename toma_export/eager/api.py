@@ -126,7 +126,10 @@ def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
     model = _denoiser(obj)
     _eager_family(model)  # refuse unsupported models before removing anything
     remove(obj)
-    setattr(model, _INSTALLED_ATTR, install(model, config))
+    installed = install(model, config)
+    setattr(model, _INSTALLED_ATTR, installed)
+    if obj is not model:
+        flux.follow_pipeline(obj, installed)  # a Flux pipeline tells each call's image grid
     return obj
 
 

@@ -44,6 +44,8 @@ SPAN_UNMERGE_HOOK = "toma_span_unmerge"
 
 #: Reads the call's grid into the context: ``(context, args, kwargs)``.
 GridReader = Callable[[MergeContext, tuple, dict], None]
+#: The token grids the current call may merge, from the context its reader filled.
+MergedGrids = Callable[[MergeContext], "list[tuple[int, int]]"]
 
 
 class _Contexts(StateManager):
@@ -57,15 +59,22 @@ class _Contexts(StateManager):
 
 
 class StepHook(ModelHook):
-    """Step boundaries and the per-generation state of the model it sits on."""
+    """Step boundaries and the per-generation state of the model it sits on.
+
+    Its pre- and post-forward are host code (``torch.compiler.disable``): the step count, the grid
+    and the select/reuse decision are settled before the model's computation, never traced. A
+    whole-model ``torch.compile`` therefore breaks the graph at the step boundary only (the body is
+    one graph per variant); regional compilation (``compile_repeated_blocks``) never sees them.
+    """
 
     _is_stateful = True
 
-    def __init__(self, config: ToMAConfig, read_grid: GridReader):
+    def __init__(self, config: ToMAConfig, read_grid: GridReader, grids: MergedGrids | None = None):
         super().__init__()
         self.config = config
         self.method: MergeMethod = get(config.method)
         self.read_grid = read_grid
+        self.grids = grids
         self.default = MergeContext(config)
         self.contexts = _Contexts(MergeContext, (config,))  # type: ignore[arg-type]  # diffusers sets its cache context
         self.active = self.default
@@ -73,12 +82,20 @@ class StepHook(ModelHook):
     def current(self) -> MergeContext:
         return self.default if self.contexts._context is None else self.contexts.get_state()
 
+    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         ctx = self.active = self.current()
         ctx.begin_step()
         self.read_grid(ctx, args, kwargs)
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        grids = self.grids(ctx) if self.grids is not None and self.method.name == "toma" else []
+        if isinstance(x, torch.Tensor) and grids:
+            ctx.prepare(grids, int(x.shape[0]), x.device)
+        else:
+            ctx.schedule.begin()
         return args, kwargs
 
+    @torch.compiler.disable
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         self.active.end_step()
         return output

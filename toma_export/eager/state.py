@@ -16,6 +16,7 @@ import torch
 from diffusers.hooks.hooks import BaseState
 
 from toma_export.config import ToMAConfig
+from toma_export.errors import ToMAConfigError
 from toma_export.core.merge import MergeMap
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout, unet_level
@@ -49,6 +50,22 @@ class MergeContext(BaseState):
         self._step_idx.clear()
         self._step_weights.clear()
 
+    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device) -> None:
+        """Host, before the step's computation: reserve the destination buffer of every layout the
+        call may merge (``grids``) and decide select or reuse, so traced sites only read the bool
+        and write in place (:class:`~toma_export.schedule.StepSchedule`)."""
+        keys = []
+        for h, w in grids:
+            try:
+                layout = self.layout_for(h, w)
+            except ToMAConfigError:
+                continue  # the site that meets this grid raises it
+            if self.merges(layout):
+                key = _key(layout, batch)
+                self.schedule.reserve(key, (batch, layout.num_tiles, tokens_kept(layout.tile_size, self.config.ratio)), device)
+                keys.append(key)
+        self.schedule.begin(keys)
+
     def end_step(self) -> None:
         # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
         self._step_idx.clear()
@@ -64,6 +81,16 @@ class MergeContext(BaseState):
         return self.schedule.selections
 
     # -- grids ----------------------------------------------------------------------------------------
+    def unet_grids(self, max_downsample: int) -> list[tuple[int, int]]:
+        """Every UNet level grid of the current call up to ``max_downsample`` (what may merge)."""
+        if self.latent_hw is None:
+            return []
+        (h, w), factor, out = self.latent_hw, 1, []
+        while factor <= max_downsample:
+            out.append((h, w))
+            h, w, factor = -(-h // 2), -(-w // 2), factor * 2
+        return out
+
     def unet_grid(self, n: int, max_downsample: int) -> tuple[int, int] | None:
         """Grid of a UNet level with ``n`` tokens when that level is merged, else None."""
         if self.latent_hw is None:
@@ -87,8 +114,7 @@ class MergeContext(BaseState):
 
     def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
         """One site's merge map: the group's destinations this step, weights from ``features``."""
-        # plain ints: traceable; no token order, so row- and tile-major sites share destinations
-        key = (layout.h, layout.w, layout.th, layout.tw, layout.frames, features.shape[0])
+        key = _key(layout, features.shape[0])
         if self.config.share_weights and key in self._step_weights:
             return self._step_weights[key].on(layout)
         parts = layout.split(features)  # once, for selection and weights
@@ -101,3 +127,9 @@ class MergeContext(BaseState):
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm
+
+
+def _key(layout: TileLayout, batch: int) -> tuple[int, ...]:
+    """A destination group's key: plain ints (traceable) and no token order, so row- and
+    tile-major sites share destinations."""
+    return (layout.h, layout.w, layout.th, layout.tw, layout.frames, batch)

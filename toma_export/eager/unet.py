@@ -79,7 +79,7 @@ def install(unet: torch.nn.Module, config: ToMAConfig, installed: Installed | No
         if tomesd_patch:
             unet._tome_info["size"] = ctx.latent_hw  # type: ignore[index, operator, assignment]
 
-    root = StepHook(config, read_grid)
+    root = StepHook(config, read_grid, lambda ctx: ctx.unet_grids(limit))
     inst = installed or Installed(unet, root)
     inst.add(unet, root, STEP_HOOK)
     if not config.active:
