@@ -70,6 +70,17 @@ def test_host_schedule_replays_select_and_reuse_as_eager_decides(sdxl_tiny: torc
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+def test_unpatched_model_is_one_graph_replayed(sdxl_tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cg, "require_cuda", lambda what: None)
+    steps = [example_inputs(sdxl_tiny, height=128, width=128, seed=s) for s in range(3)]
+    runner = cg.GraphedModel(sdxl_tiny)
+    runner.cache = HostCache()
+    with torch.no_grad():
+        for kw in steps:
+            torch.testing.assert_close(runner(**kw)[0], sdxl_tiny(**kw)[0], rtol=0, atol=0)
+    assert [e for e, _ in runner.cache.log] == ["capture", "replay", "replay"]
+
+
 def test_runner_refuses_without_cuda() -> None:
     if CUDA:
         pytest.skip("a CUDA GPU is present")

@@ -135,8 +135,29 @@ def cudagraph(model: torch.nn.Module, config: ToMAConfig | None, example: dict[s
     return GraphedModel(model)
 
 
+def inductor_regional(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """Regional compilation: ``torch.compile`` (inductor) of the model's repeated blocks only, in place
+    (diffusers' ``compile_repeated_blocks`` where the model declares ``_repeated_blocks``; a UNet's
+    transformer blocks otherwise); the step hook and everything between the blocks run eagerly.
+    Compilation happens on the first, untimed call (its time is the row's first-call time)."""
+    _raise_recompile_limits()
+    names = set(getattr(model, "_repeated_blocks", None) or ())
+    if names:
+        blocks = [m for m in model.modules() if type(m).__name__ in names]
+    else:
+        from toma_export.eager.unet import transformer_blocks
+
+        blocks = [m for _, m in transformer_blocks(model)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile regionally")
+    for block in blocks:
+        block.compile(backend="inductor", dynamic=False)
+    return model
+
+
 register_backend("cudagraph", cudagraph)
 register_backend("inductor-cudagraph", _inductor("reduce-overhead"))
+register_backend("inductor-regional", inductor_regional)
 
 
 def _engine_backend(

@@ -103,7 +103,6 @@ class GraphedVariant:
         require_cuda("a CUDA-graph variant")
         self.fn = fn
         self.cache = cache or GraphCache()
-        self._own: dict[Hashable, Hashable] = {}
 
     def __call__(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
         key = (id(self), signature(flat))
@@ -150,7 +149,7 @@ class GraphedModel(torch.nn.Module):
         installed = self._installed
         root = getattr(installed, "root", None)
         if root is None or not hasattr(root, "pre_forward") or not hasattr(root, "fn_ref"):
-            return _copy_out(self._replay(("plain", signature(leaves)), self.model.forward, leaves, spec, tensors))
+            return _copy_out(self._replay(("plain", signature(leaves)), self.model, leaves, spec, tensors))
         root.pre_forward(self.model, **kwargs)  # host: grid, buffers, the decision
         ctx = root.active
         schedule = ctx.schedule
@@ -172,8 +171,7 @@ class GraphedModel(torch.nn.Module):
         entry = self.cache.graphs.get(key)
         if entry is None:
             entry = self.cache.capture(key, lambda static: fn(**_rebuild(leaves, spec, static)), tensors)
-            torch.cuda.current_stream().synchronize()
-            entry.graph.replay()
+            entry.graph.replay()  # the capture ran nothing: this call's outputs now
             return entry.outputs
         return self.cache.replay(entry, tensors)
 
