@@ -189,3 +189,18 @@ def test_merge_ops_decompose_under_inductor_and_selection_stays_one_op(flux_tiny
 
     found = sorted(toma_ops(graphs[0]) + toma_ops(graphs[1]))
     assert found and set(found) == {"toma.facility_location.default"}, found
+
+
+@pytest.mark.parametrize("name", ["flux-tiny", "sdxl-tiny"])
+def test_regional_backend_compiles_the_repeated_blocks_only(name: str) -> None:
+    from toma_export.bench.backends import get_backend
+    from toma_export.eager.unet import transformer_blocks
+    from toma_export.models import load_model
+
+    model = load_model(name)
+    out = get_backend("inductor-regional")(model, None, {})
+    assert out is model and model._compiled_call_impl is None  # the model itself stays eager
+    declared = set(getattr(model, "_repeated_blocks", None) or ())
+    blocks = ([m for m in model.modules() if type(m).__name__ in declared] if declared
+              else [m for _, m in transformer_blocks(model)])
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
