@@ -1,0 +1,330 @@
+"""The fused Triton merge/unmerge kernels equal the torch path (``core/merge.py``), and each is one op.
+
+Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set here before
+Triton is first imported when possible, otherwise the kernel checks re-run in a child process), on
+small channel counts but real tile structure: 4x4 tiles, grids with border tokens, tile-major and
+row-major token order, video frames. With a GPU they run compiled, and the ``gpu``-marked tests
+check real SDXL / Flux site sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+_CUDA = torch.cuda.is_available()
+if not _CUDA and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from interpreter import assert_passes_in_interpreter_child, in_child  # noqa: E402
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+import toma_export.core.merge as core_merge  # noqa: E402
+from plugins.triton_merge import block_sizes, merge_kernel, merge_triton, unmerge_triton  # noqa: E402
+from toma_export import ops  # noqa: E402
+from toma_export.core.merge import MergeMap  # noqa: E402
+from toma_export.core.selection import facility_location, tokens_kept  # noqa: E402
+from toma_export.core.tiles import TileLayout  # noqa: E402
+
+INTERPRETED = not isinstance(merge_kernel, JITFunction)
+DEVICE = "cuda" if _CUDA else "cpu"
+RUNNABLE = _CUDA or INTERPRETED
+GPU = _CUDA and not INTERPRETED
+
+needs_kernel = pytest.mark.skipif(
+    not RUNNABLE,
+    reason="Triton was imported before this module could enable TRITON_INTERPRET; "
+    "test_kernel_suite_in_interpreter_child runs these checks in a child process",
+)
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (and Triton not in interpreter mode)")
+
+#: (atol, rtol) per dtype: the kernel keeps M = A / rowsum(A) in fp32 where the torch path rounds it,
+#: and fp32 noise in the cosine is scaled by the temperature (1000) before the softmax.
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 2e-2)}
+
+#: Site shapes: grid (h, w), frames, token order, channels, kept fraction, temperature.
+SITES = {
+    # SDXL: a 4x4-tiled level in the block's tile-major order; 18x20 leaves right columns and bottom rows.
+    "sdxl-18x20-tile-major": ((18, 20), 1, True, 40, 0.5, 1000.0),
+    "sdxl-10x9-row-major": ((10, 9), 1, False, 24, 0.5, 1000.0),
+    # Flux: row-major image tokens, softer temperature so every weight matters.
+    "flux-12x16": ((12, 16), 1, False, 48, 0.25, 20.0),
+    # Video grid: 2 frames of 10x9, each frame with its own border.
+    "video-2x10x9": ((20, 9), 2, False, 16, 0.5, 50.0),
+}
+
+
+def _case(site: str, batch: int, dtype: torch.dtype, seed: int = 0) -> tuple[TileLayout, torch.Tensor, torch.Tensor, float]:
+    (h, w), frames, tile_major, c, keep, tau = SITES[site]
+    layout = TileLayout.create(h, w, (4, 4), "keep", frames=frames, tile_major=tile_major)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, h * w, c, generator=gen).to(dtype)
+    idx = facility_location(layout.split(x)[0].float(), tokens_kept(layout.tile_size, keep))
+    return layout, x, idx, tau
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got.cpu(), ref, atol=atol, rtol=rtol)
+
+
+@needs_kernel
+@pytest.mark.parametrize("site", list(SITES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kernels_equal_torch_path(site: str, dtype: torch.dtype) -> None:
+    batch = 2 if dtype is torch.float32 else 1  # batch 1 and 2 both run; the interpreter pays per program
+    layout, x, idx, tau = _case(site, batch, dtype)
+    ref = MergeMap.build(layout, x, idx, tau)  # CPU tensors: the torch path
+    ref_merged = ref.merge(x)
+    merged, weights = merge_triton(x.to(DEVICE), layout, idx=idx.to(DEVICE), temperature=tau)
+    assert merged.dtype == weights.dtype == dtype
+    assert merged.shape == ref_merged.shape and weights.shape == ref.weights.shape
+    _close(weights, ref.weights, dtype)
+    b, t, k, s = weights.shape  # every token is a convex mix of its tile's destinations
+    torch.testing.assert_close(weights.float().sum(2).cpu(), torch.ones(b, t, s), atol=2 * k * TOL[dtype][0], rtol=0)
+    _close(merged, ref_merged, dtype)
+    cut = layout.num_tiles * idx.shape[-1]
+    assert torch.equal(merged[:, cut:].cpu(), layout.split(x)[1]), "border tokens are carried through unchanged"
+
+    again, same = merge_triton(x.to(DEVICE), layout, weights=ref.weights.to(DEVICE))  # another site's weights
+    assert same.data_ptr() == ref.weights.to(DEVICE).data_ptr() or torch.equal(same.cpu(), ref.weights)
+    _close(again, ref_merged, dtype)
+
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(ref_merged.shape, generator=gen).to(dtype)
+    residual = torch.randn(x.shape, generator=gen).to(dtype)
+    out = unmerge_triton(y.to(DEVICE), ref.weights.to(DEVICE), layout)
+    _close(out, ref.unmerge(y), dtype)
+    rest = layout.split(out.cpu())[1]
+    assert torch.equal(rest, y[:, cut:]), "border tokens are copied back unchanged"
+    fused = unmerge_triton(y.to(DEVICE), ref.weights.to(DEVICE), layout, residual=residual.to(DEVICE))
+    _close(fused, ref.unmerge(y) + residual, dtype)
+
+
+@needs_kernel
+def test_span_views_are_read_and_written_in_place() -> None:
+    """A token-strided span of a longer sequence (Flux's image tokens after the text) needs no copy."""
+    layout, x, idx, tau = _case("flux-12x16", 2, torch.float32)
+    text = 5
+    seq = torch.cat([torch.randn(2, text, x.shape[2]), x], dim=1).to(DEVICE)
+    m = layout.merged_count(idx.shape[-1])
+    buf = torch.zeros(2, text + m, x.shape[2], device=DEVICE)
+    merged, _ = merge_triton(seq[:, text:], layout, idx=idx.to(DEVICE), temperature=tau, out=buf[:, text:])
+    assert merged.data_ptr() == buf[:, text:].data_ptr()
+    _close(buf[:, text:], MergeMap.build(layout, x, idx, tau).merge(x), torch.float32)
+    assert not buf[:, :text].any(), "nothing outside the span is written"
+
+
+def test_block_sizes_and_validation() -> None:
+    assert block_sizes(16, 8, 640) == (16, 16, 32)
+    assert block_sizes(16, 4, 20) == (16, 16, 32)
+    assert block_sizes(64, 48, 8) == (64, 64, 16)
+    with pytest.raises(ValueError, match="tile size"):
+        block_sizes(256, 8, 8)
+    with pytest.raises(ValueError, match="k=17"):
+        block_sizes(16, 17, 8)
+    layout = TileLayout.create(8, 8, (4, 4))
+    with pytest.raises(ValueError, match=r"x must be \(B, 64, C\)"):
+        merge_triton(torch.zeros(1, 63, 4), layout, idx=torch.zeros(1, 4, 2, dtype=torch.long), temperature=1.0)
+    with pytest.raises(ValueError, match="needs idx and temperature"):
+        merge_triton(torch.zeros(1, 64, 4), layout)
+    with pytest.raises(TypeError, match="float32"):
+        merge_triton(torch.zeros(1, 64, 4, dtype=torch.int64), layout, weights=torch.zeros(1, 4, 2, 16))
+
+
+# --- one op per merge / unmerge ------------------------------------------------------------------
+
+
+class _Ops(TorchDispatchMode):
+    """Counts the operators that launch work (views and device queries are free)."""
+
+    FREE = {"aten._unsafe_view.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = str(func)
+        if not (func.is_view or func.namespace == "prim" or name in self.FREE):
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _site_ops(device: str, h: int = 64, w: int = 64, c: int = 640, batch: int = 2) -> Counter[str]:
+    """Operators of one merged SDXL site (weights, merge of the same features, unmerge), fp16, tile-major."""
+    layout = TileLayout.create(h, w, (4, 4), tile_major=True)
+    k = tokens_kept(16, 0.5)
+    with FakeTensorMode():
+        x = torch.empty(batch, h * w, c, dtype=torch.float16, device=device)
+        idx = torch.zeros(batch, layout.num_tiles, k, dtype=torch.long, device=device)
+        with _Ops() as counter:
+            mm = MergeMap.build(layout, x, idx, 1000.0)
+            y = mm.merge(x)
+            out = mm.unmerge(y)
+        assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    return counter.counts
+
+
+def test_kernel_path_is_one_op_per_merge_and_unmerge() -> None:
+    """CUDA tensors (fake: no GPU needed) take the fused ops; the torch path issues a dozen."""
+    torch_path = _site_ops("meta")
+    kernel_path = _site_ops("cuda")
+    assert kernel_path == Counter({"toma.fused_merge.default": 1, "toma.tile_unmerge.default": 1}), kernel_path
+    assert sum(torch_path.values()) >= 10 and torch_path["aten.bmm.default"] == 3, torch_path
+
+
+@pytest.mark.parametrize("site", ["sdxl-18x20-tile-major", "video-2x10x9"])
+def test_fake_kernels_give_the_real_shapes(site: str) -> None:
+    layout, x, idx, tau = _case(site, 2, torch.bfloat16)
+    args = (layout.h, layout.w, layout.th, layout.tw, layout.frames, layout.tile_major)
+    real_merged, real_w = ops.fused_merge(x, idx, *args, tau)
+    residual = torch.randn(x.shape).to(x.dtype)
+    real_out = ops.tile_unmerge(real_merged, real_w, residual, *args)
+    with FakeTensorMode() as mode:
+        fx, fidx, fres = (mode.from_tensor(t) for t in (x, idx, residual))
+        merged, w = torch.ops.toma.fused_merge(fx, fidx, *args, tau)
+        again = torch.ops.toma.tile_merge(fx, w, *args)
+        out = torch.ops.toma.tile_unmerge(merged, w, fres, *args)
+        plain = torch.ops.toma.tile_unmerge(merged, w, None, *args)
+    for fake, real in ((merged, real_merged), (w, real_w), (again, real_merged), (out, real_out), (plain, real_out)):
+        assert (fake.shape, fake.dtype) == (real.shape, real.dtype)
+
+
+def test_torch_compile_sees_one_op_per_merge_and_unmerge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the kernel path chosen (forced on CPU, where the ops' kernel is the torch code), a compiled
+    site is one opaque op per merge and per unmerge, and computes what the torch path computes."""
+    layout, x, idx, tau = _case("sdxl-18x20-tile-major", 2, torch.float32)
+    residual = torch.randn(x.shape)
+
+    def site(x: torch.Tensor, idx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        mm = MergeMap.build(layout, x, idx, tau)
+        return mm.unmerge(mm.merge(x) * 2.0, residual)
+
+    expected = site(x, idx, residual)  # torch path
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    monkeypatch.setattr(core_merge, "uses_kernels", lambda t: True)
+    torch._dynamo.reset()
+    got = torch.compile(site, backend=record, fullgraph=True)(x, idx, residual)
+    torch._dynamo.reset()
+    targets = Counter(str(n.target).removesuffix(".default") for g in graphs for n in g.graph.nodes if n.op == "call_function")
+    assert targets["toma.fused_merge"] == 1 and targets["toma.tile_unmerge"] == 1, targets
+    assert not any("bmm" in t or "matmul" in t or "softmax" in t for t in targets), targets
+    torch.testing.assert_close(got, expected)
+
+
+def test_export_decomposes_the_fused_ops_to_aten() -> None:
+    """Exporters lower the new ops like the graph pass's ops: standard ATen, same values."""
+    from toma_export.graph.decompositions import decompositions
+
+    layout, x, idx, tau = _case("sdxl-10x9-row-major", 1, torch.float32)
+    args = (layout.h, layout.w, layout.th, layout.tw, layout.frames, layout.tile_major)
+
+    class Site(torch.nn.Module):
+        def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            merged, w = torch.ops.toma.fused_merge(x, idx, *args, tau)
+            again = torch.ops.toma.tile_merge(x, w, *args)
+            return torch.ops.toma.tile_unmerge(merged + again, w, x, *args)
+
+    ep = torch.export.export(Site(), (x, idx))
+    lowered = ep.run_decompositions(decompositions())
+    left = [n for n in lowered.graph.nodes if n.op == "call_function" and "toma" in str(n.target)]
+    assert not left, left
+    torch.testing.assert_close(lowered.module()(x, idx), Site()(x, idx))
+
+
+def test_kernels_compile_for_gpu_targets() -> None:
+    """Every kernel variant compiles and assembles for sm_80 / sm_90 in each dtype, without a GPU
+    (a child process without ``TRITON_INTERPRET``: the interpreter does not type-check)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import json, torch\n"
+        "from plugins.triton_merge import compile_kernels\n"
+        "out = {f'{a}-{d}': compile_kernels(a, getattr(torch, d)) for a, d in "
+        "[(90, 'float16'), (90, 'bfloat16'), (90, 'float32'), (80, 'float16')]}\n"
+        "print(json.dumps(out))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(built) == 4 and all(len(v) == 4 and min(v.values()) > 10_000 for v in built.values()), built
+
+
+# --- compiled kernels on a GPU --------------------------------------------------------------------
+
+#: Real site sizes: SDXL levels (tile-major, 1024² and a size whose grid the tile does not divide),
+#: Flux at 1024² (row-major image tokens, 3072 channels).
+GPU_SITES = {
+    "sdxl-64x64x640": ((64, 64), True, 640),
+    "sdxl-32x32x1280": ((32, 32), True, 1280),
+    "sdxl-66x62x640-border": ((66, 62), True, 640),
+    "flux-64x64x3072": ((64, 64), False, 3072),
+}
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("site", list(GPU_SITES))
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_compiled_kernels_equal_torch_path(site: str, batch: int, dtype: torch.dtype) -> None:
+    (h, w), tile_major, c = GPU_SITES[site]
+    layout = TileLayout.create(h, w, (4, 4), tile_major=tile_major)
+    gen = torch.Generator(device="cuda").manual_seed(batch + c)
+    x = torch.randn(batch, h * w, c, device="cuda", generator=gen).to(dtype)
+    idx = facility_location(layout.split(x)[0].float(), tokens_kept(16, 0.5))
+    args = (h, w, 4, 4, 1, tile_major)
+    ref_merged, ref_w = ops.fused_merge_impl(x, idx, *args, 1000.0)
+    merged, weights = torch.ops.toma.fused_merge(x, idx, *args, 1000.0)  # CUDA: the Triton kernel
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(weights, ref_w, atol=atol, rtol=rtol)
+    torch.testing.assert_close(merged, ref_merged, atol=atol, rtol=rtol)
+    torch.testing.assert_close(torch.ops.toma.tile_merge(x, ref_w, *args), ref_merged, atol=atol, rtol=rtol)
+    y = torch.randn(merged.shape, device="cuda", generator=gen).to(dtype)
+    res = torch.randn(x.shape, device="cuda", generator=gen).to(dtype)
+    torch.testing.assert_close(
+        torch.ops.toma.tile_unmerge(y, ref_w, res, *args), ops.tile_unmerge_impl(y, ref_w, res, *args), atol=atol, rtol=rtol
+    )
+    mm = MergeMap.build(layout, x, idx, 1000.0)  # the eager path dispatches to the same kernels
+    assert mm.fused is not None and mm.merge(x) is mm.fused[1]
+    torch.testing.assert_close(mm.unmerge(y), ops.tile_unmerge_impl(y, ref_w, None, *args), atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_compiled_model_calls_the_kernels_once_per_site() -> None:
+    """torch.compile (inductor) on CUDA keeps each op opaque and runs the Triton kernels."""
+    layout = TileLayout.create(64, 64, (4, 4), tile_major=True)
+    x = torch.randn(2, 4096, 640, device="cuda", dtype=torch.float16)
+    idx = facility_location(layout.split(x)[0].float(), 8)
+
+    def site(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        mm = MergeMap.build(layout, x, idx, 1000.0)
+        return mm.unmerge(mm.merge(x).relu(), x)
+
+    torch._dynamo.reset()
+    got = torch.compile(site, fullgraph=True)(x, idx)
+    tiles, rest = layout.split(x)
+    w = core_merge.merge_weights(tiles, idx, 1000.0)
+    ref = core_merge.unmerge_tiles(layout, w, core_merge.merge_tiles(w / w.sum(-1, keepdim=True), tiles, rest).relu()) + x
+    torch.testing.assert_close(got, ref, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.skipif(RUNNABLE or in_child(), reason="kernel checks ran in this process")
+def test_kernel_suite_in_interpreter_child() -> None:
+    assert_passes_in_interpreter_child(__file__)
