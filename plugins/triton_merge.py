@@ -122,6 +122,7 @@ def merge_kernel(
     tau,
     TILE_MAJOR: tl.constexpr,
     LOAD_WEIGHTS: tl.constexpr,
+    WRITE_MERGED: tl.constexpr,  # False: weights only (launched over the tiles alone)
     BLOCK_S: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -166,15 +167,17 @@ def merge_kernel(
             a_out = a.to(w_ptr.dtype.element_ty)
             tl.store(w_ptrs, a_out, mask=w_mask)
             a = a_out.to(tl.float32)  # merge with the weights as stored, like the torch path
-        rows = tl.sum(a, axis=1)
-        m = a / tl.where(valid_k, rows, 1.0)[:, None]
-        o_rows = p * K + offs_k
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + offs_c
-            cmask = cols[None, :] < C
-            xx = tl.load(x_base + tok[:, None] * sxn + cols[None, :], mask=valid_s[:, None] & cmask, other=0.0)
-            acc = tl.dot(m, xx.to(tl.float32), input_precision="ieee")
-            tl.store(o_base + o_rows[:, None] * son + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=valid_k[:, None] & cmask)
+        if WRITE_MERGED:
+            rows = tl.sum(a, axis=1)
+            m = a / tl.where(valid_k, rows, 1.0)[:, None]
+            o_rows = p * K + offs_k
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + offs_c
+                cmask = cols[None, :] < C
+                xx = tl.load(x_base + tok[:, None] * sxn + cols[None, :], mask=valid_s[:, None] & cmask, other=0.0)
+                acc = tl.dot(m, xx.to(tl.float32), input_precision="ieee")
+                omask = valid_k[:, None] & cmask
+                tl.store(o_base + o_rows[:, None] * son + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
     else:
         r = (p - NT) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
         src = _border_tokens(r, W, FH, TH, TW, TX, TY, F, NT, S, TILE_MAJOR)
@@ -254,8 +257,9 @@ def _grid_args(layout: TileLayout) -> tuple[int, ...]:
     return (layout.w, layout.frame_h, layout.th, layout.tw, layout.tiles_x, layout.tiles_y, layout.frames)
 
 
-def _launch_grid(layout: TileLayout, batch: int) -> tuple[int, int]:
-    return (layout.num_tiles + math.ceil(layout.num_rest / BLOCK_R), batch)
+def _launch_grid(layout: TileLayout, batch: int, border: bool = True) -> tuple[int, int]:
+    """Tile programs, then (with ``border``) border programs, per batch element."""
+    return (layout.num_tiles + (math.ceil(layout.num_rest / BLOCK_R) if border else 0), batch)
 
 
 def _tokens(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
@@ -275,13 +279,15 @@ def merge_triton(
     temperature: float | None = None,
     weights: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    tokens: bool = True,
     block_c: int = DEFAULT_BLOCK_C,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(merged (B, T*k + R, C), weights A (B, T, k, S))`` of tokens ``x`` ``(B, N, C)`` in one launch.
 
     With ``idx`` ``(B, T, k)`` and ``temperature`` the weights are computed (and returned in
     ``x``'s dtype); with ``weights`` they are read (and returned as given). ``out`` (channels
     contiguous, e.g. a span of a longer sequence) receives the merged tokens in place.
+    ``tokens=False``: the weights only (merged is None).
     """
     x = _tokens(x, "x", layout.num_tokens)
     b, _, c = x.shape
@@ -300,22 +306,27 @@ def merge_triton(
             raise ValueError(f"idx must be (B, T, k) = ({b}, {t}, k); got {tuple(idx.shape)}")
         ids = idx.contiguous()
         a = x.new_empty((b, t, k, s))
+    if not tokens and weights is not None:
+        raise ValueError("tokens=False computes weights: pass idx and temperature, not weights")
     bs, bk, bc = block_sizes(s, k, c, block_c)
     m = layout.merged_count(k)
-    if out is None:
+    if not tokens:
+        out = None
+    elif out is None:
         out = x.new_empty((b, m, c))
     elif tuple(out.shape) != (b, m, c) or out.stride(-1) != 1 or out.dtype != x.dtype:
         raise ValueError(f"out must be a {x.dtype} tensor of shape {(b, m, c)} with contiguous channels")
     _check_device(x.device)
     if b and c:
         opts = _FP_OPTIONS if x.device.type == "cuda" else {}
-        merge_kernel[_launch_grid(layout, b)](
-            x, ids, a, out,
-            x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+        dst = out if out is not None else x  # not written without tokens
+        merge_kernel[_launch_grid(layout, b, border=tokens)](
+            x, ids, a, dst,
+            x.stride(0), x.stride(1), dst.stride(0), dst.stride(1),
             *_grid_args(layout),
             t, s, k, c, layout.num_rest,
             float(temperature) if temperature is not None else 0.0,
-            TILE_MAJOR=layout.tile_major, LOAD_WEIGHTS=weights is not None,
+            TILE_MAJOR=layout.tile_major, LOAD_WEIGHTS=weights is not None, WRITE_MERGED=tokens,
             BLOCK_S=bs, BLOCK_K=bk, BLOCK_C=bc, BLOCK_R=BLOCK_R, **opts,
         )  # fmt: skip
     return out, (weights if weights is not None else a)
@@ -365,6 +376,48 @@ def unmerge_triton(
     return out
 
 
+# --- a span of a longer sequence (the graph pass's ops: Flux text tokens before the image) ---------
+
+
+def _pass_through(src: torch.Tensor, dst: torch.Tensor, offset: int, n_src: int, n_dst: int) -> None:
+    """Copy the tokens before and after the span (``n_src`` tokens in ``src``, ``n_dst`` in ``dst``)."""
+    if offset:
+        dst[:, :offset].copy_(src[:, :offset])
+    if src.shape[1] > offset + n_src:
+        dst[:, offset + n_dst :].copy_(src[:, offset + n_src :])
+
+
+def merge_span_triton(
+    x: torch.Tensor,
+    layout: TileLayout,
+    offset: int,
+    *,
+    idx: torch.Tensor | None = None,
+    temperature: float | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x`` ``(B, L, C)`` with its image span ``[offset, offset + N)`` merged in place of it
+    (:func:`merge_triton` writing into the output's span; tokens around it copied)."""
+    n = layout.num_tokens
+    k = weights.shape[2] if weights is not None else (idx.shape[-1] if idx is not None else 0)
+    m = layout.merged_count(k)
+    out = x.new_empty((x.shape[0], x.shape[1] - n + m, x.shape[2]))
+    span = out[:, offset : offset + m]
+    merge_triton(x[:, offset : offset + n], layout, idx=idx, temperature=temperature, weights=weights, out=span)
+    _pass_through(x, out, offset, n, m)
+    return out
+
+
+def unmerge_span_triton(y: torch.Tensor, weights: torch.Tensor, layout: TileLayout, offset: int) -> torch.Tensor:
+    """Inverse of :func:`merge_span_triton`: the merged span of ``y`` unmerged, tokens around it copied."""
+    n = layout.num_tokens
+    m = layout.merged_count(weights.shape[2])
+    out = y.new_empty((y.shape[0], y.shape[1] - m + n, y.shape[2]))
+    unmerge_triton(y[:, offset : offset + m], weights, layout, out=out[:, offset : offset + n])
+    _pass_through(y, out, offset, m, n)
+    return out
+
+
 # --- ahead-of-time compilation check ---------------------------------------------------------------
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -385,8 +438,11 @@ def compile_kernels(arch: int = 90, dtype: torch.dtype = torch.float16, num_warp
     ty = _TRITON_DTYPE[dtype]
     blocks = {"BLOCK_S": 16, "BLOCK_K": 16, "BLOCK_C": DEFAULT_BLOCK_C, "BLOCK_R": BLOCK_R}
     variants = {
-        f"merge{'-weights-given' if load else ''}{'-tile-major' if tm else ''}": (merge_kernel, {"TILE_MAJOR": tm, "LOAD_WEIGHTS": load})
-        for load, tm in ((False, False), (True, True))
+        f"merge{'-weights-given' if load else ''}{'' if write else '-weights-only'}{'-tile-major' if tm else ''}": (
+            merge_kernel,
+            {"TILE_MAJOR": tm, "LOAD_WEIGHTS": load, "WRITE_MERGED": write},
+        )
+        for load, write, tm in ((False, True, False), (True, True, True), (False, False, False))
     } | {
         f"unmerge{'-residual' if res else ''}{'-tile-major' if tm else ''}": (unmerge_kernel, {"TILE_MAJOR": tm, "HAS_RESIDUAL": res})
         for res, tm in ((True, False), (False, True))

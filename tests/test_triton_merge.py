@@ -25,12 +25,20 @@ if not _CUDA and "triton" not in sys.modules:
 
 from interpreter import assert_passes_in_interpreter_child, in_child  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import toma_export.core.merge as core_merge  # noqa: E402
-from plugins.triton_merge import block_sizes, merge_kernel, merge_triton, unmerge_triton  # noqa: E402
+from plugins.triton_merge import (  # noqa: E402
+    block_sizes,
+    merge_kernel,
+    merge_span_triton,
+    merge_triton,
+    unmerge_span_triton,
+    unmerge_triton,
+)
 from toma_export import ops  # noqa: E402
+from toma_export.bench.launches import SITES as SITE_SIZES  # noqa: E402
+from toma_export.bench.launches import Site, site_launches  # noqa: E402
 from toma_export.core.merge import MergeMap  # noqa: E402
 from toma_export.core.selection import facility_location, tokens_kept  # noqa: E402
 from toma_export.core.tiles import TileLayout  # noqa: E402
@@ -111,17 +119,26 @@ def test_kernels_equal_torch_path(site: str, dtype: torch.dtype) -> None:
 
 
 @needs_kernel
-def test_span_views_are_read_and_written_in_place() -> None:
-    """A token-strided span of a longer sequence (Flux's image tokens after the text) needs no copy."""
-    layout, x, idx, tau = _case("flux-12x16", 2, torch.float32)
-    text = 5
-    seq = torch.cat([torch.randn(2, text, x.shape[2]), x], dim=1).to(DEVICE)
-    m = layout.merged_count(idx.shape[-1])
-    buf = torch.zeros(2, text + m, x.shape[2], device=DEVICE)
-    merged, _ = merge_triton(seq[:, text:], layout, idx=idx.to(DEVICE), temperature=tau, out=buf[:, text:])
-    assert merged.data_ptr() == buf[:, text:].data_ptr()
-    _close(buf[:, text:], MergeMap.build(layout, x, idx, tau).merge(x), torch.float32)
-    assert not buf[:, :text].any(), "nothing outside the span is written"
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_ops_span_kernels_equal_torch_path(dtype: torch.dtype) -> None:
+    """The graph pass's ops on CUDA: weights only, merge and unmerge of the image span of a longer
+    sequence (text tokens before it, others after), read and written in place, the rest copied."""
+    layout, img, idx, tau = _case("flux-12x16", 2, dtype)
+    gen = torch.Generator().manual_seed(2)
+    head, tail = 5, 3
+    x = torch.cat([torch.randn(2, head, img.shape[2], generator=gen).to(dtype), img, torch.randn(2, tail, img.shape[2], generator=gen).to(dtype)], 1)
+    args = (layout.h, layout.w, layout.th, layout.tw, layout.frames, head)
+    ref_w = ops.merge_weights_impl(x, idx, *args, tau)
+    _, w = merge_triton(x.to(DEVICE)[:, head : head + layout.num_tokens], layout, idx=idx.to(DEVICE), temperature=tau, tokens=False)
+    _close(w, ref_w, dtype)
+    ref_merged = ops.merge_impl(x, ref_w, *args)
+    merged = merge_span_triton(x.to(DEVICE), layout, head, weights=ref_w.to(DEVICE))
+    _close(merged, ref_merged, dtype)
+    assert torch.equal(merged[:, :head].cpu(), x[:, :head]) and torch.equal(merged[:, -tail:].cpu(), x[:, -tail:])
+    y = torch.randn(ref_merged.shape, generator=gen).to(dtype)
+    out = unmerge_span_triton(y.to(DEVICE), ref_w.to(DEVICE), layout, head)
+    _close(out, ops.unmerge_impl(y, ref_w, *args), dtype)
+    assert torch.equal(out[:, :head].cpu(), y[:, :head]) and torch.equal(out[:, -tail:].cpu(), y[:, -tail:])
 
 
 def test_block_sizes_and_validation() -> None:
@@ -144,43 +161,47 @@ def test_block_sizes_and_validation() -> None:
 # --- one op per merge / unmerge ------------------------------------------------------------------
 
 
-class _Ops(TorchDispatchMode):
-    """Counts the operators that launch work (views and device queries are free)."""
-
-    FREE = {"aten._unsafe_view.default"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        name = str(func)
-        if not (func.is_view or func.namespace == "prim" or name in self.FREE):
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _site_ops(device: str, h: int = 64, w: int = 64, c: int = 640, batch: int = 2) -> Counter[str]:
-    """Operators of one merged SDXL site (weights, merge of the same features, unmerge), fp16, tile-major."""
-    layout = TileLayout.create(h, w, (4, 4), tile_major=True)
-    k = tokens_kept(16, 0.5)
-    with FakeTensorMode():
-        x = torch.empty(batch, h * w, c, dtype=torch.float16, device=device)
-        idx = torch.zeros(batch, layout.num_tiles, k, dtype=torch.long, device=device)
-        with _Ops() as counter:
-            mm = MergeMap.build(layout, x, idx, 1000.0)
-            y = mm.merge(x)
-            out = mm.unmerge(y)
-        assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
-    return counter.counts
+@pytest.mark.parametrize("site", SITE_SIZES, ids=lambda s: s.name)
+def test_kernel_path_is_one_op_per_merge_and_unmerge(site: Site) -> None:
+    """Real site sizes on fake CUDA tensors (no GPU needed) take the fused ops, one dispatch each;
+    the torch path (meta tensors) issues a dozen."""
+    kernels = site_launches(site, "cuda")
+    one = {
+        "weights": "toma.fused_merge.default",  # weights and merged tokens together
+        "shared merge": "toma.tile_merge.default",
+        "unmerge": "toma.tile_unmerge.default",
+        "unmerge + residual": "toma.tile_unmerge.default",
+    }
+    assert kernels == {**{p: Counter({op: 1}) for p, op in one.items()}, "merge": Counter()}, kernels
+    torch_path = site_launches(site, "meta")
+    assert torch_path["weights"]["aten._softmax.default"] == 1 and sum(torch_path["weights"].values()) >= 11
+    assert all(sum(torch_path[p].values()) >= 1 for p in ("merge", "unmerge", "shared merge"))
 
 
-def test_kernel_path_is_one_op_per_merge_and_unmerge() -> None:
-    """CUDA tensors (fake: no GPU needed) take the fused ops; the torch path issues a dozen."""
-    torch_path = _site_ops("meta")
-    kernel_path = _site_ops("cuda")
-    assert kernel_path == Counter({"toma.fused_merge.default": 1, "toma.tile_unmerge.default": 1}), kernel_path
-    assert sum(torch_path.values()) >= 10 and torch_path["aten.bmm.default"] == 3, torch_path
+def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hooks' merge map on the kernel path (forced on CPU): the tiles are split only for
+    selection, so a reuse step is one dispatch for weights and merge, one for unmerge."""
+    import importlib
+
+    from toma_export.config import ToMAConfig
+    from toma_export.core.profiling import LaunchCounter
+
+    state = importlib.import_module("toma_export.eager.state")  # the package's ``state`` is a function
+    monkeypatch.setattr(core_merge, "uses_kernels", lambda t: True)
+    monkeypatch.setattr(state, "uses_kernels", lambda t: True)
+    ctx = state.MergeContext(ToMAConfig(ratio=0.5, recompute_every=2))
+    layout = ctx.layout_for(12, 16)  # row-major: a split is a permuting copy
+    x = torch.randn(2, 192, 8)
+    counts = []
+    for _ in range(2):
+        ctx.begin_step()
+        with LaunchCounter() as counter:
+            mm = ctx.merge_map(layout, x)
+            mm.unmerge(mm.merge(x))
+        counts.append(counter.counts - Counter({"aten._local_scalar_dense.default": 9}))  # the schedule's host step
+        ctx.end_step()
+    assert counts[0]["toma.facility_location.default"] == 1 and counts[0]["aten.clone.default"] == 1, counts[0]
+    assert counts[1] == Counter({"toma.fused_merge.default": 1, "toma.tile_unmerge.default": 1}), counts[1]
 
 
 @pytest.mark.parametrize("site", ["sdxl-18x20-tile-major", "video-2x10x9"])
@@ -247,22 +268,31 @@ def test_export_decomposes_the_fused_ops_to_aten() -> None:
     torch.testing.assert_close(lowered.module()(x, idx), Site()(x, idx))
 
 
-def test_kernels_compile_for_gpu_targets() -> None:
-    """Every kernel variant compiles and assembles for sm_80 / sm_90 in each dtype, without a GPU
-    (a child process without ``TRITON_INTERPRET``: the interpreter does not type-check)."""
+@pytest.mark.parametrize(
+    "targets",
+    [
+        pytest.param([(90, "float16"), (90, "bfloat16")], id="sm90-half"),
+        pytest.param([(90, "float32"), (80, "float16"), (80, "bfloat16")], id="sm90-fp32-sm80", marks=pytest.mark.slow),
+    ],
+)
+def test_kernels_compile_for_gpu_targets(targets: list[tuple[int, str]]) -> None:
+    """Every kernel variant compiles and assembles for the GPU targets without a GPU (a child
+    process without ``TRITON_INTERPRET``: the interpreter does not type-check like the compiler)."""
+    if in_child():
+        pytest.skip("ran in the parent process")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import json, torch\n"
+        "import json, sys, torch\n"
         "from plugins.triton_merge import compile_kernels\n"
-        "out = {f'{a}-{d}': compile_kernels(a, getattr(torch, d)) for a, d in "
-        "[(90, 'float16'), (90, 'bfloat16'), (90, 'float32'), (80, 'float16')]}\n"
-        "print(json.dumps(out))\n"
+        "targets = json.loads(sys.argv[1])\n"
+        "print(json.dumps({f'{a}-{d}': compile_kernels(a, getattr(torch, d)) for a, d in targets}))\n"
     )
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-c", code, json.dumps(targets)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     built = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(built) == 4 and all(len(v) == 4 and min(v.values()) > 10_000 for v in built.values()), built
+    assert len(built) == len(targets) and all(len(v) == 5 and min(v.values()) > 10_000 for v in built.values()), built
 
 
 # --- compiled kernels on a GPU --------------------------------------------------------------------
@@ -303,6 +333,23 @@ def test_compiled_kernels_equal_torch_path(site: str, batch: int, dtype: torch.d
     mm = MergeMap.build(layout, x, idx, 1000.0)  # the eager path dispatches to the same kernels
     assert mm.fused is not None and mm.merge(x) is mm.fused[1]
     torch.testing.assert_close(mm.unmerge(y), ops.tile_unmerge_impl(y, ref_w, None, *args), atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_graph_ops_equal_torch_path(dtype: torch.dtype) -> None:
+    """The graph pass's ops on CUDA (Flux: 512 text tokens, then the 64x64 image span; 3072 channels)."""
+    layout = TileLayout.create(64, 64, (4, 4))
+    x = torch.randn(2, 512 + 4096, 3072, device="cuda", dtype=dtype)
+    idx = facility_location(layout.split(x[:, 512:])[0].float(), tokens_kept(16, 0.5))
+    args = (64, 64, 4, 4, 1, 512)
+    atol, rtol = TOL[dtype]
+    w = torch.ops.toma.merge_weights(x, idx, *args, 1000.0)
+    torch.testing.assert_close(w, ops.merge_weights_impl(x, idx, *args, 1000.0), atol=atol, rtol=rtol)
+    merged = torch.ops.toma.merge(x, w, *args)
+    torch.testing.assert_close(merged, ops.merge_impl(x, w, *args), atol=atol, rtol=rtol)
+    torch.testing.assert_close(torch.ops.toma.unmerge(merged, w, *args), ops.unmerge_impl(merged, w, *args), atol=atol, rtol=rtol)
 
 
 @pytest.mark.gpu

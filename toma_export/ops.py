@@ -6,8 +6,9 @@ TensorRT) implement it. Its eager kernel is :func:`toma_export.core.selection.fa
 
 ``toma::merge_weights`` / ``merge`` / ``unmerge`` / ``merged_positions`` / ``gather_positions``
 are what the graph pass (``toma_export.graph``) inserts at merge sites; each eager kernel is the
-core maths (``toma_export.core``), and ``toma_export.graph.decompositions()`` lowers all of them
-to standard ATen ops for exporters.
+core maths (``toma_export.core``), on CUDA the Triton kernels of ``plugins/triton_merge.py`` for
+``merge_weights`` / ``merge`` / ``unmerge``, and ``toma_export.graph.decompositions()`` lowers all
+of them to standard ATen ops for exporters.
 
 ``toma::fused_merge`` / ``tile_merge`` / ``tile_unmerge`` are :class:`~toma_export.core.merge.MergeMap`'s
 CUDA path (eager hooks, and models compiled from them): merge weights and merged tokens in one
@@ -22,7 +23,7 @@ import os
 
 import torch
 
-from toma_export.core.merge import MergeMap, merge_tiles, unmerge_tiles
+from toma_export.core.merge import merge_tiles, unmerge_tiles
 from toma_export.core.merge import merge_weights as _merge_weights
 from toma_export.core.merge import merged_positions as _merged_positions
 from toma_export.core.selection import facility_location as _facility_location
@@ -32,6 +33,13 @@ from toma_export.core.tiles import TileLayout
 def _interpreted() -> bool:
     """Triton runs in its CPU interpreter: CUDA tensors then take the torch code."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _torch_on_cuda(th: int, tw: int) -> bool:
+    """CUDA tensors take the torch code: Triton is interpreted, or the tile exceeds the kernels' limit."""
+    from plugins.triton_merge import MAX_TILE
+
+    return _interpreted() or th * tw > MAX_TILE
 
 
 @torch.library.custom_op("toma::facility_location", mutates_args=())
@@ -73,12 +81,16 @@ def _span(x: torch.Tensor, offset: int, n: int) -> tuple[torch.Tensor, torch.Ten
     return x[:, :offset], x[:, offset : offset + n], x[:, offset + n :]
 
 
+# The ``*_impl`` functions are the torch maths on every device (no dispatch to the CUDA kernels), so
+# exporters decompose a program on any device into plain ATen.
+
+
 def merge_weights_impl(
     x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int, temperature: float
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
     _, img, _ = _span(x, offset, layout.num_tokens)
-    return MergeMap.build(layout, img, idx, temperature).weights
+    return _merge_weights(layout.split(img)[0], idx, temperature)
 
 
 def merge_impl(
@@ -86,7 +98,7 @@ def merge_impl(
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
     head, img, tail = _span(x, offset, layout.num_tokens)
-    merged = MergeMap(layout, weights.new_empty(0), weights).merge(img)
+    merged = merge_tiles(weights / weights.sum(dim=-1, keepdim=True), *layout.split(img))
     return torch.cat([head, merged, tail], dim=1) if head.shape[1] or tail.shape[1] else merged
 
 
@@ -94,9 +106,8 @@ def unmerge_impl(
     y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
-    mm = MergeMap(layout, weights.new_empty(0), weights)
-    head, img, tail = _span(y, offset, mm.num_merged)
-    out = mm.unmerge(img)
+    head, img, tail = _span(y, offset, layout.merged_count(weights.shape[2]))
+    out = unmerge_tiles(layout, weights, img)
     return torch.cat([head, out, tail], dim=1) if head.shape[1] or tail.shape[1] else out
 
 
@@ -138,6 +149,17 @@ def _(x, idx, h, w, th, tw, frames, offset, temperature):  # type: ignore[no-unt
     return x.new_empty((x.shape[0], layout.num_tiles, idx.shape[-1], layout.tile_size))
 
 
+@merge_weights.register_kernel("cuda")
+def _(x, idx, h, w, th, tw, frames, offset, temperature):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return merge_weights_impl(x, idx, h, w, th, tw, frames, offset, temperature)
+    from plugins.triton_merge import merge_triton
+
+    layout = _layout(h, w, th, tw, frames)
+    img = x[:, offset : offset + layout.num_tokens]
+    return merge_triton(img, layout, idx=idx, temperature=temperature, tokens=False)[1]
+
+
 @torch.library.custom_op("toma::merge", mutates_args=())
 def merge(
     x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
@@ -153,6 +175,15 @@ def _(x, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
     return x.new_empty((x.shape[0], x.shape[1] - layout.num_tokens + merged, x.shape[2]))
 
 
+@merge.register_kernel("cuda")
+def _(x, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return merge_impl(x, weights, h, w, th, tw, frames, offset)
+    from plugins.triton_merge import merge_span_triton
+
+    return merge_span_triton(x, _layout(h, w, th, tw, frames), offset, weights=weights)
+
+
 @torch.library.custom_op("toma::unmerge", mutates_args=())
 def unmerge(
     y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
@@ -166,6 +197,15 @@ def _(y, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
     layout = _layout(h, w, th, tw, frames)
     merged = layout.merged_count(weights.shape[2])
     return y.new_empty((y.shape[0], y.shape[1] - merged + layout.num_tokens, y.shape[2]))
+
+
+@unmerge.register_kernel("cuda")
+def _(y, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return unmerge_impl(y, weights, h, w, th, tw, frames, offset)
+    from plugins.triton_merge import unmerge_span_triton
+
+    return unmerge_span_triton(y, weights, _layout(h, w, th, tw, frames), offset)
 
 
 @torch.library.custom_op("toma::merged_positions", mutates_args=())
@@ -201,13 +241,6 @@ def _(table, positions, dim, offset, n):  # type: ignore[no-untyped-def]
 
 def _tile_layout(h: int, w: int, th: int, tw: int, frames: int, tile_major: bool) -> TileLayout:
     return TileLayout(h, w, th, tw, frames, tile_major)
-
-
-def _torch_on_cuda(th: int, tw: int) -> bool:
-    """CUDA tensors take the torch code: Triton is interpreted, or the tile exceeds the kernels' limit."""
-    from plugins.triton_merge import MAX_TILE
-
-    return _interpreted() or th * tw > MAX_TILE
 
 
 def fused_merge_impl(
