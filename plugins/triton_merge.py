@@ -53,6 +53,17 @@ _FP_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 
 
 @triton.jit
+def _round_to(v, ty: tl.constexpr):
+    """fp32 ``v`` rounded to nearest-even in ``ty``. bf16 is rounded on the bits (the same result as
+    the compiled conversion; Triton's interpreter would truncate, and its checks should see the GPU's rounding)."""
+    if ty == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        v = (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return v.to(ty)
+
+
+@triton.jit
 def _tile_slots(t, offs_s, W, FH, TH, TW, TX, TY, S, TILE_MAJOR: tl.constexpr):
     """Token index (int64) of tile ``t``'s slots ``offs_s``."""
     if TILE_MAJOR:
@@ -107,7 +118,7 @@ def _copy_rows(src, src_rows, s_stride, dst, dst_rows, d_stride, res, r_stride, 
         v = tl.load(src + src_rows[:, None] * s_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             v += tl.load(res + dst_rows[:, None] * r_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(dst + dst_rows[:, None] * d_stride + cols[None, :], v.to(dst.dtype.element_ty), mask=mask)
+        tl.store(dst + dst_rows[:, None] * d_stride + cols[None, :], _round_to(v, dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -164,7 +175,7 @@ def merge_kernel(
             e = tl.exp(logits - top[None, :])
             a = e / tl.sum(e, axis=0)[None, :]
             a = tl.where(w_mask, a, 0.0)
-            a_out = a.to(w_ptr.dtype.element_ty)
+            a_out = _round_to(a, w_ptr.dtype.element_ty)
             tl.store(w_ptrs, a_out, mask=w_mask)
             a = a_out.to(tl.float32)  # merge with the weights as stored, like the torch path
         if WRITE_MERGED:
@@ -177,7 +188,7 @@ def merge_kernel(
                 xx = tl.load(x_base + tok[:, None] * sxn + cols[None, :], mask=valid_s[:, None] & cmask, other=0.0)
                 acc = tl.dot(m, xx.to(tl.float32), input_precision="ieee")
                 omask = valid_k[:, None] & cmask
-                tl.store(o_base + o_rows[:, None] * son + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+                tl.store(o_base + o_rows[:, None] * son + cols[None, :], _round_to(acc, out_ptr.dtype.element_ty), mask=omask)
     else:
         r = (p - NT) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
         src = _border_tokens(r, W, FH, TH, TW, TX, TY, F, NT, S, TILE_MAJOR)
@@ -220,7 +231,7 @@ def unmerge_kernel(
             omask = valid_s[:, None] & cmask
             if HAS_RESIDUAL:
                 acc += tl.load(r_base + tok[:, None] * srn + cols[None, :], mask=omask, other=0.0).to(tl.float32)
-            tl.store(o_base + tok[:, None] * son + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+            tl.store(o_base + tok[:, None] * son + cols[None, :], _round_to(acc, out_ptr.dtype.element_ty), mask=omask)
     else:
         r = (p - NT) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
         dst = _border_tokens(r, W, FH, TH, TW, TX, TY, F, NT, S, TILE_MAJOR)
