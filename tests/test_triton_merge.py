@@ -39,7 +39,7 @@ from plugins.triton_merge import (  # noqa: E402
 )
 from toma_export import ops  # noqa: E402
 from toma_export.bench.launches import SITES as SITE_SIZES  # noqa: E402
-from toma_export.bench.launches import Site, site_launches  # noqa: E402
+from toma_export.bench.launches import Site, forward_launches, kernel_path_on_meta, site_launches  # noqa: E402
 from toma_export.core.merge import MergeMap  # noqa: E402
 from toma_export.core.selection import facility_location, tokens_kept  # noqa: E402
 from toma_export.core.tiles import TileLayout  # noqa: E402
@@ -195,15 +195,12 @@ def test_kernel_path_is_one_op_per_merge_and_unmerge(site: Site) -> None:
 def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hooks' merge map on the kernel path (forced on CPU): the tiles are split only for
     selection, so a reuse step is one dispatch for weights and merge, one for unmerge."""
-    import importlib
-
     from toma_export.config import ToMAConfig
+    from toma_export.eager.state import MergeContext
     from toma_export.core.profiling import LaunchCounter
 
-    state = importlib.import_module("toma_export.eager.state")  # the package's ``state`` is a function
-    monkeypatch.setattr(core_merge, "uses_kernels", lambda t: True)
-    monkeypatch.setattr(state, "uses_kernels", lambda t: True)
-    ctx = state.MergeContext(ToMAConfig(ratio=0.5, recompute_every=2))
+    monkeypatch.setattr(core_merge, "KERNEL_DEVICES", frozenset({"cuda", "cpu"}))
+    ctx = MergeContext(ToMAConfig(ratio=0.5, recompute_every=2))
     layout = ctx.layout_for(12, 16)  # row-major: a split is a permuting copy
     x = torch.randn(2, 192, 8)
     counts = []
@@ -212,10 +209,39 @@ def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest
         with LaunchCounter() as counter:
             mm = ctx.merge_map(layout, x)
             mm.unmerge(mm.merge(x))
-        counts.append(counter.counts - Counter({"aten._local_scalar_dense.default": 9}))  # the schedule's host step
+        counts.append(counter.counts)
         ctx.end_step()
     assert counts[0]["toma.facility_location.default"] == 1 and counts[0]["aten.clone.default"] == 1, counts[0]
     assert counts[1] == Counter({"toma.fused_merge.default": 1, "toma.tile_unmerge.default": 1}), counts[1]
+
+
+def test_forward_launches_fall_with_the_kernels() -> None:
+    """A whole eager forward (tiny SDXL UNet on meta): the kernel path dispatches 11 fewer operators
+    per merged site than the torch path (13 -> 2), selecting steps one more per group."""
+    from toma_export.config import ToMAConfig
+
+    n = forward_launches("sdxl-tiny-unet", ToMAConfig(ratio=0.5))
+    sites = (n["torch reuse"] - n["kernels reuse"]) // 11
+    assert sites >= 1 and n["torch reuse"] - n["kernels reuse"] == 11 * sites, n
+    assert n["unmerged"] < n["kernels reuse"] < n["kernels select"], n
+
+
+def test_flop_count_is_the_same_on_both_paths() -> None:
+    """The FLOP ceiling counts the fused ops' matmuls as the torch path's (an SDXL site on meta)."""
+    from toma_export.bench.ceiling import count_flops
+
+    layout = TileLayout.create(64, 64, (4, 4), tile_major=True)
+    x = torch.empty(2, 4096, 640, device="meta", dtype=torch.float16)
+    idx = torch.zeros(2, layout.num_tiles, 8, dtype=torch.long, device="meta")
+
+    def site() -> None:
+        mm = MergeMap.build(layout, x, idx, 1000.0)
+        mm.unmerge(mm.merge(x))
+
+    torch_path, torch_ops = count_flops(site)
+    with kernel_path_on_meta():
+        kernels, kernel_ops = count_flops(site)
+    assert kernels == torch_path > 0 and set(kernel_ops) == {"toma.fused_merge", "toma.tile_unmerge"}, (torch_ops, kernel_ops)
 
 
 @pytest.mark.parametrize("site", ["sdxl-18x20-tile-major", "video-2x10x9"])
@@ -252,7 +278,7 @@ def test_torch_compile_sees_one_op_per_merge_and_unmerge(monkeypatch: pytest.Mon
         graphs.append(gm)
         return gm
 
-    monkeypatch.setattr(core_merge, "uses_kernels", lambda t: True)
+    monkeypatch.setattr(core_merge, "KERNEL_DEVICES", frozenset({"cuda", "cpu"}))
     torch._dynamo.reset()
     got = torch.compile(site, backend=record, fullgraph=True)(x, idx, residual)
     torch._dynamo.reset()

@@ -1,19 +1,27 @@
-"""Operators one merged site dispatches: the torch path against the fused kernels (issue 27).
+"""Operators the merge machinery dispatches: the torch path against the fused kernels (issue 27).
 
-Counted with :class:`~toma_export.core.profiling.LaunchCounter` under ``FakeTensorMode``, so real
-site sizes cost nothing and no GPU is needed: ``meta`` tensors take the torch path (what CPU runs
-and what a GPU ran before the kernels), fake ``cuda`` tensors the fused ops (one dispatch each).
+Counted with :class:`~toma_export.core.profiling.LaunchCounter`, so real sizes cost nothing and no
+GPU is needed. Per site (:func:`site_launches`, under ``FakeTensorMode``): ``meta`` tensors take the
+torch path (what CPU runs and what a GPU ran before the kernels), fake ``cuda`` tensors the fused
+ops (one dispatch each). Per forward (:func:`forward_launches`): a bench workload built on ``meta``,
+unmerged and with eager ToMA, the kernel path counted by letting ``meta`` tensors take the fused ops
+(:func:`kernel_path_on_meta`; their meta kernels are the fake ones, one dispatch each, as on CUDA).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import toma_export.core.merge as core_merge
+from toma_export.config import ToMAConfig
 from toma_export.core.merge import MergeMap
 from toma_export.core.profiling import LaunchCounter
 from toma_export.core.selection import tokens_kept
@@ -89,5 +97,88 @@ def table(sites: tuple[Site, ...] = SITES) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+@contextlib.contextmanager
+def kernel_path_on_meta() -> Iterator[None]:
+    """``meta`` tensors take the fused ops (as CUDA tensors do) while open."""
+    before = core_merge.KERNEL_DEVICES
+    core_merge.KERNEL_DEVICES = before | {"meta"}
+    try:
+        yield
+    finally:
+        core_merge.KERNEL_DEVICES = before
+
+
+def forward_launches(
+    workload: str, config: ToMAConfig, model: str | None = None, dtype: torch.dtype = torch.float16
+) -> dict[str, int]:
+    """Operators per forward of ``workload`` on ``meta`` (batch 1): unmerged, and with eager ToMA on
+    the torch path and on the kernel path, each for a selecting step and the reuse step after it."""
+    from toma_export.bench.ceiling import _meta_flux_grid
+    from toma_export.bench.workloads import Options, get_workload, shared_clone
+
+    built = get_workload(workload).build(Options(model=model, dtype=dtype, device="meta"))
+    ids = built.kwargs.get("img_ids")  # Flux: the hooks read the grid from ids, which meta tensors lack
+    n = ids.shape[-2] if ids is not None else 0
+    side = math.isqrt(n)
+    grid = (side, side) if n and side * side == n else None  # the workloads' square images
+
+    def count(module: torch.nn.Module) -> int:
+        with torch.no_grad(), LaunchCounter() as counter:
+            module(**built.kwargs)
+        return counter.total
+
+    out = {"unmerged": count(built.model)}
+    for path, mode in (("torch", contextlib.nullcontext()), ("kernels", kernel_path_on_meta())):
+        clone = shared_clone(built.model)
+        handle = built.patch(clone, config)
+        try:
+            with mode, _meta_flux_grid(grid):
+                handle.reset()
+                out[f"{path} select"] = count(clone)
+                out[f"{path} reuse"] = count(clone)
+        finally:
+            handle.remove()
+    return out
+
+
+#: Per-forward rows: (label, workload, model, preset or None for the default config).
+FORWARDS = (
+    ("SDXL-base UNet 1024², fast", "sdxl-unet", None, "fast"),
+    ("SDXL-base UNet 1024², balanced", "sdxl-unet", None, "balanced"),
+    ("Flux.1 full depth 1024², default", "flux", "flux-full", None),
+)
+
+
+def forward_table() -> str:
+    """Markdown table of :func:`forward_launches` for :data:`FORWARDS` (fp16, batch 1)."""
+    from toma_export.presets import PRESETS
+
+    lines = [
+        "| forward | unmerged | torch path select / reuse | kernels select / reuse |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, workload, model, preset in FORWARDS:
+        config = ToMAConfig(**dict(PRESETS[preset])) if preset else ToMAConfig()
+        n = forward_launches(workload, config, model)
+        u = n["unmerged"]
+        cell = {
+            p: f"{n[p + ' select']} / {n[p + ' reuse']} ({n[p + ' select'] / u:.2f}x / {n[p + ' reuse'] / u:.2f}x)"
+            for p in ("torch", "kernels")
+        }
+        lines.append(f"| {label} | {u} | {cell['torch']} | {cell['kernels']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--forward", action="store_true", help="also count whole forwards (SDXL UNet, Flux.1; ~1 min)")
+    args = parser.parse_args(argv)
     print(table())
+    if args.forward:
+        print()
+        print(forward_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

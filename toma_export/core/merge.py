@@ -37,9 +37,13 @@ def merge_weights(tiles: torch.Tensor, idx: torch.Tensor, temperature: float) ->
     return logits.softmax(dim=-2).to(tiles.dtype)
 
 
+#: Device types whose tensors merge through the fused ops (``bench.launches`` adds ``meta`` to count them).
+KERNEL_DEVICES = frozenset({"cuda"})
+
+
 def uses_kernels(t: torch.Tensor) -> bool:
     """Whether tensors on ``t``'s device merge through the fused kernels (CUDA) or this module's torch code."""
-    return t.device.type == "cuda"
+    return t.device.type in KERNEL_DEVICES
 
 
 def _ops() -> Any:
