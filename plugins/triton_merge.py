@@ -12,7 +12,8 @@ permute, split or join copy) and
 3. streams the tile again for ``M @ X`` with ``M = A / rowsum(A)`` (fp32 accumulation), written as
    merged rows ``t*k .. t*k + k - 1``.
 
-With ``weights`` given, step 1 is skipped and ``A`` is read (merge with another site's weights).
+With ``weights`` given, step 1 is skipped and ``A`` is read (merge with another site's weights);
+with ``tokens=False`` step 3 and the border are skipped (the graph pass's weights-only op).
 Border programs copy the border tokens (every frame's right columns, then its bottom rows, the
 order of :meth:`TileLayout.split`) to merged rows ``T*k + r``.
 
@@ -21,7 +22,9 @@ tokens' grid addresses, border programs copy the border rows back; an optional `
 ``(B, N, C)`` is added before the single rounding to the output dtype.
 
 The torch code (:mod:`toma_export.core.merge`) is the reference: results equal it up to fp32
-summation order and one rounding of ``M`` (the torch path rounds ``M`` to the dtype).
+summation order and one rounding of ``M`` (the torch path rounds ``M`` to the dtype). Spans of a
+longer sequence (:func:`merge_span_triton`) are read and written in place. Outputs round to nearest
+even (bf16 on the bits, so that the interpreter, which truncates, rounds as the GPU does).
 """
 
 from __future__ import annotations
