@@ -261,6 +261,26 @@ def test_fake_kernels_give_the_real_shapes(site: str) -> None:
         assert (fake.shape, fake.dtype) == (real.shape, real.dtype)
 
 
+def _opcheck_all(device: str) -> None:
+    """``torch.library.opcheck`` (schema, fake kernel against the real one, autograd registration,
+    AOT dispatch) on the three ops at a border grid."""
+    layout, x, idx, tau = _case("sdxl-10x9-row-major", 2, torch.float32)
+    x, idx = x.to(device), idx.to(device)
+    args = (layout.h, layout.w, layout.th, layout.tw, layout.frames, layout.tile_major)
+    merged, w = torch.ops.toma.fused_merge(x, idx, *args, tau)
+    for op, op_args in (
+        (torch.ops.toma.fused_merge.default, (x, idx, *args, tau)),
+        (torch.ops.toma.tile_merge.default, (x, w, *args)),
+        (torch.ops.toma.tile_unmerge.default, (merged, w, x, *args)),
+        (torch.ops.toma.tile_unmerge.default, (merged, w, None, *args)),
+    ):
+        torch.library.opcheck(op, op_args)
+
+
+def test_ops_pass_opcheck() -> None:
+    _opcheck_all("cpu")
+
+
 def test_torch_compile_sees_one_op_per_merge_and_unmerge(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the kernel path chosen (forced on CPU, where the ops' kernel is the torch code), a compiled
     site is one opaque op per merge and per unmerge, and computes what the torch path computes."""
@@ -402,6 +422,12 @@ def test_compiled_graph_ops_equal_torch_path(dtype: torch.dtype) -> None:
     _gpu_close(merged, ops.merge_impl(x, w, *args), ops.merge_impl(x.double(), w.double(), *args), dtype)
     exact = ops.unmerge_impl(merged.double(), w.double(), *args)
     _gpu_close(torch.ops.toma.unmerge(merged, w, *args), ops.unmerge_impl(merged, w, *args), exact, dtype)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_ops_pass_opcheck_on_cuda() -> None:
+    _opcheck_all("cuda")
 
 
 @pytest.mark.gpu
