@@ -19,12 +19,14 @@ def in_child() -> bool:
     return os.environ.get(CHILD_FLAG) == "1"
 
 
-def assert_passes_in_interpreter_child(test_file: str) -> None:
-    """Run ``test_file``'s tests in a child pytest with ``TRITON_INTERPRET=1``; fail with its output."""
+def assert_passes_in_interpreter_child(test_file: str, select: str | None = None) -> None:
+    """Run ``test_file``'s tests (those matching the ``-k`` expression ``select``, when given) in a
+    child pytest with ``TRITON_INTERPRET=1``; fail with its output."""
     env = {**os.environ, "TRITON_INTERPRET": "1", CHILD_FLAG: "1"}
     root = Path(__file__).resolve().parents[1]
+    only = ["-k", select] if select else []
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(test_file))],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *only, str(Path(test_file))],
         cwd=root,
         env=env,
         capture_output=True,

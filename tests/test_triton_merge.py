@@ -452,4 +452,4 @@ def test_compiled_model_calls_the_kernels_once_per_site() -> None:
 
 @pytest.mark.skipif(RUNNABLE or in_child(), reason="kernel checks ran in this process")
 def test_kernel_suite_in_interpreter_child() -> None:
-    assert_passes_in_interpreter_child(__file__)
+    assert_passes_in_interpreter_child(__file__, "equal_torch_path or span_kernels")  # the rest ran here
