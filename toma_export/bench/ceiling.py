@@ -14,7 +14,8 @@ ceiling is that of the matmul/conv/attention work. Two additions to torch's tabl
 - ``aten._scaled_dot_product_flash_attention_for_cpu`` (the CPU SDPA kernel, absent from torch's
   table, so real CPU counts would drop all attention) uses torch's own SDPA formula;
 - ToMA's opaque custom ops (``toma::facility_location``, ``toma::merge_weights``, ``toma::merge``,
-  ``toma::unmerge``) count their batched matmuls (tile similarity, destination-token similarity,
+  ``toma::unmerge``, and the eager CUDA path's ``fused_merge`` / ``tile_merge`` / ``tile_unmerge``)
+  count their batched matmuls (tile similarity, destination-token similarity,
   ``M @ X``, ``A^T @ Y``), so the graph pass (custom ops) and the eager hooks (plain matmuls) count
   the same merge cost. Selection's greedy steps are elementwise and not counted.
 
@@ -87,6 +88,11 @@ def _merge_or_unmerge(x_shape: Any, weights_shape: Any, *args: Any, out_shape: A
     return 2 * _prod(weights_shape) * int(x_shape[-1])
 
 
+def _fused_merge(x_shape: Any, idx_shape: Any, *args: Any, out_shape: Any = None) -> int:
+    """Merge weights and ``M @ X`` in one op (outputs: merged tokens, weights ``(B, T, k, S)``)."""
+    return 2 * _merge_or_unmerge(x_shape, out_shape[1])
+
+
 def _custom_mapping() -> dict[Any, Callable[..., int]]:
     import toma_export.ops  # noqa: F401  (registers torch.ops.toma.*)
 
@@ -97,6 +103,9 @@ def _custom_mapping() -> dict[Any, Callable[..., int]]:
         toma.merge_weights: _merge_weights,
         toma.merge: _merge_or_unmerge,
         toma.unmerge: _merge_or_unmerge,
+        toma.fused_merge: _fused_merge,  # the eager path's ops on CUDA (core.merge.uses_kernels)
+        toma.tile_merge: _merge_or_unmerge,
+        toma.tile_unmerge: _merge_or_unmerge,
     }
 
 

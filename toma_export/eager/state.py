@@ -17,7 +17,7 @@ from diffusers.hooks.hooks import BaseState
 
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAConfigError
-from toma_export.core.merge import MergeMap
+from toma_export.core.merge import MergeMap, uses_kernels
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout, unet_level
 from toma_export.ops import facility_location as select_op  # the op: CUDA selects with the Triton kernel
@@ -117,13 +117,20 @@ class MergeContext(BaseState):
         key = _key(layout, features.shape[0])
         if self.config.share_weights and key in self._step_weights:
             return self._step_weights[key].on(layout)
-        parts = layout.split(features)  # once, for selection and weights
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def split() -> tuple[torch.Tensor, torch.Tensor]:
+            """The tiles, split once for selection and the torch path's weights (CUDA's kernels read the grid)."""
+            if not parts:
+                parts.append(layout.split(features))
+            return parts[0]
+
         idx = self._step_idx.get(key)
         if idx is None:
             k = tokens_kept(layout.tile_size, self.config.ratio)
-            idx = self.schedule.carry(key, lambda: select_op(parts[0], k))
+            idx = self.schedule.carry(key, lambda: select_op(split()[0], k))
             self._step_idx[key] = idx
-        mm = MergeMap.build(layout, features, idx, self.config.temperature, parts)
+        mm = MergeMap.build(layout, features, idx, self.config.temperature, None if uses_kernels(features) else split())
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm

@@ -24,6 +24,9 @@ def decompositions(include_selection: bool = True) -> dict[torch._ops.OpOverload
         torch.ops.toma.unmerge.default: ops.unmerge_impl,
         torch.ops.toma.merged_positions.default: ops.merged_positions_impl,
         torch.ops.toma.gather_positions.default: ops.gather_positions_impl,
+        torch.ops.toma.fused_merge.default: ops.fused_merge_impl,
+        torch.ops.toma.tile_merge.default: ops.tile_merge_impl,
+        torch.ops.toma.tile_unmerge.default: ops.tile_unmerge_impl,
     }
     if include_selection:
         table[torch.ops.toma.facility_location.default] = facility_location
