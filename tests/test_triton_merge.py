@@ -204,14 +204,15 @@ def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest
     layout = ctx.layout_for(12, 16)  # row-major: a split is a permuting copy
     x = torch.randn(2, 192, 8)
     counts = []
-    for _ in range(2):
+    for _ in range(3):  # select (the carried buffer is made), reuse, select (written in place)
         ctx.begin_step()
         with LaunchCounter() as counter:
             mm = ctx.merge_map(layout, x)
             mm.unmerge(mm.merge(x))
         counts.append(counter.counts)
         ctx.end_step()
-    assert counts[0]["toma.facility_location.default"] == 1 and counts[0]["aten.clone.default"] == 1, counts[0]
+    assert counts[2]["toma.facility_location.default"] == 1 and counts[2]["aten.clone.default"] == 1, counts[2]
+    assert counts[2]["aten.copy_.default"] == 1, counts[2]  # the destinations into their buffer
     assert counts[1] == Counter({"toma.fused_merge.default": 1, "toma.tile_unmerge.default": 1}), counts[1]
 
 
