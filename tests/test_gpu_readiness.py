@@ -14,7 +14,7 @@ import torch
 
 import toma_export
 from toma_export import ToMAConfig
-from toma_export.bench.compile_probe import probe, probe_target
+from toma_export.bench.compile_probe import TargetProbe, probe, probe_target
 from toma_export.bench.launches import CONFIGS, LaunchCounter, count_forwards
 from toma_export.bench.workloads import Options, get_workload, shared_clone
 
@@ -101,17 +101,24 @@ def test_probe_finds_cpu_nodes_inputs_mutations_and_recompiles() -> None:
     assert len(p.recompile_reasons) == 1 and "size mismatch" in p.recompile_reasons[0]
 
 
-def test_unmerged_sdxl_compiles_to_one_graph_without_host_nodes() -> None:
-    p = probe_target("sdxl-tiny", regional=False).unmerged
-    s = p.summary()
+@pytest.fixture(scope="module")
+def sdxl_whole() -> TargetProbe:
+    """Tiny SDXL compiled whole, unmerged and with ToMA ``fast``, 6 steps each (about a minute)."""
+    return probe_target("sdxl-tiny", regional=False)
+
+
+@pytest.mark.slow
+def test_unmerged_sdxl_compiles_to_one_graph_without_host_nodes(sdxl_whole: TargetProbe) -> None:
+    s = sdxl_whole.unmerged.summary()
     assert s["graphs"] == 1 and s["cpu_nodes"] == 0 and s["cpu_inputs"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=NEEDS_HOST_SCHEDULE)
-def test_toma_sdxl_compiles_to_select_and_reuse_graphs_without_host_nodes() -> None:
+def test_toma_sdxl_compiles_to_select_and_reuse_graphs_without_host_nodes(sdxl_whole: TargetProbe) -> None:
     """Issue 26: ToMA ``fast`` on the tiny SDXL UNet under torch.compile, 6 steps: no CPU node or
     input (today 8 and 2), at most 2 graphs, and no selection in a graph first run on a reuse step."""
-    p = probe_target("sdxl-tiny", regional=False).toma
+    p = sdxl_whole.toma
     s = p.summary()
     assert s["cpu_nodes"] == 0 and s["cpu_inputs"] == 0, s
     assert s["graphs"] <= 2, s
@@ -145,6 +152,7 @@ def test_regional_flux_compiles_once_per_block_class_and_variant() -> None:
     assert not any("check_obj_id" in r and ".forward" in r for r in p.toma.recompile_reasons)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=NEEDS_HOST_SCHEDULE)
 def test_regional_sdxl_compiles_at_most_twice_the_unmerged_graphs() -> None:
     """Tiny SDXL (``fast``), ``compile_repeated_blocks``: at most twice the unmerged graphs. Today 7

@@ -148,8 +148,9 @@ def compile_regions(model: torch.nn.Module, backend: Callable[..., Any], classes
     names = set(classes if classes is not None else regional_classes(model))
     if not names:
         raise ValueError(f"{type(model).__name__} declares no _repeated_blocks; name the block classes to compile")
-    if classes is None and hasattr(model, "compile_repeated_blocks"):
-        model.compile_repeated_blocks(backend=backend)
+    compile_repeated: Callable[..., None] | None = getattr(model, "compile_repeated_blocks", None)
+    if classes is None and compile_repeated is not None:
+        compile_repeated(backend=backend)
         return sum(type(m).__name__ in names for m in model.modules())
     count = 0
     for module in model.modules():
