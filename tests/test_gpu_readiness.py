@@ -7,6 +7,7 @@ fixed computations, indices made on the device); they fail today, by the counts 
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -161,3 +162,33 @@ def test_regional_sdxl_compiles_at_most_twice_the_unmerged_graphs() -> None:
     p = probe_target("sdxl-tiny", regional=True)
     assert len(p.toma.graphs) <= 2 * len(p.unmerged.graphs), (len(p.unmerged.graphs), len(p.toma.graphs))
 
+
+
+@pytest.mark.parametrize(("model_name", "config"),
+                         [pytest.param("sdxl_tiny", FAST, marks=pytest.mark.slow), ("flux_tiny", ToMAConfig())])
+def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str, config: ToMAConfig,
+                                                                request: pytest.FixtureRequest) -> None:
+    """Blocks of one class share graphs under regional compilation: each block's own hook state
+    (its site, first or later in its group, the step) still reaches its graph, so three steps at
+    recompute_every=2 (select, reuse, select) equal eager ToMA."""
+    from toma_export.bench.compile_probe import RecordingBackend, compile_regions
+    from toma_export.models.inputs import example_inputs
+
+    base = request.getfixturevalue(model_name)
+    cfg = dataclasses.replace(config, recompute_every=2)
+    steps = [example_inputs(base, batch=1, height=128, width=128, seed=s) for s in range(3)]
+    eager_model, compiled_model = shared_clone(base), shared_clone(base)
+    toma_export.apply(eager_model, cfg)
+    toma_export.apply(compiled_model, cfg)
+    backend = RecordingBackend("cpu")
+    torch._dynamo.reset()
+    try:
+        compile_regions(compiled_model, backend)
+        with torch.no_grad():
+            eager = [eager_model(**kw)[0] for kw in steps]
+            got = [compiled_model(**kw)[0] for kw in steps]
+    finally:
+        torch._dynamo.reset()
+    assert backend.graphs  # the blocks ran compiled
+    for e, g in zip(eager, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
