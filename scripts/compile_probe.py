@@ -25,12 +25,12 @@ def main() -> None:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.steps < 1:
-        raise SystemExit(f"--steps {args.steps}: give at least 1 step")
+        ap.error(f"--steps {args.steps}: give at least 1 step")
     from toma_export.bench.compile_probe import TARGETS, markdown, probe_target
 
     bad = [t for t in targets if t not in TARGETS] + [m for m in modes if m not in ("whole", "regional")]
     if bad:
-        raise SystemExit(f"unknown {bad}: targets are {', '.join(TARGETS)}; modes whole, regional")
+        ap.error(f"unknown {bad}: targets are {', '.join(TARGETS)}; modes whole, regional")
     print(markdown([probe_target(t, m == "regional", args.steps) for t in targets for m in modes]))
 
 

@@ -32,7 +32,7 @@ def main() -> None:
 
     bad = [t for t in targets if t not in TARGETS] + [c for c in (args.configs or "").split(",") if c and c not in CONFIGS]
     if bad:
-        raise SystemExit(f"unknown {bad}: targets are {', '.join(TARGETS)}, configurations {', '.join(CONFIGS)}")
+        ap.error(f"unknown {bad}: targets are {', '.join(TARGETS)}; configurations {', '.join(CONFIGS)}")
     configs = args.configs.split(",") if args.configs else None
     counted = [c for t in targets for c in count_target(t, configs if t == "sdxl" else None, getattr(torch, args.dtype))]
     print(markdown(counted))

@@ -192,3 +192,20 @@ def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str
     assert backend.graphs  # the blocks ran compiled
     for e, g in zip(eager, got):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("script", "bad"), [("count_launches.py", "--targets=sdxl,nope"),
+                                              ("compile_probe.py", "--modes=partial")])
+def test_scripts_answer_help_without_torch_and_refuse_unknown_names(script: str, bad: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / script
+    probe_help = (f"import runpy, sys; sys.argv = [{str(path)!r}, '--help']\n"
+                  f"try:\n    runpy.run_path({str(path)!r}, run_name='__main__')\n"
+                  "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported for --help'")
+    done = subprocess.run([sys.executable, "-c", probe_help], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, str(path), bad], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "unknown" in done.stderr and bad.split("=")[1].split(",")[-1] in done.stderr
