@@ -320,8 +320,10 @@ def share_forward(module: torch.nn.Module) -> None:
     if not (isinstance(fwd, functools.partial) and fwd.args == (module,) and not fwd.keywords
             and isinstance(fwd.func, types.FunctionType)):
         return
-    inner = getattr(fwd, "__wrapped__", None)  # the forward before this hook
-    if isinstance(inner, types.MethodType) and inner.__self__ is module:
+    inner: Any = fwd  # back through the forwards before this hook to one bound to the module
+    while inner is not None and not (isinstance(inner, types.MethodType) and inner.__self__ is module):
+        inner = getattr(inner, "__wrapped__", None)
+    if inner is not None:
         fwd.func.__wrapped__ = inner.__func__  # type: ignore[attr-defined]  # a closure made for this hook alone
     module.forward = types.MethodType(fwd.func, module)
 
