@@ -38,8 +38,8 @@ from plugins.triton_merge import (  # noqa: E402
     unmerge_triton,
 )
 from toma_export import ops  # noqa: E402
-from toma_export.bench.launches import SITES as SITE_SIZES  # noqa: E402
-from toma_export.bench.launches import Site, forward_launches, kernel_path_on_meta, site_launches  # noqa: E402
+from toma_export.bench.kernel_launches import SITES as SITE_SIZES  # noqa: E402
+from toma_export.bench.kernel_launches import Site, forward_launches, kernel_path_on_meta, site_launches  # noqa: E402
 from toma_export.core.merge import MergeMap  # noqa: E402
 from toma_export.core.selection import facility_location, tokens_kept  # noqa: E402
 from toma_export.core.tiles import TileLayout  # noqa: E402
@@ -197,7 +197,7 @@ def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest
     selection, so a reuse step is one dispatch for weights and merge, one for unmerge."""
     from toma_export.config import ToMAConfig
     from toma_export.eager.state import MergeContext
-    from toma_export.core.profiling import LaunchCounter
+    from toma_export.core.profiling import OpCounter
 
     monkeypatch.setattr(core_merge, "KERNEL_DEVICES", frozenset({"cuda", "cpu"}))
     ctx = MergeContext(ToMAConfig(ratio=0.5, recompute_every=2))
@@ -206,7 +206,7 @@ def test_eager_site_on_the_kernel_path_splits_only_to_select(monkeypatch: pytest
     counts = []
     for _ in range(3):  # select (the carried buffer is made), reuse, select (written in place)
         ctx.begin_step()
-        with LaunchCounter() as counter:
+        with OpCounter() as counter:
             mm = ctx.merge_map(layout, x)
             mm.unmerge(mm.merge(x))
         counts.append(counter.counts)

@@ -120,7 +120,8 @@ class StepSchedule:
         else:
             with torch.inference_mode(False):  # made in an inference-mode call, written outside one
                 self._keep(key, fresh.detach().clone())
-        self._fresh.append(key)
+        if not torch.compiler.is_compiling():  # traced code leaves host lists alone: dynamo would guard on them
+            self._fresh.append(key)
 
     @property
     def carried(self) -> dict[Hashable, torch.Tensor]:
@@ -134,6 +135,8 @@ class StepSchedule:
         """Host bookkeeping after the step's computation: the keys written are valid; ``runs``
         selections are counted (default: one per key written)."""
         if self.selecting:
+            if not self._fresh:  # a compiled step records no writes on the host: its reserved keys were written
+                self._fresh = [k for k in self._expected if k not in self.idle]
             self.idle.update(k for k in self._expected if k not in self._fresh)
         if self._fresh:
             self.idle.difference_update(self._fresh)

@@ -37,7 +37,7 @@ def merge_weights(tiles: torch.Tensor, idx: torch.Tensor, temperature: float) ->
     return logits.softmax(dim=-2).to(tiles.dtype)
 
 
-#: Device types whose tensors merge through the fused ops (``bench.launches`` adds ``meta`` to count them).
+#: Device types whose tensors merge through the fused ops (``bench.kernel_launches`` adds ``meta`` to count them).
 KERNEL_DEVICES = frozenset({"cuda"})
 
 

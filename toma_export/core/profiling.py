@@ -4,8 +4,10 @@
 weights, merge, unmerge and position gathers. Off by default, and always off while tracing
 (torch.export, torch.compile), so no profiler op ever enters an exported graph.
 
-:class:`LaunchCounter` counts the operators a region dispatches (on the meta device, or fake
-tensors of any device: no GPU needed), the launch budget of the merge machinery.
+:class:`OpCounter` counts the operators a region dispatches by name (on the meta device, or fake
+tensors of any device: no GPU needed), the launch budget of the merge machinery per site;
+``bench.launches.LaunchCounter`` classifies a whole forward's ops (kernels, views, CPU ops,
+copies, device reads).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def region(name: str) -> contextlib.AbstractContextManager:
     return torch.profiler.record_function(f"toma::{name}")
 
 
-class LaunchCounter(TorchDispatchMode):
+class OpCounter(TorchDispatchMode):
     """Counts the operators dispatched while open that launch work: views, ``_unsafe_view``, device
     queries and reading a CPU scalar (host state such as the step count) are free. A custom op
     (``toma::``) counts once, whatever its kernel does."""

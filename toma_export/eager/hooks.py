@@ -21,6 +21,8 @@ every branch, so ``torch.compile(fullgraph=True)`` traces them without a graph b
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -319,6 +321,30 @@ class SpanUnmergeHook(ModelHook):
         return torch.cat([output[:, :text], merger.unmerge(output[:, text:])], dim=1)
 
 
+def share_forward(module: torch.nn.Module) -> None:
+    """Make the forward ``HookRegistry`` just installed one that dynamo matches by code, not identity.
+
+    The registry sets ``module.forward = functools.partial(new_forward, module)``, a new object per
+    instance; dynamo guards an instance-level ``forward`` by identity unless it is a bound method of
+    a plain function, which it matches by ``__code__``. So regional compilation
+    (``compile_repeated_blocks``, ``torch.compile`` of single blocks) compiled one graph per hooked
+    block. The same chain bound with ``types.MethodType`` is one graph per block class and variant.
+    The registry still owns the chain (``remove_hook`` writes back the forward it saved), and
+    ``__wrapped__`` keeps ``inspect.signature`` on the module's own signature (torch.export binds
+    arguments by it).
+    """
+    fwd = module.__dict__.get("forward")
+    if not (isinstance(fwd, functools.partial) and fwd.args == (module,) and not fwd.keywords
+            and isinstance(fwd.func, types.FunctionType)):
+        return
+    inner: Any = fwd  # back through the forwards before this hook to one bound to the module
+    while inner is not None and not (isinstance(inner, types.MethodType) and inner.__self__ is module):
+        inner = getattr(inner, "__wrapped__", None)
+    if inner is not None:
+        fwd.func.__wrapped__ = inner.__func__  # type: ignore[attr-defined]  # a closure made for this hook alone
+    module.forward = types.MethodType(fwd.func, module)
+
+
 @dataclass
 class Installed:
     """Every hook one ``apply`` registered, so ``remove`` takes exactly those off."""
@@ -333,6 +359,7 @@ class Installed:
         if not hasattr(module, "_diffusers_hook"):
             self.created.append(module)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        share_forward(module)
         self.hooks.append((module, name))
 
     def remove(self) -> None:

@@ -64,7 +64,10 @@ class MergeContext(BaseState):
                 key = _key(layout, batch)
                 self.schedule.reserve(key, (batch, layout.num_tiles, tokens_kept(layout.tile_size, self.config.ratio)), device)
                 keys.append(key)
-        self.schedule.begin(keys)
+        if not self.schedule.begin(keys):
+            # A reuse step's sites all read the carried buffers from the step's table, as a select
+            # step's later sites do: one traced variant for both (regional compilation).
+            self._step_idx.update(zip(keys, self.schedule.read(keys)))
 
     def end_step(self) -> None:
         # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
@@ -81,13 +84,15 @@ class MergeContext(BaseState):
         return self.schedule.selections
 
     # -- grids ----------------------------------------------------------------------------------------
-    def unet_grids(self, max_downsample: int) -> list[tuple[int, int]]:
-        """Every UNet level grid of the current call up to ``max_downsample`` (what may merge)."""
+    def unet_grids(self, max_downsample: int, factors: frozenset[int] | None = None) -> list[tuple[int, int]]:
+        """Every UNet level grid of the current call up to ``max_downsample`` (what may merge),
+        only the levels in ``factors`` (downsampling factors with attention) where given."""
         if self.latent_hw is None:
             return []
         (h, w), factor, out = self.latent_hw, 1, []
         while factor <= max_downsample:
-            out.append((h, w))
+            if factors is None or factor in factors:
+                out.append((h, w))
             h, w, factor = -(-h // 2), -(-w // 2), factor * 2
         return out
 
