@@ -10,12 +10,14 @@ appended to ``OUT/results.jsonl`` as soon as its run ends (device, driver, torch
 mode, i.e. the backend, on every row; a run that timed out or failed appends one status row).
 Two commands cover the plan on an H100:
 
-    python scripts/gpu_truth.py --out docs/benchmarks/gpu --sections env,cudagraph --budget 480
+    python scripts/gpu_truth.py --out docs/benchmarks/gpu --sections env,checks,cudagraph --budget 480
     python scripts/gpu_truth.py --out docs/benchmarks/gpu --sections regional,loop --budget 300
 
 Sections (random weights; nothing is downloaded):
 
 - ``env``: device, driver, CUDA, torch, Triton (``env.json``);
+- ``checks``: the GPU-marked tests of the CUDA-graph runner (equal to eager ToMA step by step,
+  select/reuse/select, batch 1 and 2), so the timed rows below are of a correct runner;
 - ``cudagraph``: CUDA-graph rows (``--backends eager,cudagraph``: unmerged, ToMA and ideal rows
   interleaved, eager rows beside): SDXL UNet fp16 both attention levels at batch 2 and 1, the
   default level at batch 1, Flux.1 full depth (19 + 38 blocks) bf16 at batch 1 and 2;
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("env", "cudagraph", "regional", "loop", "kernel", "sdxl", "flux", "compile")
+SECTIONS = ("env", "checks", "cudagraph", "regional", "loop", "kernel", "sdxl", "flux", "compile")
 LEVELS = {"sdxl-64x64x640": ((64, 64), 640), "sdxl-32x32x1280": ((32, 32), 1280), "flux-64x64x3072": ((64, 64), 3072)}
 
 
@@ -236,6 +238,24 @@ def speed_runs(quick: bool) -> dict[str, list[tuple[str, list[str], int]]]:
     }
 
 
+def checks_section(out: Path, timeout: int) -> None:
+    """``pytest -m gpu tests/test_cudagraph.py`` in a child process; its summary line appended as a row."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_cudagraph.py"]
+    print("$", " ".join(cmd[1:]), f"(limit {timeout} s)", flush=True)
+    t0 = time.time()
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(timeout, 1), capture_output=True, text=True)
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        status = lines[-1] if lines else f"exit {proc.returncode}"
+        tail = "\n".join(lines[-40:])
+    except subprocess.TimeoutExpired:
+        status, tail = f"timed out after {timeout} s", ""
+    (out / "checks.log").write_text(" ".join(cmd[1:]) + "\n" + tail + "\n")
+    _append_rows(out, "checks", status, time.time() - t0)
+    print(f"[checks] {status}", flush=True)
+
+
 def plan(sections: list[str], only: set[str], quick: bool) -> list[tuple[str, str, list[str], int]]:
     """``(section, run, bench arguments, time limit s)`` in the order they run (most valuable first)."""
     runs = speed_runs(quick)
@@ -268,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         total = 0
         for section in sections:
-            if section in ("env", "kernel"):
+            if section in ("env", "kernel", "checks"):
                 print(f"{section}: in process")
         for section, name, bench_args, limit in plan(sections, only, args.quick):
             total += limit
@@ -285,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(env_section(args.out), indent=2), flush=True)
         elif section == "kernel":
             kernel_section(args.out, args.quick)
+        elif section == "checks":
+            checks_section(args.out, min(150, int(deadline - time.time())))
         else:
             for name, bench_args, timeout in runs[section]:
                 if only and name not in only:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from toma_export.config import ToMAConfig
-from toma_export.schedule import StepSchedule
+from toma_export.schedule import StepSchedule, Variant
 from toma_export.engines.shared_weights import WeightPool
 
 Backend = Callable[[torch.nn.Module, "ToMAConfig | None", dict[str, Any]], Callable[..., Any]]
@@ -161,7 +161,7 @@ register_backend("inductor-regional", inductor_regional)
 
 
 def _engine_backend(
-    name: str, build_variant: Callable[[Any, Any], Callable[[list[torch.Tensor]], list[torch.Tensor]]],
+    name: str, build_variant: Callable[[Any, Any], Variant],
 ) -> Backend:
     """A backend that builds engines like ``toma-export build`` (graph pass for ToMA, key/value graph
     pass for ToDo on architectures without an eager adapter; one engine per variant, files in a temp folder living as long as the callable) and runs them through the
@@ -204,7 +204,7 @@ def _engine_backend(
     return backend
 
 
-def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Variant:
     """One ONNX Runtime session per variant; with a ``WeightPool`` (``onnxruntime-shared``), every row's
     sessions share one copy of equal weights (prepacking off), so a model of several GB fits with its
     unmerged, select, reuse and ideal sessions at once."""
@@ -220,7 +220,7 @@ def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Callable[[list[torc
 _SHARED_WEIGHTS = WeightPool()  # the onnxruntime-shared rows' pool; its entries die with the rows
 
 
-def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+def _aoti_variant(ep: Any, stem: Any) -> Variant:
     """AOTInductor: the variant compiled ahead of time to a ``.pt2`` package (as ``build --backend
     inductor`` writes it) and loaded back; compile time lands in the row's first-call time."""
     from torch._inductor import aoti_compile_and_package

@@ -136,13 +136,13 @@ class ProgramRunner:
         return out[0]
 
 
-def make_runner(variants: dict[str, Variant], extra: Mapping[str, Any], shapes: Mapping[str, Any]) -> ProgramRunner:
+def make_runner(variants: Mapping[str, Variant], extra: Mapping[str, Any], shapes: Mapping[str, Any]) -> ProgramRunner:
     """The one way a :class:`ProgramRunner` is made: ``extra`` as an artifact's manifest has it
     (``input_spec``, ``groups`` or ``num_groups``, ``input_dtypes``), ``shapes`` its ``shapes``
     (``inputs``, ``batch``, ``height``, ``width``, dynamic-batch fields)."""
     groups = extra["num_groups"] if "num_groups" in extra else len(extra["groups"])
     return ProgramRunner(
-        variants=variants,
+        variants=dict(variants),
         input_spec=extra["input_spec"],
         input_shapes=[list(s) for s in shapes["inputs"]],
         num_groups=int(groups),

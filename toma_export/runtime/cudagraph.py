@@ -52,10 +52,11 @@ class Captured:
 @dataclass
 class GraphCache:
     """Captures per key; ``warmup`` eager runs on a side stream before each capture (as CUDA graphs
-    require: lazy initialisation, cuBLAS workspaces, Triton autotuning happen outside the capture)."""
+    require: lazy initialisation, cuBLAS workspaces, Triton autotuning happen outside the capture).
+    Each graph has its own memory pool: select and reuse replay in no fixed order, which a shared
+    pool would require."""
 
     warmup: int = 2
-    pool: Any = None
     graphs: dict[Hashable, Captured] = field(default_factory=dict)
     captures: int = 0
     replays: int = 0
@@ -64,8 +65,6 @@ class GraphCache:
                 before: Callable[[], None] = lambda: None) -> Captured:
         """Capture ``run(static inputs)`` for ``key``; ``before()`` runs before every warm-up run and
         the capture (per-call host state the run expects)."""
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
         static = [t.detach().clone() for t in tensors]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -76,7 +75,7 @@ class GraphCache:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         before()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):
             out = run(static)
         self.graphs[key] = entry = Captured(graph, static, out)
         self.captures += 1
@@ -113,7 +112,7 @@ class GraphedVariant:
 
 
 def graphed_variants(variants: dict[str, Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]]) -> dict[str, GraphedVariant]:
-    """Every variant of a runner captured, sharing one memory pool."""
+    """Every variant of a runner captured (one cache: its captures and replays counted together)."""
     cache = GraphCache()
     return {name: GraphedVariant(fn, cache) for name, fn in variants.items()}
 
