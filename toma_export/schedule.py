@@ -39,6 +39,10 @@ class StepSchedule:
         self.carried: dict[Hashable, torch.Tensor] = {}
         #: Selection runs over the schedule's lifetime (not reset): tests and reports count reuse with it.
         self.selections = 0
+        #: The same count for selections kept inside compiled code (``carry`` while compiling): a CPU
+        #: tensor the compiled graph adds to in place, as Python counters do not run there.
+        with torch.inference_mode(False):
+            self.compiled_selections = torch.zeros((), dtype=torch.int64)
         self.generations = 0
         self._last_timestep: float | None = None
 
@@ -81,8 +85,10 @@ class StepSchedule:
             held = self.carried.get(key)
             if held is None:
                 self.carried[key] = fresh
+                self.compiled_selections.add_(1)
                 return fresh
             due = torch.remainder(self.counter, self.recompute_every) == 0
+            self.compiled_selections.add_(due.to(torch.int64))
             out = torch.where(due.to(fresh.device), fresh, held)
             self.carried[key] = out
             return out

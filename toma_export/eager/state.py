@@ -61,7 +61,9 @@ class MergeContext(BaseState):
 
     @property
     def selections(self) -> int:
-        return self.schedule.selections
+        """Selection runs of this model's groups, eager and inside ``torch.compile`` alike (a compiled
+        model counts in a CPU tensor its graph updates; read here, off the hot path)."""
+        return self.schedule.selections + int(self.schedule.compiled_selections)
 
     # -- grids ----------------------------------------------------------------------------------------
     def unet_grid(self, n: int, max_downsample: int) -> tuple[int, int] | None:
