@@ -247,6 +247,10 @@ def _validate(req: BuildRequest) -> ToMAConfig:
             "profile per batch range); build a fixed --batch for it."
         )
     _check_out(Path(req.out))
+    from toma_export.models.registry import EMBEDDED_MODELS, model_shell
+
+    if str(req.model) not in EMBEDDED_MODELS:  # a folder's or Hub id's config, on the meta device: refused here
+        model_shell(req.model, revision=req.revision, variant=req.variant, subfolder=req.subfolder)
     if req.backend in ("tensorrt", "torch-tensorrt"):
         from toma_export.engines.trt_engine import require_cuda, require_tensorrt
 

@@ -73,7 +73,13 @@ def require_recorded_model(manifest: Manifest, shell: torch.nn.Module, source: d
 def source_shell(manifest: Manifest, model: str | Path | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checked source (:func:`model_source`) and its denoiser's shell, identity-checked."""
     source = model_source(manifest, model)
-    shell = model_shell(source["name"], revision=source.get("commit") or source.get("revision"),
-                        variant=source.get("variant"), subfolder=source.get("subfolder"))
+    try:
+        shell = model_shell(source["name"], revision=source.get("commit") or source.get("revision"),
+                            variant=source.get("variant"), subfolder=source.get("subfolder"))
+    except ToMAError as err:
+        if source.get("given"):
+            raise
+        raise type(err)(f"the model this artifact records ({source['name']}) cannot be used: {err} If it moved, "
+                        "name it with --model.") from None
     require_recorded_model(manifest, shell, source)
     return shell, source

@@ -67,11 +67,13 @@ def pipeline_for(loaded: LoadedArtifact, *, seed: int = 0, model: str | Path | N
     is loaded only after its denoiser's class and config match the manifest
     (:mod:`toma_export.engines.model_source`).
     """
+    from toma_export.engines.consistency import check_shapes_fit_model
     from toma_export.engines.model_source import source_shell
     from toma_export.engines.swap import swap_denoiser
     from toma_export.models.pipelines import build_pipeline
 
     shell, m = source_shell(loaded.manifest, model)
+    check_shapes_fit_model(loaded.folder, loaded.manifest, shell)
     pipe = _load_source_pipeline(m, shell) if m.get("component") else build_pipeline(shell, seed=seed)
     return swap_denoiser(pipe, loaded, check=True)
 

@@ -68,13 +68,15 @@ def verify_artifact(
     from toma_export.engines.build import cast_model
     from toma_export.engines.load import precision_dtype
 
+    from toma_export.engines.consistency import check_shapes_fit_model
     from toma_export.engines.model_source import source_shell
 
     loaded = load_artifact(folder)
     m = loaded.manifest
     dtype = precision_dtype(m)
     tol = TOLERANCES[m.extra.get("precision", "fp32")] if tol is None else float(tol)
-    _, source = source_shell(m, model)  # class and config match before any weights are read
+    shell, source = source_shell(m, model)  # class and config match before any weights are read
+    check_shapes_fit_model(folder, m, shell)
     net = load_model(
         source["name"],
         revision=source.get("commit") or source.get("revision"),

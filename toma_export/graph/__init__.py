@@ -88,10 +88,11 @@ def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the
         reasons = "; ".join(f"{s.name} ({s.kind}): {s.reason}" for s in program.skipped[:6])
         raise UnsupportedModelError(
             f"{name}: ToMA merges no site of this model under this config ("
-            + (f"{len(program.skipped)} found, none merged: {reasons}" if program.skipped else
-               "no attention or MLP over an image-token grid was found")
-            + "). Change the config (ratio, tile, merge_*, max_downsample) or the input size; "
-            "`toma-export inspect` prints the full report."
+            + (f"{len(program.skipped)} found, none merged: {reasons}). Change the config (ratio, tile, merge_*, "
+               "max_downsample) or the input size; `toma-export inspect` prints the full report." if program.skipped else
+               "no attention or MLP over an image-token grid was found). rewrite takes a diffusers denoiser "
+               "(UNet2DConditionModel, FluxTransformer2DModel, other diffusers transformers) called with its "
+               "latents; `toma-export inspect` prints what the graph pass sees.")
         )
     return program
 
