@@ -70,7 +70,8 @@ class BuildRequest:
         """The full config: ``config`` (default ``ToMAConfig()``) with the shorthands applied; validated."""
         base = self.config if self.config is not None else ToMAConfig()
         if not isinstance(base, ToMAConfig):
-            raise ToMAConfigError(f"BuildRequest.config must be a ToMAConfig, got {type(base).__name__}.")
+            raise ToMATypeError(f"BuildRequest.config must be a ToMAConfig, got a {type(base).__name__}"
+                                + ("; pass ToMAConfig(**d) for a dict d." if isinstance(base, dict) else "."))
         over = {k: getattr(self, k) for k in ("ratio", "method", "recompute_every") if getattr(self, k) is not None}
         return dataclasses.replace(base, **over) if over else base
 

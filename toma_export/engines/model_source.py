@@ -42,7 +42,7 @@ def model_source(manifest: Manifest, model: str | Path | None = None) -> dict[st
     fits = {
         "embedded": lambda: name in EMBEDDED_MODELS,
         "local": lambda: name not in EMBEDDED_MODELS,  # a path (it may have moved: --model names it then)
-        "hub": lambda: name not in EMBEDDED_MODELS and is_hub_id(name),
+        "hub": lambda: name not in EMBEDDED_MODELS and is_hub_id(str(name)),
         None: lambda: name in EMBEDDED_MODELS,  # artifacts recorded without a kind: embedded models only
     }
     check = fits.get(kind)

@@ -118,7 +118,9 @@ class Captured:
         out: list[tuple[str, list[int | None] | None]] = []
         for name, path in zip(self.user_input_names, paths):
             val = nodes[name].meta.get("val")
-            shape = [d if isinstance(d, int) else None for d in val.shape] if isinstance(val, torch.Tensor) else None
+            shape: list[int | None] | None = (
+                [d if isinstance(d, int) else None for d in val.shape] if isinstance(val, torch.Tensor) else None
+            )
             out.append((path.lstrip("[").rstrip("]").strip("'") if path.count("[") == 1 else path, shape))
         return out
 
