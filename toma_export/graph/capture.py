@@ -117,7 +117,8 @@ class Captured:
         paths = [pytree.keystr(path[1:]) for path, _ in pytree.tree_flatten_with_path(((), self.example_kwargs))[0]]
         out: list[tuple[str, list[int | None] | None]] = []
         for name, path in zip(self.user_input_names, paths):
-            val = nodes[name].meta.get("val")
+            node = nodes.get(name) if isinstance(name, str) else None  # a constant input: its value, no node
+            val = node.meta.get("val") if node is not None else None
             shape: list[int | None] | None = (
                 [d if isinstance(d, int) else None for d in val.shape] if isinstance(val, torch.Tensor) else None
             )
