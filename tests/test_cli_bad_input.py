@@ -302,3 +302,27 @@ def test_local_folder_config_diffusers_rejects_or_weights_that_do_not_fit(
                    str(model))
     assert any(w in err for w in words), err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["demo", "--steps", "0"], ("--steps 0", "[1, 1000]")),
+    (["demo", "--repeats", "0"], ("--repeats 0",)),
+    (["demo", "--out", ""], ("--out ''",)),
+    (["demo", "--ratio", "1.5"], ("ratio=1.5", "[0, 1)")),
+    (["serve", "sdxl-tiny", "--ratio", "nan"], ("--ratio nan",)),
+    (["serve", "sdxl-tiny", "--ratio", "1.5"], ("ratio=1.5", "[0, 1)")),
+    (["serve", "sdxl-tiny", "--height", "30"], ("--height 30 is not a multiple of 8",)),
+    (["serve", ""], ("ARTIFACT_OR_MODEL ''",)),
+    (["export-triton", "art", "--out", ""], ("--out ''",)),
+    (["bench", "--steps", "0"], ("--steps 0",)),
+    (["bench", "--batch", "0"], ("--batch 0",)),
+    (["bench", "--repeats", "-1"], ("--repeats -1",)),
+    (["bench", "--json", ""], ("--json ''",)),
+    (["bench", "--height", "0"], ("--height 0",)),
+])
+def test_other_commands_check_their_arguments_first(argv: list[str], words: tuple[str, ...], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _refused(argv, capsys, *words)
+    assert list(tmp_path.iterdir()) == []

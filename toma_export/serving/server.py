@@ -143,6 +143,12 @@ class TritonServing:
         source, height, width = validate_source(o.source)
         if height is not None:
             o.height, o.width = height, width or o.width
+        else:  # a model served eagerly: its size and ratio, before Triton starts
+            from toma_export.config import ToMAConfig
+            from toma_export.engines.build import check_image_size
+
+            check_image_size(source, o.height, o.width)
+            ToMAConfig(ratio=o.ratio)
         from pytriton.triton import Triton, TritonConfig
 
         from toma_export.serving.repository import write_serve_repository
