@@ -47,23 +47,14 @@ class SubLayer(str, Enum):
 
 
 def _is_bool(v: Any) -> bool:
-    return isinstance(v, (bool, np_bool())) if np_bool() is not None else isinstance(v, bool)
-
-
-def np_bool() -> Any:
-    """``numpy.bool_`` when numpy is already imported (a config never imports it), else None."""
-    np = sys.modules.get("numpy")
-    return getattr(np, "bool_", None)
+    """``bool`` or ``numpy.bool_`` (numpy only when already imported: a config never imports it)."""
+    np_bool = getattr(sys.modules.get("numpy"), "bool_", None)
+    return isinstance(v, bool) or (np_bool is not None and isinstance(v, np_bool))
 
 
 def _is_int(v: Any) -> bool:
     """A Python or numpy integer (``numbers.Integral``), not a bool."""
     return isinstance(v, numbers.Integral) and not _is_bool(v)
-
-
-def _is_real(v: Any) -> bool:
-    """A finite Python or numpy real number (``numbers.Real``: np.float32 too), not a bool."""
-    return isinstance(v, numbers.Real) and not _is_bool(v) and math.isfinite(float(v))
 
 
 def _kind(v: Any) -> str:
@@ -74,7 +65,7 @@ def _wrong_type(name: str, value: Any, want: str, example: str) -> ToMATypeError
     return ToMATypeError(f"{name}={value!r} is a {_kind(value)}, not {want}; use e.g. {name}={example}.")
 
 
-#: Fields by the type they take: (fields, check, what to call it, an example, plain-Python conversion).
+#: Fields by the type they take, each with an example value for the error message.
 _NUMBERS = (("ratio", "0.5"), ("temperature", "1000.0"), ("threshold", "0.8"))
 _INTS = (("recompute_every", "5"), ("max_downsample", "4"), ("seed", "0"))
 _BOOLS = ("merge_attn", "merge_cross", "merge_mlp", "share_weights", "keep_tile_order")
