@@ -6,9 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from toma_export.cli.argtypes import MAX_SEED, int_in, path_arg
+from toma_export.input_rules import MAX_STEPS
+
+_out = path_arg("--out", "engines/out/demo")
+
 
 def _run(args: argparse.Namespace) -> int:
+    from toma_export.config import ToMAConfig
     from toma_export.demo import run_demo
+
+    ToMAConfig(ratio=args.ratio)  # the ratio rule, before anything is built
 
     return run_demo(args.model, ratio=args.ratio, steps=args.steps, size=args.size, repeats=args.repeats,
                     seed=args.seed, out=args.out)
@@ -23,9 +31,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--model", default="sdxl-tiny", help="embedded model name (default: sdxl-tiny)")
     p.add_argument("--ratio", type=float, default=0.5, help="share of image tokens merged away (default: 0.5)")
-    p.add_argument("--steps", type=int, default=8, help="denoising steps per timed generation (default: 8)")
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (default: 512)")
-    p.add_argument("--repeats", type=int, default=3, help="timed generations per engine, interleaved (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pipelines' latents and prompt embeddings (default: 0)")
-    p.add_argument("--out", type=Path, default=Path("engines/out/demo"), help="artifacts and images go here")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 8"), default=8,
+                   help=f"denoising steps per timed generation, 1 to {MAX_STEPS} (default: 8)")
+    p.add_argument("--size", type=int_in(1, 4097, "--size", "--size 512"), default=512,
+                   help="image side in pixels, a multiple of 8 (16 for Flux), at most 4096 (default: 512)")
+    p.add_argument("--repeats", type=int_in(1, 101, "--repeats", "--repeats 3"), default=3,
+                   help="timed generations per engine, interleaved, 1 to 100 (default: 3)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED, "--seed", "--seed 0"), default=0,
+                   help="seed of the pipelines' latents and prompt embeddings, in [0, 2**63) (default: 0)")
+    p.add_argument("--out", type=lambda t: Path(_out(t)), default=Path("engines/out/demo"),
+                   help="artifacts and images go here")
     p.set_defaults(handler=_run)

@@ -81,6 +81,8 @@ class MergeContext(BaseState):
 
     @property
     def selections(self) -> int:
+        """Selection runs of this model's groups, eager and inside ``torch.compile`` alike (the host
+        schedule counts a compiled select step's reserved groups)."""
         return self.schedule.selections
 
     # -- grids ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest, shape_frames
+from toma_export.engines.consistency import PRECISIONS, check_engine_files
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
 from toma_export.schedule import StepSchedule, Variant, run_step
@@ -151,10 +152,6 @@ def make_runner(variants: Mapping[str, Variant], extra: Mapping[str, Any], shape
     )
 
 
-#: ``extra.precision`` -> the engine's floating dtype.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def precision_dtype(manifest: Manifest) -> torch.dtype:
     """The artifact's floating dtype (``extra.precision``, fp32 when absent); an unknown one is refused."""
     name = manifest.extra.get("precision", "fp32")
@@ -197,7 +194,7 @@ def load_artifact(folder: str | Path, *, cuda_graphs: bool = False) -> LoadedArt
 
     folder = Path(folder)
     manifest = read_manifest(folder, expect_version=__version__)
-    precision_dtype(manifest)  # an unknown precision is refused before anything opens
+    check_engine_files(folder, manifest)  # the manifest describes these engine files, before anything opens
     extra = manifest.extra
     variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
     if cuda_graphs:
