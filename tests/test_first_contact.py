@@ -60,14 +60,22 @@ def test_demo_prints_verification_and_the_measured_speed_up_quietly(tmp_path: Pa
     proc = _cli("demo", "--size", "64", "--steps", "2", "--repeats", "1", "--speed-backend", "eager",
                 "--speed-size", "256", "--speed-repeats", "2", "--out", tmp_path)
     out = proc.stdout
-    assert re.search(r"step 0 \(select\): max \|engine - eager ToMA\| \S+e-0[5-9]", out), out
-    assert re.search(r"step 1 \(reuse\): max \|engine - eager ToMA\| \S+e-0[5-9]", out), out
+    checks = re.findall(r"step (\d) \((\w+)\): max \|engine - eager ToMA\| (\S+), max \|engine - unmerged model\| (\S+)",
+                        out)
+    assert [(step, variant) for step, variant, _, _ in checks] == [("0", "select"), ("1", "reuse")], out
+    assert all(float(eager) <= 1e-3 < float(unmerged) for _, _, eager, unmerged in checks), out
     assert "generated through the full pipeline" in out and (tmp_path / "toma.png").is_file()
     assert "speed at 256x256 px: SDXL level-1 BasicTransformerBlock, 256 tokens" in out, out
+    ms = {}
     for row in ("unmerged", "ToMA r=0.5", "ideal"):
-        assert re.search(rf"^    {re.escape(row)} +\d+\.\d ms +\d+\.\d\dx", out, re.M), (row, out)
-    assert re.search(r"^\[demo\] ToMA r=0\.5 on eager at 256x256 px: \d+\.\d\dx the unmerged speed \(ideal \d+\.\d\dx\)",
-                     out, re.M), out
+        found = re.search(rf"^    {re.escape(row)} +(\d+\.\d) ms +\d+\.\d\dx", out, re.M)
+        assert found, (row, out)
+        ms[row] = float(found.group(1))
+    final = re.search(r"^\[demo\] ToMA r=0\.5 on eager at 256x256 px: (\d+\.\d\d)x the unmerged speed "
+                      r"\(ideal (\d+\.\d\d)x\)", out, re.M)
+    assert final, out
+    assert float(final.group(1)) == pytest.approx(ms["unmerged"] / ms["ToMA r=0.5"], abs=0.02)
+    assert float(final.group(2)) == pytest.approx(ms["unmerged"] / ms["ideal"], abs=0.02)
     assert _noise(proc.stderr) == [], proc.stderr
 
 
