@@ -19,11 +19,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/toma-export demo
 
+# Two pytest-xdist workers (the CI machine has 2 cores; JOBS=N for more), each test file on one worker:
+# module fixtures (artifact builds, servers) then run once, not once per worker.
+JOBS ?= 2
+XDIST := -n $(JOBS) --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy toma_export plugins

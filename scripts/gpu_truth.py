@@ -1,27 +1,36 @@
 #!/usr/bin/env python
-"""GPU truth: the selection kernel, its AOT PTX, and speed-ups at 1024² on the real architectures.
+"""GPU truth: CUDA-graph and regionally compiled speed-ups at 1024², the selection kernel, eager rows.
 
-    python scripts/gpu_truth.py --out docs/benchmarks/gpu [--sections env,kernel,sdxl,flux,compile,loop]
+    python scripts/gpu_truth.py --out docs/benchmarks/gpu --budget 480 [--sections ...] [--dry-run]
 
-Runs the same on any CUDA machine (random weights; nothing is downloaded). Sections:
+Made for short GPU access (15 minutes in all, at most 10 minutes a command, machine start included):
+runs go most valuable first, each in a child process with its own time limit, cut to what is left
+of ``--budget`` seconds (a run that no longer fits is skipped and logged), and every result row is
+appended to ``OUT/results.jsonl`` as soon as its run ends (device, driver, torch, Triton and the
+mode, i.e. the backend, on every row; a run that timed out or failed appends one status row).
+Two commands cover the plan on an H100:
+
+    python scripts/gpu_truth.py --out docs/benchmarks/gpu --sections env,checks,cudagraph --budget 480
+    python scripts/gpu_truth.py --out docs/benchmarks/gpu --sections regional,loop --budget 300
+
+Sections (random weights; nothing is downloaded):
 
 - ``env``: device, driver, CUDA, torch, Triton (``env.json``);
-- ``kernel``: the Triton selection kernel and the committed sm_90a PTX (launched through the
-  driver, as the TensorRT plugin would) against the torch reference on SDXL (64x64x640,
-  32x32x1280) and Flux (64x64x3072) tile batches, batch 1/2, fp16/bf16/fp32, with the time per
-  call of each next to selection done with torch ops (``kernel.json``);
-- ``sdxl``: the SDXL-architecture UNet (2.6 B), fp16, 1024², eager, unmerged vs ToMA vs ToMeSD vs
-  ToDo at r = 0.25/0.5/0.75 with ideal rows, default level and all attention levels; batch 2 at r=0.5;
-- ``flux``: the Flux.1-architecture transformer at full depth (``flux-full``: 19 + 38 blocks,
-  11.9 B), bf16, 1024² (4096 image + 512 text tokens), eager, same rows;
-- ``compile``: ``torch.compile`` (inductor) of unmerged vs eager-applied ToMA vs ToDo, and the graph
-  pass compiled (``inductor-pass``), SDXL all levels r=0.5; first-call (compile) time in each row;
-- ``loop``: 20-step denoising loops with ``recompute_every=5`` (SDXL fp16 all levels; Flux bf16),
-  so selection and reuse steps are both in the figure.
+- ``checks``: the GPU-marked tests of the CUDA-graph runner (equal to eager ToMA step by step,
+  select/reuse/select, batch 1 and 2), so the timed rows below are of a correct runner;
+- ``cudagraph``: CUDA-graph rows (``--backends eager,cudagraph``: unmerged, ToMA and ideal rows
+  interleaved, eager rows beside): SDXL UNet fp16 both attention levels at batch 2 and 1, the
+  default level at batch 1, Flux.1 full depth (19 + 38 blocks) bf16 at batch 1 and 2;
+- ``regional``: regionally compiled (``inductor-regional``) Flux.1 full depth and SDXL UNet
+  (unmerged, ToMA, ideal; compile time in each row's first-call time);
+- ``loop``: 20-step denoising loops with ``recompute_every=5`` (SDXL fp16 all levels, eager and
+  CUDA graphs; Flux bf16), so selection and reuse steps are both in the figure;
+- ``kernel``: the Triton selection kernel and the committed sm_90a PTX against the torch reference
+  on SDXL and Flux tile batches (``kernel.json``);
+- ``sdxl`` / ``flux`` / ``compile``: the earlier eager method sweeps and whole-model inductor rows.
 
-Each speed section is one ``toma-export bench`` run (rows interleaved, each against the same
-backend's unmerged baseline in the same run); its JSON rows name the device, driver and versions.
-``--quick`` shrinks everything to the tiny models (a smoke test of this script, CPU or GPU).
+``--quick`` shrinks everything to the tiny models (a smoke test of this script, CPU or GPU);
+``--dry-run`` prints the plan (run, time limit, command) and runs nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("env", "kernel", "sdxl", "flux", "compile", "loop")
+SECTIONS = ("env", "checks", "cudagraph", "regional", "loop", "kernel", "sdxl", "flux", "compile")
 LEVELS = {"sdxl-64x64x640": ((64, 64), 640), "sdxl-32x32x1280": ((32, 32), 1280), "flux-64x64x3072": ((64, 64), 3072)}
 
 
@@ -120,13 +129,40 @@ def kernel_section(out: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _append_rows(out: Path, name: str, status: str, seconds: float) -> int:
+    """Append the run's rows (or one status row) to ``OUT/results.jsonl``; returns the rows written."""
+    import platform
+
+    result_file = out / f"{name}.json"
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    if result_file.exists():
+        data = json.loads(result_file.read_text())
+        meta, rows = data.get("meta", {}), data.get("results", [])
+    known = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
+    env = dict(run=name, gpu=meta.get("cuda") or known.get("device"),
+               driver=meta.get("cuda_driver") or known.get("cuda_driver"),
+               torch=meta.get("torch") or known.get("torch"), triton=meta.get("triton") or known.get("triton"),
+               dtype=meta.get("dtype"), date=meta.get("date") or time.strftime("%Y-%m-%d %H:%M:%S"),
+               machine=platform.node())
+    lines = [json.dumps(dict(env, mode=r.get("backend"), **r), default=str) for r in rows]
+    if not rows:
+        lines = [json.dumps(dict(env, mode=None, status=status, seconds=round(seconds)))]
+    with open(out / "results.jsonl", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return len(rows)
+
+
 def _bench(out: Path, name: str, args: list[str], timeout: int) -> None:
-    """One ``toma-export bench`` run in a child process (its own GPU memory), JSON + markdown into ``out``."""
+    """One ``toma-export bench`` run in a child process (its own GPU memory and time limit); JSON and
+    markdown into ``out``, its rows appended to ``out/results.jsonl`` as soon as it ends."""
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *args, "--quiet",
            "--json", str(out / f"{name}.json"), "--markdown", str(out / f"{name}.md")]
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$", " ".join(cmd[1:]), f"(limit {timeout} s)", flush=True)
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    for stale in (out / f"{name}.json", out / f"{name}.md"):
+        stale.unlink(missing_ok=True)
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
         tail = (proc.stdout + proc.stderr)[-4000:]
@@ -135,7 +171,8 @@ def _bench(out: Path, name: str, args: list[str], timeout: int) -> None:
         tail = str(exc.stdout or "")[-2000:] + str(exc.stderr or "")[-2000:]
         status = f"timed out after {timeout} s"
     (out / f"{name}.log").write_text(" ".join(cmd[1:]) + "\n" + status + "\n" + tail)
-    print(f"[{name}] {status} in {time.time() - t0:.0f} s", flush=True)
+    n = _append_rows(out, name, status, time.time() - t0)
+    print(f"[{name}] {status} in {time.time() - t0:.0f} s, {n} row(s) appended", flush=True)
     if (out / f"{name}.md").exists():
         print((out / f"{name}.md").read_text(), flush=True)
     else:
@@ -151,7 +188,22 @@ def speed_runs(quick: bool) -> dict[str, list[tuple[str, list[str], int]]]:
     reps = ["--repeats", "2", "--warmup", "1"] if quick else ["--repeats", "10", "--warmup", "3"]
     three = ["--ratios", "0.25,0.5,0.75"]
     methods = ["--methods", "none,toma,tomesd,todo"]
+    cg_reps = ["--repeats", "2", "--warmup", "1"] if quick else ["--repeats", "8", "--warmup", "2"]
+    pair = ["--methods", "none,toma", "--ratios", "0.5"]
+    graphs = ["--backends", "eager,cudagraph", *cg_reps]
+    regional = ["--backends", "inductor-regional", *cg_reps]
     return {
+        "cudagraph": [
+            ("cg_sdxl_all_levels_b2", [*sdxl, *px, *pair, *all_levels, "--batch", "2", *graphs], 200),
+            ("cg_flux_full_b1", [*flux, *px, *pair, *graphs], 240),
+            ("cg_sdxl_default_level_b1", [*sdxl, *px, *pair, *graphs], 150),
+            ("cg_sdxl_all_levels_b1", [*sdxl, *px, *pair, *all_levels, *graphs], 150),
+            ("cg_flux_full_b2", [*flux, *px, *pair, "--batch", "2", *graphs], 240),
+        ],
+        "regional": [
+            ("regional_flux_full", [*flux, *px, *pair, *regional], 280),
+            ("regional_sdxl_all_levels", [*sdxl, *px, *pair, *all_levels, *regional], 240),
+        ],
         "sdxl": [
             ("sdxl_default_levels", [*sdxl, *px, *methods, *three, "--backends", "eager", *reps], 420),
             ("sdxl_all_levels", [*sdxl, *px, *methods, *three, *all_levels, "--backends", "eager", *reps], 420),
@@ -173,8 +225,8 @@ def speed_runs(quick: bool) -> dict[str, list[tuple[str, list[str], int]]]:
         ],
         "loop": [
             ("sdxl_loop20", ["--workload", "sdxl-loop", "--model", "sdxl-tiny" if quick else "sdxl", "--dtype",
-                             "float16", *px, "--steps", "20", "--recompute-every", "5", "--methods", "none,toma,todo",
-                             "--ratios", "0.5", *all_levels, "--backends", "eager",
+                             "float16", *px, "--steps", "20", "--recompute-every", "5", "--methods", "none,toma",
+                             "--ratios", "0.5", *all_levels, "--backends", "eager,cudagraph",
                              *(["--repeats", "1", "--warmup", "1"] if quick else ["--repeats", "5", "--warmup", "1"])],
              120),
             ("flux_loop20", ["--workload", "flux-loop", "--model", "flux-tiny" if quick else "flux-full", "--dtype",
@@ -186,20 +238,65 @@ def speed_runs(quick: bool) -> dict[str, list[tuple[str, list[str], int]]]:
     }
 
 
+def checks_section(out: Path, timeout: int) -> None:
+    """``pytest -m gpu tests/test_cudagraph.py`` in a child process; its summary line appended as a row."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_cudagraph.py"]
+    print("$", " ".join(cmd[1:]), f"(limit {timeout} s)", flush=True)
+    t0 = time.time()
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(timeout, 1), capture_output=True, text=True)
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        status = lines[-1] if lines else f"exit {proc.returncode}"
+        tail = "\n".join(lines[-40:])
+    except subprocess.TimeoutExpired:
+        status, tail = f"timed out after {timeout} s", ""
+    (out / "checks.log").write_text(" ".join(cmd[1:]) + "\n" + tail + "\n")
+    _append_rows(out, "checks", status, time.time() - t0)
+    print(f"[checks] {status}", flush=True)
+
+
+def plan(sections: list[str], only: set[str], quick: bool) -> list[tuple[str, str, list[str], int]]:
+    """``(section, run, bench arguments, time limit s)`` in the order they run (most valuable first)."""
+    runs = speed_runs(quick)
+    return [(section, name, args, limit) for section in sections if section in runs
+            for name, args, limit in runs[section] if not only or name in only]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sections: " + ", ".join(SECTIONS))
-    p.add_argument("--out", type=Path, required=True, help="folder for the JSON rows, markdown tables and logs")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, the JSON rows, markdown tables and logs")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
     p.add_argument("--only", default="", help="comma-separated run names within the sections (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny models and few repeats: a smoke test of this script")
+    p.add_argument("--budget", type=float, default=540.0,
+                   help="seconds this invocation may take in all (default 540: a 10-minute command with the "
+                        "machine's start); runs are cut to what is left and skipped when under 30 s would remain")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     args = p.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.budget <= 0:
+        p.error(f"--budget {args.budget:g}: must be > 0 seconds")
     only = {s for s in args.only.split(",") if s}
+    known = {name for runs in speed_runs(args.quick).values() for name, _, _ in runs}
+    if only - known:
+        p.error(f"--only names unknown run(s) {sorted(only - known)}; known: {', '.join(sorted(known))}")
+    if args.dry_run:
+        total = 0
+        for section in sections:
+            if section in ("env", "kernel", "checks"):
+                print(f"{section}: in process")
+        for section, name, bench_args, limit in plan(sections, only, args.quick):
+            total += limit
+            print(f"{section}/{name} (limit {limit} s): bench {' '.join(bench_args)}")
+        print(f"limits add up to {total} s; budget {args.budget:g} s")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.budget
     runs = speed_runs(args.quick)
     for section in sections:
         t0 = time.time()
@@ -208,10 +305,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(env_section(args.out), indent=2), flush=True)
         elif section == "kernel":
             kernel_section(args.out, args.quick)
+        elif section == "checks":
+            checks_section(args.out, min(150, int(deadline - time.time())))
         else:
             for name, bench_args, timeout in runs[section]:
-                if not only or name in only:
-                    _bench(args.out, name, bench_args, timeout)
+                if only and name not in only:
+                    continue
+                left = int(deadline - time.time())
+                if left < 30:
+                    print(f"[{name}] skipped: {left} s of the budget left", flush=True)
+                    _append_rows(args.out, name, f"skipped: {left} s of the budget left", 0.0)
+                    continue
+                _bench(args.out, name, bench_args, min(timeout, left))
         print(f"== {section} done in {time.time() - t0:.0f} s", flush=True)
     return 0
 

@@ -199,3 +199,10 @@ step "36. The fast preset on sdxl-lite at 1024², AOTInductor packages built lik
 run 36 toma-export bench --workload sdxl-unet --model sdxl-lite --preset fast --methods none,toma --ratios 0.5 \
     --backends aotinductor --repeats 3 --warmup 1 \
     --json results/bench_sdxl_lite_fast_aoti.json --markdown results/bench_sdxl_lite_fast_aoti.md
+
+step "37. GPU readiness: launches, views, CPU ops, host-device copies and device reads per forward, SDXL UNet 1024² and Flux.1 full depth on the meta device (~1 min)"
+run 37 python scripts/count_launches.py --json results/launches.json > results/launches.md
+
+step "38. GPU readiness: torch.compile graphs over 6 steps, whole and regional, tiny SDXL, Flux 2+4 and the SDXL UNet (~10 min)"
+run 38 python scripts/compile_probe.py > results/compile_probe.md
+run 38 python scripts/compile_probe.py --targets sdxl >> results/compile_probe.md

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from toma_export.models import load_model
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``make test``: two workers), each worker gets its share of the cores for torch's
+    intra-op threads, and through ``OMP_NUM_THREADS`` the CLI subprocesses it starts do too: two workers
+    with one thread per core each would oversubscribe the cores and spin against each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+_share_the_cores()
 
 # diffusers and transformers attach a StreamHandler to the sys.stderr of the moment their logging is
 # first used; configured here, it is the session's stream rather than one test's capsys stream,

@@ -44,3 +44,14 @@ def objective(sim: list[list[float]], chosen: list[int]) -> float:
 
 def brute_force_optimum(sim: list[list[float]], k: int) -> float:
     return max(objective(sim, list(c)) for c in itertools.combinations(range(len(sim)), k))
+
+
+def merge_float64(layout, x: torch.Tensor, idx: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merged tokens and weights ``A`` of ``x`` ``(B, N, C)`` with every step in float64 (the torch path
+    keeps its softmax in float32, so it cannot serve as its own exact reference)."""
+    tiles, rest = layout.split(x.double())
+    xn = tiles / tiles.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    dest = torch.gather(xn, -2, idx.unsqueeze(-1).expand(*idx.shape, xn.shape[-1]))
+    a = (temperature * dest @ xn.transpose(-1, -2)).softmax(dim=-2)
+    merged = ((a / a.sum(-1, keepdim=True)) @ tiles).flatten(1, 2)
+    return torch.cat([merged, rest], dim=1), a

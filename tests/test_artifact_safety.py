@@ -457,3 +457,129 @@ def test_other_version_and_corrupted_file_are_still_refused(artifact: Path, tmp_
     (corrupted / "select.onnx").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"select\.onnx does not match its manifest hash"):
         load_artifact(corrupted)
+
+
+# --- the manifest against the engine files it describes (hashes rewritten: only consistency tells) ---
+def _rehashed(artifact: Path, folder: Path, edit: Callable[[dict[str, Any], Path], Any]) -> Path:
+    """A copy of ``artifact`` edited by ``edit(manifest, folder)``, every hash rewritten to match, so
+    read_manifest's hash check passes and only the consistency checks can tell."""
+    from toma_export.engines.artifact import sha256_file
+
+    _copy(artifact, folder)
+    m = _manifest(folder)
+    edit(m, folder)
+    m["files"] = {rel: sha256_file(folder / rel) for rel in m["files"]}
+    _write(folder, m)
+    return folder
+
+
+def _swap_variants(m: dict[str, Any], folder: Path) -> None:
+    (folder / "select.onnx").rename(folder / "tmp")
+    (folder / "reuse.onnx").rename(folder / "select.onnx")
+    (folder / "tmp").rename(folder / "reuse.onnx")
+
+
+def _edit(*path: str, value: Any) -> Callable[[dict[str, Any], Path], None]:
+    return lambda m, folder: _set(value, *path)(m)
+
+
+INCONSISTENT: list[tuple[str, Callable[[dict[str, Any], Path], Any], str]] = [
+    ("input-spec-garbage", _edit("extra", "input_spec", value='[1, {"type": null}]'), r"extra\.input_spec is not the input structure"),
+    ("input-spec-keys", lambda m, f: _set(m["extra"]["input_spec"].replace("timestep", "t"), "extra", "input_spec")(m),
+     r"extra\.input_spec is not the input structure of UNet2DConditionModel"),
+    ("input-dtypes-fp16", lambda m, f: _set(["float16"] * 5, "extra", "input_dtypes")(m), r"precision says fp32.*precision mismatch"),
+    ("input-dtypes-short", _edit("extra", "input_dtypes", value=["float32"]), r"one dtype per input"),
+    ("input-dtypes-unknown", lambda m, f: _set(["float99"] * 5, "extra", "input_dtypes")(m), r"dtypes torch does not have"),
+    ("precision-fp16", _edit("extra", "precision", value="fp16"), r"precision says fp16.*precision mismatch"),
+    ("precision-and-dtypes-fp16", lambda m, f: (_set("fp16", "extra", "precision")(m), _set(["float16"] * 5, "extra", "input_dtypes")(m)),
+     r"precision mismatch: extra\.precision fp16 / input_dtypes say float16, but (select|reuse)\.onnx takes float32"),
+    ("precision-unknown", _edit("extra", "precision", value="fp8"), r"extra\.precision 'fp8' is not one of"),
+    ("backend-inductor", _edit("backend", value="inductor"), r"backend 'inductor' writes \.pt2 files"),
+    ("backend-tensorrt", _edit("backend", value="tensorrt"), r"backend 'tensorrt' writes \.plan files"),
+    ("backend-unknown", _edit("backend", value="tvm"), r"backend 'tvm' is not one this runtime loads"),
+    ("shapes-inputs", lambda m, f: m["shapes"]["inputs"][0].__setitem__(3, 64), r"input 0 has shape \[2, 4, 32, 32\], but shapes\.inputs\[0\]"),
+    ("shapes-height", _edit("shapes", "height", value=512), r"shapes says batch 2 at 512x256"),
+    ("shapes-batch", _edit("shapes", "batch", value=4), r"shapes says batch 4"),
+    ("variants-swapped", _swap_variants, r"reuse\.onnx takes 5 inputs and gives 2 outputs, but a 'reuse' variant"),
+    ("engine-not-onnx", lambda m, f: (f / "reuse.onnx").write_bytes(b"PK\x03\x04 not an onnx model"), r"reuse\.onnx .* is not an ONNX model"),
+]
+
+
+@pytest.mark.parametrize("case,edit,message", INCONSISTENT, ids=[c[0] for c in INCONSISTENT])
+def test_manifest_that_does_not_describe_its_engine_files_is_refused(
+    case: str, edit: Callable[[dict[str, Any], Path], Any], message: str, artifact: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from toma_export.cli import main
+
+    folder = _rehashed(artifact, tmp_path / "art", edit)
+    png = tmp_path / "image.png"
+    for argv in (["verify", str(folder), "--steps", "1"], ["run", str(folder), "--steps", "1", "--out", str(png)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("toma-export: error: ") and "Traceback" not in err, err
+        assert re.search(message, err), (message, err)
+        assert "inconsistent" in err and "rebuild" in err, err
+        assert "weights" not in err  # a precision claim is named as such, not blamed on the weights hash
+    assert not png.exists()
+
+
+# --- what an artifact loads from outside itself --------------------------------------------------------
+@pytest.fixture
+def no_outside_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading any weights or pipeline from a folder fails the test (configs may be read to check them)."""
+    import diffusers
+
+    import toma_export.models.registry as registry
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise AssertionError("something was loaded from outside the artifact")
+
+    monkeypatch.setattr(registry, "_load_local", boom)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", boom)
+
+
+def _other_model(folder: Path) -> Path:
+    from toma_export.models.registry import load_model
+
+    load_model("sd15-tiny").save_pretrained(folder)  # type: ignore[operator]
+    return folder
+
+
+@pytest.mark.parametrize("source", [None, "local"])
+def test_manifest_naming_an_outside_folder_is_not_loaded(
+    source: str | None, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_outside_weights: None
+) -> None:
+    from toma_export.cli import main
+
+    outside = _other_model(tmp_path / "outside")
+
+    def edit(m: dict[str, Any], folder: Path) -> None:
+        m["model"]["name"] = str(outside)
+        if source:
+            m["model"]["source"] = source
+
+    folder = _rehashed(artifact, tmp_path / "art", edit)
+    png = tmp_path / "image.png"
+    for argv in (["run", str(folder), "--steps", "1", "--out", str(png)], ["verify", str(folder), "--steps", "1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "--model" in err, err
+        assert ("model record is inconsistent" if source is None else "but the artifact was built from a") in err, err
+    assert not png.exists()
+
+
+def test_model_named_on_the_command_line_is_checked_then_used(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from toma_export.cli import main
+
+    folder = _rehashed(artifact, tmp_path / "art", _edit("model", "name", value=str(tmp_path / "gone")))
+    outside = _other_model(tmp_path / "outside")
+    png = tmp_path / "image.png"
+    assert main(["run", str(folder), "--steps", "1", "--out", str(png), "--model", str(outside)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a UNet2DConditionModel" in err and "Name the model the artifact was built from with --model" in err
+    assert not png.exists()
+    assert main(["run", str(folder), "--steps", "1", "--out", str(png), "--model", "sdxl-tiny"]) == 0  # the user's model
+    assert png.exists()

@@ -82,7 +82,9 @@ CASES = [(m, meth) for m in ("sdxl_tiny", "flux_tiny") for meth in ("toma", "tom
 
 
 @pytest.mark.parametrize(("model_name", "method"), CASES)
-def test_applied_model_has_no_graph_break(model_name: str, method: str, request: pytest.FixtureRequest) -> None:
+def test_applied_model_is_one_graph_between_host_step_boundaries(model_name: str, method: str,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """The model's computation is one graph; the only code dynamo skips is the step hook's host code."""
     model = request.getfixturevalue(model_name)
     kw = example_inputs(model, batch=2, height=128, width=128)
     toma_export.apply(model, ToMAConfig(ratio=0.5, method=method, recompute_every=2))
@@ -90,7 +92,8 @@ def test_applied_model_has_no_graph_break(model_name: str, method: str, request:
         torch._dynamo.reset()
         with torch.no_grad():
             explained = torch._dynamo.explain(model)(**kw)
-        assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+        reasons = [str(b.reason) for b in explained.break_reasons]
+        assert all("StepHook." in r for r in reasons), [r[:200] for r in reasons]
         assert explained.graph_count == 1
     finally:
         toma_export.remove(model)
@@ -98,9 +101,10 @@ def test_applied_model_has_no_graph_break(model_name: str, method: str, request:
 
 
 @pytest.mark.parametrize("model_name", ["sdxl_tiny", "flux_tiny"])
-def test_fullgraph_compile_equals_eager_on_select_and_reuse_steps(model_name: str, request: pytest.FixtureRequest) -> None:
+def test_compile_equals_eager_on_select_and_reuse_steps(model_name: str, request: pytest.FixtureRequest) -> None:
     """Three steps at recompute_every=2 (select, reuse, select) with other inputs each step: the
-    compiled model's step state follows eager's exactly."""
+    compiled model's step state follows eager's exactly. The step boundary is host code (the step
+    hook is ``torch.compiler.disable``), so the whole model compiles without ``fullgraph``."""
     model = request.getfixturevalue(model_name)
     steps = [example_inputs(model, batch=1, height=128, width=128, seed=s) for s in range(3)]
     toma_export.apply(model, ToMAConfig(ratio=0.5, recompute_every=2))
@@ -109,7 +113,7 @@ def test_fullgraph_compile_equals_eager_on_select_and_reuse_steps(model_name: st
             eager = [model(**kw)[0] for kw in steps]
             toma_export.reset(model)
             torch._dynamo.reset()
-            compiled = torch.compile(model, fullgraph=True, backend="inductor", dynamic=False)
+            compiled = torch.compile(model, backend="inductor", dynamic=False)
             got = [compiled(**kw)[0] for kw in steps]
             toma_export.reset(model)
             again = compiled(**steps[1])[0]  # a new generation selects on these inputs: not step 1's reuse

@@ -52,6 +52,7 @@ def test_decompositions_lower_to_plain_aten(flux) -> None:
     assert set(decompositions()) == {
         getattr(torch.ops.toma, n).default
         for n in ("facility_location", "merge_weights", "merge", "unmerge", "merged_positions", "gather_positions")
+        + ("fused_merge", "tile_merge", "tile_unmerge")  # the eager CUDA path's ops, for models compiled from it
     }
     low_sel = lower(program.select_exported_program)
     assert not _toma_targets(low_sel)

@@ -145,3 +145,65 @@ def test_run_loads_a_hub_pipelines_components() -> None:
     pipe = _load_source_pipeline(ident, shell)
     assert type(pipe).__name__ == "StableDiffusionXLPipeline" and pipe.unet is shell
     assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection" and pipe.tokenizer is not None
+
+
+# --- no network: refused at once, pointing to a local folder or the HF cache -----------------------
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE unset, an empty cache, and an endpoint nothing listens on (the probe fails at once)."""
+    import toma_export.models.registry as registry
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(registry, "_PROBES", {})
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_uncached_id_without_network_is_refused_in_under_2_s(no_network: None, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from toma_export.cli import main
+
+    out = tmp_path / "art"
+    start = time.perf_counter()
+    rc = main(["build", "toma-test/not-cached", "--out", str(out), "--quiet"])
+    took = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert rc == 2 and took < 2.0, (took, err)
+    assert "there is no network" in err and "local folder" in err and "hf download toma-test/not-cached" in err, err
+    assert "HF_HUB_CACHE" in err and not out.exists()
+
+
+def test_manifest_naming_an_uncached_hub_id_is_refused_at_once(no_network: None) -> None:
+    import time
+
+    from toma_export.engines.artifact import Manifest
+    from toma_export.engines.model_source import source_shell
+
+    manifest = Manifest(model={"name": "toma-test/not-cached", "source": "hub", "class": "UNet2DConditionModel"},
+                        config={}, backend="onnxruntime", shapes={})
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedModelError, match="records \\(toma-test/not-cached\\).*no network.*--model"):
+        source_shell(manifest)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_a_hanging_network_is_given_up_within_the_probe_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect (or DNS lookup) that hangs: the probe answers 'unreachable' after PROBE_TIMEOUT_S."""
+    import threading
+    import time
+
+    import toma_export.models.registry as registry
+
+    release = threading.Event()
+    monkeypatch.setattr(registry, "_PROBES", {})
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: release.wait(30))
+    start = time.perf_counter()
+    try:
+        assert registry.hub_reachable(timeout=0.3) is False
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 1.0

@@ -161,11 +161,34 @@ def test_a_b_a_nothing_leaks(server: TritonServing, reference: Any) -> None:
     assert_same_image(first, reference(a))
 
 
-def test_json_value_of_wrong_type_is_refused_and_server_keeps_serving(server: TritonServing) -> None:
-    """A JSON 'data' value of the wrong type never reaches the model: Triton 2.51's HTTP front end refuses
-    it while parsing (it answers 500 there, its own classification), and the server keeps serving."""
-    status, text = _post(server, _body(seed="seven"))
-    assert status in (400, 500) and "parse" in text, (status, text)
+def _post_raw(server: TritonServing, data: bytes, timeout: float = 60) -> tuple[int, str]:
+    req = urllib.request.Request(f"{server.http_url}/v2/models/toma_pipeline/infer", data=data,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON list"),
+    (b"{}", 'no \\"inputs\\" list'),
+    (b"", "the request body is empty"),
+    (json.dumps(_body(seed="seven")).encode(), "not an integer"),
+    (json.dumps(_body(steps=2.5)).encode(), "not an integer"),
+    (json.dumps(_body(seed=2**63 + 5)).encode(), "outside the INT64 range"),
+    (json.dumps(_body(steps=2**32 + 2)).encode(), "outside the INT32 range"),  # not wrapped to 2 and served
+    (json.dumps(_body(steps={"name": "steps", "shape": [1, 1], "datatype": "INT32", "data": [1, 2]})).encode(),
+     "but 2 value(s)"),
+])
+def test_what_triton_cannot_parse_gets_400_with_the_contracts_message(server: TritonServing, data: bytes,
+                                                                      fragment: str) -> None:
+    """Triton 2.51 answers these with 500 (or serves a wrapped INT32): the HTTP front checks the JSON first."""
+    status, text = _post_raw(server, data)
+    assert status == 400, (status, text)
+    assert fragment in text and "error" in json.loads(text), text
     assert _post(server, _body(steps=1))[0] == 200
 
 

@@ -117,3 +117,81 @@ def test_batched_generation_equals_solo_in_process() -> None:
         assert float((s - b).abs().max()) <= 1e-3
     again = gen.generate_float([reqs[0]])[0]  # nothing carried from the batch
     assert float((again - solo[0]).abs().max()) == 0.0
+
+
+# --- KServe v2 JSON, as the HTTP front checks it before Triton (toma_export.serving.front) -----------
+def _json(**over: object) -> bytes:
+    import json
+
+    inputs = {"prompt": {"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": ["a cat"]},
+              "seed": {"name": "seed", "shape": [1, 1], "datatype": "INT64", "data": [1]},
+              "steps": {"name": "steps", "shape": [1, 1], "datatype": "INT32", "data": [2]}}
+    for k, v in over.items():
+        if v is None:
+            inputs.pop(k)
+        elif isinstance(v, dict):
+            inputs[k] = v
+        else:
+            inputs[k] = {**inputs[k], "data": [v]}
+    return json.dumps({"inputs": list(inputs.values())}).encode()
+
+
+def test_json_request_parses_like_arrays() -> None:
+    from toma_export.serving.contract import parse_json_request
+
+    assert parse_json_request(_json(), LIMITS) == parse_rows(_req(), LIMITS)
+    two = _json(prompt={"name": "prompt", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["b"]]},
+                seed={"name": "seed", "shape": [2, 1], "datatype": "INT64", "data": [[2**63 - 1], [0]]},
+                steps={"name": "steps", "shape": [2, 1], "datatype": "INT32", "data": [3, 4]},
+                guidance_scale={"name": "guidance_scale", "shape": [2, 1], "datatype": "FP32", "data": [1, 7.5]})
+    rows = parse_json_request(two, LIMITS)
+    assert [(r.prompt, r.seed, r.steps, r.guidance_scale) for r in rows] == [("a", 2**63 - 1, 3, 1.0), ("b", 0, 4, 7.5)]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "the request body is empty"),
+    (b"   \n", "the request body is empty"),
+    (b"{not json", "is not valid JSON"),
+    (b"\xff\xfe{}", "is not valid JSON"),
+    (b"[1, 2]", "is a JSON list"),
+    (b'"inputs"', "is a JSON str"),
+    (b"{}", 'no "inputs" list'),
+    (b'{"inputs": []}', 'no "inputs" list'),
+    (b'{"inputs": {"name": "prompt"}}', 'no "inputs" list'),
+    (b'{"inputs": [7]}', "inputs[0] is a int"),
+    (_json(steps="two"), "'steps' is INT32: 'two' is not an integer"),
+    (_json(steps=2.5), "'steps' is INT32: 2.5 is not an integer"),
+    (_json(steps=True), "'steps' is INT32: True is not an integer"),
+    (_json(seed=1.5), "'seed' is INT64: 1.5 is not an integer"),
+    (_json(seed="7"), "'seed' is INT64: '7' is not an integer"),
+    (_json(seed=2**63), "'seed'=9223372036854775808 is outside the INT64 range"),
+    (_json(seed=-(2**63) - 1), "outside the INT64 range"),
+    (_json(steps=2**32 + 2), "'steps'=4294967298 is outside the INT32 range"),
+    (_json(steps=2**31), "outside the INT32 range"),
+    (_json(steps=11), "steps=11 is outside 1..10"),
+    (_json(prompt=5), "'prompt' is BYTES: 5 is not a JSON string"),
+    (_json(prompt="\ud800"), "prompt is not valid UTF-8"),
+    (_json(prompt=None), "'prompt' (BYTES [1]) is missing"),
+    (_json(steps={"name": "steps", "shape": [1, 1], "datatype": "INT32", "data": [1, 2]}), "shape [1, 1] (1 value(s)) but 2"),
+    (_json(steps={"name": "steps", "shape": [2, 1], "datatype": "INT32", "data": [1]}), "shape [2, 1] (2 value(s)) but 1"),
+    (_json(steps={"name": "steps", "shape": [1], "datatype": "INT32", "data": [1]}), "shape [n, 1]"),
+    (_json(steps={"name": "steps", "shape": [1, 1], "datatype": "INT64", "data": [1]}), "datatype INT32, got 'INT64'"),
+    (_json(steps={"name": "steps", "shape": [1, 1], "datatype": "INT32", "data": 1}), "'data' as a JSON list"),
+    (_json(guidance_scale={"name": "guidance_scale", "shape": [1, 1], "datatype": "FP32", "data": ["5"]}), "not a number"),
+    (_json(guidance_scale={"name": "guidance_scale", "shape": [1, 1], "datatype": "FP32", "data": [-5]}), "0..50"),
+    (_json(colour={"name": "colour", "shape": [1, 1], "datatype": "INT32", "data": [1]}), "named 'colour'"),
+])
+def test_json_request_refusals_name_the_problem(body: bytes, message: str) -> None:
+    from toma_export.serving.contract import parse_json_request
+
+    with pytest.raises(RequestError) as info:
+        parse_json_request(body, LIMITS)
+    assert message in str(info.value), str(info.value)
+
+
+def test_integers_are_checked_before_conversion_not_wrapped() -> None:
+    from toma_export.serving.contract import parse_json_request
+
+    for steps in (2**32 + 2, 2**64 + 2, -(2**32) + 2):  # each would become 2 as INT32
+        with pytest.raises(RequestError, match="outside the INT32 range"):
+            parse_json_request(_json(steps=steps), LIMITS)

@@ -15,20 +15,18 @@ under the kernel's own earlier picks) is within ``TIE_TOL`` of the best.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 _CUDA = torch.cuda.is_available()
-_CHILD_FLAG = "TOMA_TRITON_INTERPRETER_CHILD"
 if not _CUDA and "triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from interpreter import assert_passes_in_interpreter_child, in_child  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 from plugins.triton_selection import (  # noqa: E402
@@ -199,15 +197,6 @@ def test_block_sizes_and_validation() -> None:
         facility_location_triton(torch.zeros(1, 16, 4, dtype=torch.int64), 2)
 
 
-@pytest.mark.skipif(RUNNABLE or os.environ.get(_CHILD_FLAG) == "1", reason="kernel checks ran in this process")
+@pytest.mark.skipif(RUNNABLE or in_child(), reason="kernel checks ran in this process")
 def test_kernel_suite_in_interpreter_child() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", _CHILD_FLAG: "1"}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert_passes_in_interpreter_child(__file__)

@@ -7,25 +7,73 @@ they are re-exported here for the modules that name them beside the config.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from toma_export.errors import ToMAConfigError
+from toma_export.errors import ToMAConfigError, ToMATypeError
 from toma_export.vocabulary import METHODS, Method, SubLayer
 
 __all__ = ["METHODS", "Method", "SubLayer", "ToMAConfig"]
 
 
 def _is_bool(v: Any) -> bool:
-    return isinstance(v, bool)
+    """``bool`` or ``numpy.bool_`` (numpy only when already imported: a config never imports it)."""
+    np_bool = getattr(sys.modules.get("numpy"), "bool_", None)
+    return isinstance(v, bool) or (np_bool is not None and isinstance(v, np_bool))
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A Python or numpy integer (``numbers.Integral``), not a bool."""
+    return isinstance(v, numbers.Integral) and not _is_bool(v)
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+def _kind(v: Any) -> str:
+    return type(v).__name__
+
+
+def _wrong_type(name: str, value: Any, want: str, example: str) -> ToMATypeError:
+    return ToMATypeError(f"{name}={value!r} is a {_kind(value)}, not {want}; use e.g. {name}={example}.")
+
+
+#: Fields by the type they take, each with an example value for the error message.
+_NUMBERS = (("ratio", "0.5"), ("temperature", "1000.0"), ("threshold", "0.8"))
+_INTS = (("recompute_every", "5"), ("max_downsample", "4"), ("seed", "0"))
+_BOOLS = ("merge_attn", "merge_cross", "merge_mlp", "share_weights", "keep_tile_order")
+
+
+def _check_types(cfg: Any) -> None:
+    """Every field of the right type (a wrong type is a :class:`ToMATypeError`, before any range check);
+    numpy scalars become the plain Python numbers they stand for, so a config serialises as JSON."""
+    for name, example in _NUMBERS:
+        v = getattr(cfg, name)
+        if isinstance(v, numbers.Real) and not _is_bool(v):
+            object.__setattr__(cfg, name, float(v))
+        else:
+            raise _wrong_type(name, v, "a number", example)
+    for name, example in _INTS:
+        v = getattr(cfg, name)
+        if v is None and name != "recompute_every":
+            continue
+        if _is_int(v):
+            object.__setattr__(cfg, name, int(v))
+        else:
+            raise _wrong_type(name, v, "an int" + ("" if name == "recompute_every" else " or None"), example)
+    for name in _BOOLS:
+        v = getattr(cfg, name)
+        if not _is_bool(v):
+            raise _wrong_type(name, v, "True or False", "True")
+        object.__setattr__(cfg, name, bool(v))
+    for name, choices in (("method", METHODS), ("remainder", ("keep", "error"))):
+        v = getattr(cfg, name)
+        if not isinstance(v, str):
+            raise _wrong_type(name, v, f"a string (one of {', '.join(choices)})", repr(choices[0]))
+    tile = cfg.tile
+    if isinstance(tile, (list, tuple)) and len(tile) == 2 and all(_is_int(t) for t in tile):
+        object.__setattr__(cfg, "tile", (int(tile[0]), int(tile[1])))
+    else:
+        raise ToMATypeError(f"tile={tile!r} must be two ints (rows, cols); use e.g. tile=(4, 4).")
 
 
 @dataclass(frozen=True)
@@ -75,35 +123,31 @@ class ToMAConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.tile, list):
-            object.__setattr__(self, "tile", tuple(self.tile))
-        if not _is_real(self.ratio) or not 0.0 <= float(self.ratio) < 1.0:
+        _check_types(self)
+        if not 0.0 <= self.ratio < 1.0:
             raise ToMAConfigError(
                 f"ratio={self.ratio!r} is outside [0, 1). It is the share of tokens removed: "
                 "use e.g. ratio=0.5 to halve the image tokens, or ratio=0 to disable merging."
             )
         if self.method not in METHODS:
             raise ToMAConfigError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}.")
-        if not isinstance(self.tile, tuple) or len(self.tile) != 2 or not all(_is_int(t) and t >= 1 for t in self.tile):
+        if not all(t >= 1 for t in self.tile):
             raise ToMAConfigError(f"tile={self.tile!r} must be two positive ints (rows, cols), e.g. tile=(4, 4).")
         if self.tile[0] * self.tile[1] < 2:
             raise ToMAConfigError(f"tile={self.tile!r} holds one token, so nothing can merge; use e.g. (4, 4).")
-        if not _is_real(self.temperature) or not self.temperature > 0:
+        if not math.isfinite(self.temperature) or not self.temperature > 0:
             raise ToMAConfigError(f"temperature={self.temperature!r} must be a finite number > 0 (reference: 1000).")
-        for name in ("merge_attn", "merge_cross", "merge_mlp", "share_weights", "keep_tile_order"):
-            if not _is_bool(getattr(self, name)):
-                raise ToMAConfigError(f"{name}={getattr(self, name)!r} must be True or False.")
-        if not _is_int(self.recompute_every) or self.recompute_every < 1:
+        if self.recompute_every < 1:
             raise ToMAConfigError(
                 f"recompute_every={self.recompute_every!r} must be an int >= 1 (1 = reselect every step)."
             )
-        if self.max_downsample is not None and (not _is_int(self.max_downsample) or self.max_downsample < 1):
+        if self.max_downsample is not None and self.max_downsample < 1:
             raise ToMAConfigError(f"max_downsample={self.max_downsample!r} must be an int >= 1, or None for auto.")
         if self.remainder not in ("keep", "error"):
             raise ToMAConfigError(f"remainder={self.remainder!r} must be 'keep' or 'error'.")
-        if not _is_real(self.threshold) or not -1.0 <= self.threshold <= 1.0:
+        if not -1.0 <= self.threshold <= 1.0:
             raise ToMAConfigError(f"threshold={self.threshold!r} is a cosine similarity; use a value in [-1, 1].")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+        if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ToMAConfigError(f"seed={self.seed!r} must be an int in [0, 2**63), or None.")
 
     @property

@@ -6,8 +6,15 @@ TensorRT) implement it. Its eager kernel is :func:`toma_export.core.selection.fa
 
 ``toma::merge_weights`` / ``merge`` / ``unmerge`` / ``merged_positions`` / ``gather_positions``
 are what the graph pass (``toma_export.graph``) inserts at merge sites; each eager kernel is the
-core maths (``toma_export.core``), and ``toma_export.graph.decompositions()`` lowers all of them
-to standard ATen ops for exporters.
+core maths (``toma_export.core``), on CUDA the Triton kernels of ``plugins/triton_merge.py`` for
+``merge_weights`` / ``merge`` / ``unmerge``, and ``toma_export.graph.decompositions()`` lowers all
+of them to standard ATen ops for exporters.
+
+``toma::fused_merge`` / ``tile_merge`` / ``tile_unmerge`` are :class:`~toma_export.core.merge.MergeMap`'s
+CUDA path (eager hooks, and models compiled from them): merge weights and merged tokens in one
+op, merge with given weights, unmerge with an optional fused residual. On CUDA their kernels are
+the Triton ones (``plugins/triton_merge.py``, one launch each); elsewhere, and for exporters
+(``toma_export.graph.decompositions()``), the torch code of ``core.merge``.
 """
 
 from __future__ import annotations
@@ -16,10 +23,23 @@ import os
 
 import torch
 
-from toma_export.core.merge import MergeMap
+from toma_export.core.merge import merge_tiles, unmerge_tiles
+from toma_export.core.merge import merge_weights as _merge_weights
 from toma_export.core.merge import merged_positions as _merged_positions
 from toma_export.core.selection import facility_location as _facility_location
 from toma_export.core.tiles import TileLayout
+
+
+def _interpreted() -> bool:
+    """Triton runs in its CPU interpreter: CUDA tensors then take the torch code."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _torch_on_cuda(th: int, tw: int) -> bool:
+    """CUDA tensors take the torch code: Triton is interpreted, or the tile exceeds the kernels' limit."""
+    from plugins.triton_merge import MAX_TILE
+
+    return _interpreted() or th * tw > MAX_TILE
 
 
 @torch.library.custom_op("toma::facility_location", mutates_args=())
@@ -40,7 +60,7 @@ def _(features: torch.Tensor, k: int) -> torch.Tensor:
     Same picks as the torch ops up to fp32 summation order in near-ties (tests/test_gpu_kernel.py)."""
     from plugins.triton_selection import MAX_TILE, facility_location_triton
 
-    if features.shape[-2] > MAX_TILE or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if features.shape[-2] > MAX_TILE or _interpreted():
         return _facility_location(features, k)
     return facility_location_triton(features, k).long()
 
@@ -61,12 +81,16 @@ def _span(x: torch.Tensor, offset: int, n: int) -> tuple[torch.Tensor, torch.Ten
     return x[:, :offset], x[:, offset : offset + n], x[:, offset + n :]
 
 
+# The ``*_impl`` functions are the torch maths on every device (no dispatch to the CUDA kernels), so
+# exporters decompose a program on any device into plain ATen.
+
+
 def merge_weights_impl(
     x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int, temperature: float
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
     _, img, _ = _span(x, offset, layout.num_tokens)
-    return MergeMap.build(layout, img, idx, temperature).weights
+    return _merge_weights(layout.split(img)[0], idx, temperature)
 
 
 def merge_impl(
@@ -74,7 +98,7 @@ def merge_impl(
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
     head, img, tail = _span(x, offset, layout.num_tokens)
-    merged = MergeMap(layout, weights.new_empty(0), weights).merge(img)
+    merged = merge_tiles(weights / weights.sum(dim=-1, keepdim=True), *layout.split(img))
     return torch.cat([head, merged, tail], dim=1) if head.shape[1] or tail.shape[1] else merged
 
 
@@ -82,9 +106,8 @@ def unmerge_impl(
     y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
 ) -> torch.Tensor:
     layout = _layout(h, w, th, tw, frames)
-    mm = MergeMap(layout, weights.new_empty(0), weights)
-    head, img, tail = _span(y, offset, mm.num_merged)
-    out = mm.unmerge(img)
+    head, img, tail = _span(y, offset, layout.merged_count(weights.shape[2]))
+    out = unmerge_tiles(layout, weights, img)
     return torch.cat([head, out, tail], dim=1) if head.shape[1] or tail.shape[1] else out
 
 
@@ -126,6 +149,17 @@ def _(x, idx, h, w, th, tw, frames, offset, temperature):  # type: ignore[no-unt
     return x.new_empty((x.shape[0], layout.num_tiles, idx.shape[-1], layout.tile_size))
 
 
+@merge_weights.register_kernel("cuda")
+def _(x, idx, h, w, th, tw, frames, offset, temperature):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return merge_weights_impl(x, idx, h, w, th, tw, frames, offset, temperature)
+    from plugins.triton_merge import merge_triton
+
+    layout = _layout(h, w, th, tw, frames)
+    img = x[:, offset : offset + layout.num_tokens]
+    return merge_triton(img, layout, idx=idx, temperature=temperature, tokens=False)[1]
+
+
 @torch.library.custom_op("toma::merge", mutates_args=())
 def merge(
     x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
@@ -141,6 +175,15 @@ def _(x, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
     return x.new_empty((x.shape[0], x.shape[1] - layout.num_tokens + merged, x.shape[2]))
 
 
+@merge.register_kernel("cuda")
+def _(x, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return merge_impl(x, weights, h, w, th, tw, frames, offset)
+    from plugins.triton_merge import merge_span_triton
+
+    return merge_span_triton(x, _layout(h, w, th, tw, frames), offset, weights=weights)
+
+
 @torch.library.custom_op("toma::unmerge", mutates_args=())
 def unmerge(
     y: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, offset: int
@@ -154,6 +197,15 @@ def _(y, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
     layout = _layout(h, w, th, tw, frames)
     merged = layout.merged_count(weights.shape[2])
     return y.new_empty((y.shape[0], y.shape[1] - merged + layout.num_tokens, y.shape[2]))
+
+
+@unmerge.register_kernel("cuda")
+def _(y, weights, h, w, th, tw, frames, offset):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return unmerge_impl(y, weights, h, w, th, tw, frames, offset)
+    from plugins.triton_merge import unmerge_span_triton
+
+    return unmerge_span_triton(y, weights, _layout(h, w, th, tw, frames), offset)
 
 
 @torch.library.custom_op("toma::merged_positions", mutates_args=())
@@ -180,3 +232,123 @@ def _(table, positions, dim, offset, n):  # type: ignore[no-untyped-def]
     shape[0] = positions.shape[0]
     shape[dim] = shape[dim] - n + positions.shape[1]
     return table.new_empty(shape)
+
+
+# --- fused merge / unmerge: MergeMap's CUDA path ---------------------------------------------------
+# Layout arguments include ``tile_major`` (the token order of the block running the site); no span
+# offset: the eager hooks pass the image tokens only.
+
+
+def _tile_layout(h: int, w: int, th: int, tw: int, frames: int, tile_major: bool) -> TileLayout:
+    return TileLayout(h, w, th, tw, frames, tile_major)
+
+
+def fused_merge_impl(
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, tile_major: bool, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch reference of :func:`fused_merge`: ``(merged tokens, weights)``."""
+    tiles, rest = _tile_layout(h, w, th, tw, frames, tile_major).split(x)
+    weights = _merge_weights(tiles, idx, temperature)
+    return merge_tiles(weights / weights.sum(dim=-1, keepdim=True), tiles, rest), weights
+
+
+def tile_merge_impl(
+    x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, tile_major: bool
+) -> torch.Tensor:
+    tiles, rest = _tile_layout(h, w, th, tw, frames, tile_major).split(x)
+    return merge_tiles(weights / weights.sum(dim=-1, keepdim=True), tiles, rest)
+
+
+def tile_unmerge_impl(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor | None,
+    h: int,
+    w: int,
+    th: int,
+    tw: int,
+    frames: int,
+    tile_major: bool,
+) -> torch.Tensor:
+    out = unmerge_tiles(_tile_layout(h, w, th, tw, frames, tile_major), weights, y)
+    return out if residual is None else out + residual
+
+
+@torch.library.custom_op("toma::fused_merge", mutates_args=())
+def fused_merge(
+    x: torch.Tensor, idx: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, tile_major: bool, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(merged (B, T*k + R, C), weights A (B, T, k, S))`` of tokens ``x`` ``(B, h*w, C)``."""
+    return fused_merge_impl(x, idx, h, w, th, tw, frames, tile_major, temperature)
+
+
+@fused_merge.register_fake
+def _(x, idx, h, w, th, tw, frames, tile_major, temperature):  # type: ignore[no-untyped-def]
+    layout = _tile_layout(h, w, th, tw, frames, tile_major)
+    k = idx.shape[-1]
+    return (
+        x.new_empty((x.shape[0], layout.merged_count(k), x.shape[2])),
+        x.new_empty((x.shape[0], layout.num_tiles, k, layout.tile_size)),
+    )
+
+
+@fused_merge.register_kernel("cuda")
+def _(x, idx, h, w, th, tw, frames, tile_major, temperature):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return fused_merge_impl(x, idx, h, w, th, tw, frames, tile_major, temperature)
+    from plugins.triton_merge import merge_triton
+
+    return merge_triton(x, _tile_layout(h, w, th, tw, frames, tile_major), idx=idx, temperature=temperature)
+
+
+@torch.library.custom_op("toma::tile_merge", mutates_args=())
+def tile_merge(
+    x: torch.Tensor, weights: torch.Tensor, h: int, w: int, th: int, tw: int, frames: int, tile_major: bool
+) -> torch.Tensor:
+    """Merged tokens ``(B, T*k + R, C)`` of ``x`` with given weights ``A`` (e.g. another site's)."""
+    return tile_merge_impl(x, weights, h, w, th, tw, frames, tile_major)
+
+
+@tile_merge.register_fake
+def _(x, weights, h, w, th, tw, frames, tile_major):  # type: ignore[no-untyped-def]
+    layout = _tile_layout(h, w, th, tw, frames, tile_major)
+    return x.new_empty((x.shape[0], layout.merged_count(weights.shape[2]), x.shape[2]))
+
+
+@tile_merge.register_kernel("cuda")
+def _(x, weights, h, w, th, tw, frames, tile_major):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return tile_merge_impl(x, weights, h, w, th, tw, frames, tile_major)
+    from plugins.triton_merge import merge_triton
+
+    return merge_triton(x, _tile_layout(h, w, th, tw, frames, tile_major), weights=weights)[0]
+
+
+@torch.library.custom_op("toma::tile_unmerge", mutates_args=())
+def tile_unmerge(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    residual: torch.Tensor | None,
+    h: int,
+    w: int,
+    th: int,
+    tw: int,
+    frames: int,
+    tile_major: bool,
+) -> torch.Tensor:
+    """Tokens ``(B, h*w, C)`` from merged ``y`` (``A^T @ Y``), plus ``residual`` when given."""
+    return tile_unmerge_impl(y, weights, residual, h, w, th, tw, frames, tile_major)
+
+
+@tile_unmerge.register_fake
+def _(y, weights, residual, h, w, th, tw, frames, tile_major):  # type: ignore[no-untyped-def]
+    return y.new_empty((y.shape[0], h * w, y.shape[2]))
+
+
+@tile_unmerge.register_kernel("cuda")
+def _(y, weights, residual, h, w, th, tw, frames, tile_major):  # type: ignore[no-untyped-def]
+    if _torch_on_cuda(th, tw):
+        return tile_unmerge_impl(y, weights, residual, h, w, th, tw, frames, tile_major)
+    from plugins.triton_merge import unmerge_triton
+
+    return unmerge_triton(y, weights, _tile_layout(h, w, th, tw, frames, tile_major), residual=residual)

@@ -19,7 +19,7 @@ from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAError, UnsupportedModelError
 from toma_export.methods.route import Route, check_backend, route
 from toma_export.models.spec import spec_for
-from toma_export.schedule import StepSchedule
+from toma_export.schedule import StepSchedule, Variant
 from toma_export.engines.shared_weights import WeightPool
 
 Backend = Callable[[torch.nn.Module, "ToMAConfig | None", dict[str, Any]], Callable[..., Any]]
@@ -127,8 +127,41 @@ register_backend("inductor-max-autotune", _inductor("max-autotune"))
 register_backend("inductor-pass", inductor_pass, merges=True)
 
 
+def cudagraph(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """The eager-patched model as CUDA graphs: select and reuse bodies captured once per shape and
+    replayed on the host schedule (:class:`~toma_export.runtime.cudagraph.GraphedModel`)."""
+    from toma_export.runtime.cudagraph import GraphedModel
+
+    return GraphedModel(model)
+
+
+def inductor_regional(model: torch.nn.Module, config: ToMAConfig | None, example: dict[str, Any]) -> Callable[..., Any]:
+    """Regional compilation: ``torch.compile`` (inductor) of the model's repeated blocks only, in place
+    (diffusers' ``compile_repeated_blocks`` where the model declares ``_repeated_blocks``; a UNet's
+    transformer blocks otherwise); the step hook and everything between the blocks run eagerly.
+    Compilation happens on the first, untimed call (its time is the row's first-call time)."""
+    _raise_recompile_limits()
+    names = set(getattr(model, "_repeated_blocks", None) or ())
+    if names:
+        blocks = [m for m in model.modules() if type(m).__name__ in names]
+    else:
+        from toma_export.eager.unet import transformer_blocks
+
+        blocks = [m for _, m in transformer_blocks(model)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile regionally")
+    for block in blocks:
+        block.compile(backend="inductor", dynamic=False)
+    return model
+
+
+register_backend("cudagraph", cudagraph)
+register_backend("inductor-cudagraph", _inductor("reduce-overhead"))
+register_backend("inductor-regional", inductor_regional)
+
+
 def _engine_backend(
-    name: str, build_variant: Callable[[Any, Any], Callable[[list[torch.Tensor]], list[torch.Tensor]]],
+    name: str, build_variant: Callable[[Any, Any], Variant],
 ) -> Backend:
     """A backend that builds engines like ``toma-export build`` (graph pass for ToMA, key/value graph
     pass for ToDo on architectures without an eager adapter; one engine per variant, files in a temp folder living as long as the callable) and runs them through the
@@ -141,7 +174,7 @@ def _engine_backend(
         from pathlib import Path
 
         from toma_export.engines.build import _variants
-        from toma_export.engines.load import ProgramRunner
+        from toma_export.engines.load import make_runner
         from toma_export.engines.signature import dump_spec
 
         cfg = config or ToMAConfig(ratio=0.0, method="none")
@@ -149,8 +182,13 @@ def _engine_backend(
         folder = tempfile.TemporaryDirectory(prefix=f"toma-bench-{name}-")
         variants, n_groups, _ = _variants(model, example, cfg, backend=name)
         engines = {v: build_variant(ep, Path(folder.name) / v) for v, ep in variants.items()}
-        shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
-        runner = ProgramRunner(engines, dump_spec(example), shapes, n_groups, {"batch": "?", "height": "?", "width": "?"})
+        leaves = [t for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
+        runner = make_runner(
+            engines,
+            {"input_spec": dump_spec(example), "num_groups": n_groups,
+             "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in leaves]},
+            {"inputs": [list(t.shape) for t in leaves], "batch": int(leaves[0].shape[0]), "height": "?", "width": "?"},
+        )
         schedule = StepSchedule(cfg.recompute_every)
 
         def step(**kwargs: Any) -> tuple[torch.Tensor]:
@@ -166,7 +204,7 @@ def _engine_backend(
     return backend
 
 
-def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Variant:
     """One ONNX Runtime session per variant; with a ``WeightPool`` (``onnxruntime-shared``), every row's
     sessions share one copy of equal weights (prepacking off), so a model of several GB fits with its
     unmerged, select, reuse and ideal sessions at once."""
@@ -182,7 +220,7 @@ def _ort_variant(ep: Any, stem: Any, weights: Any = None) -> Callable[[list[torc
 _SHARED_WEIGHTS = WeightPool()  # the onnxruntime-shared rows' pool; its entries die with the rows
 
 
-def _aoti_variant(ep: Any, stem: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+def _aoti_variant(ep: Any, stem: Any) -> Variant:
     """AOTInductor: the variant compiled ahead of time to a ``.pt2`` package (as ``build --backend
     inductor`` writes it) and loaded back; compile time lands in the row's first-call time."""
     from torch._inductor import aoti_compile_and_package

@@ -8,9 +8,9 @@ ToMA row's how much is left after the merge machinery.
 
 What is counted: :func:`toma_export.graph.flops.count_flops`, the one FLOP count (torch's
 ``FlopCounterMode`` table: matmuls, convolutions, attention, a multiply-add as 2 FLOPs; plus the CPU
-SDPA kernel and ToMA's custom ops as their batched matmuls, selection's tile similarity included; no
-elementwise work), so the ceiling is that of the matmul/conv/attention work. ``inspect`` counts graph
-nodes with the same table.
+SDPA kernel and ToMA's custom ops as their batched matmuls, the eager CUDA path's fused Triton ops and
+selection's tile similarity included; no elementwise work), so the ceiling is that of the
+matmul/conv/attention work. ``inspect`` counts graph nodes with the same table.
 
 How: every model is built and run on the ``meta`` device (``load_model(..., device="meta")`` and
 meta inputs), so FLOPs come from shapes alone and the real-size models (SDXL 1024², Flux, SD3.5,
@@ -29,15 +29,15 @@ that of one forward of their model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
+from toma_export.bench.launches import meta_flux_grid
 from toma_export.bench.workloads import Built, Options, get_workload, shared_clone
 from toma_export.config import ToMAConfig
 from toma_export.graph.flops import count_flops
@@ -159,34 +159,13 @@ class CeilingError(RuntimeError):
     """A workload whose unmerged or ideal forward could not be counted."""
 
 
-@contextlib.contextmanager
-def _meta_flux_grid(grid: tuple[int, int] | None) -> Iterator[None]:
-    """Answer the Flux hooks' one host read (the image grid from ``img_ids``) on meta tensors with the
-    workload's known row-major grid; real tensors are read as always."""
-    import toma_export.eager.flux as flux
-
-    original = flux.image_grid
-
-    def image_grid(img_ids: torch.Tensor) -> tuple[int, int] | None:
-        if img_ids.device.type != "meta":
-            return original(img_ids)
-        n = img_ids.shape[-2]
-        return grid if grid is not None and grid[0] * grid[1] == n else None
-
-    flux.image_grid = image_grid
-    try:
-        yield
-    finally:
-        flux.image_grid = original
-
-
 def _toma_flops(built: Built, spec: Spec, ratio: float, grid: tuple[int, int] | None) -> int:
     """One ToMA forward after a reset (a selecting step); an uncounted call first, so a graph pass's
     capture (eager apply on FLUX.2/Qwen-Image/SD3.5/Wan traces on first call) is not counted."""
     clone = shared_clone(built.model)
     handle = built.patch(clone, spec.toma_config(ratio))
     try:
-        with _meta_flux_grid(grid):
+        with meta_flux_grid(grid, read=False):
             handle.reset()
             with torch.no_grad():
                 clone(**built.kwargs)

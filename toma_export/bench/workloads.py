@@ -114,7 +114,7 @@ def _build_block(opts: Options) -> Built:
         kwargs,
         BlockPatch,  # type: ignore[arg-type]  # a class whose instances are handles
         ideal,
-        f"the same block on a {grid[0]}x(1-r)*{grid[1]} grid (2048 of {n} tokens at r=0.5)",
+        f"the same block on a {grid[0]}x(1-r)*{grid[1]} grid ({grid[0] * round(grid[1] / 2)} of {n} tokens at r=0.5)",
         f"SDXL level-1 BasicTransformerBlock, {n} tokens ({grid[0]}x{grid[1]}), 640 ch, 10x64 heads, "
         f"context 77x2048, batch {opts.batch}",
     )

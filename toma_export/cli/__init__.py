@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from toma_export import __version__
 from toma_export.cli import bench, demo, engines, inspect, serve, trt
 from toma_export.errors import ToMAError
+from toma_export.quiet import show_library_noise
 
 __all__ = ["build_parser", "main"]
 
@@ -39,13 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="one of the commands below; COMMAND --help for its options")
     for group in _GROUPS:
         group.register(sub)
+    for command in (parser, *sub.choices.values()):  # before or after COMMAND
+        command.add_argument("--verbose", action="store_true",
+                             default=False if command is parser else argparse.SUPPRESS,
+                             help="show the third-party warnings hidden by default (toma_export/quiet.py lists them)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with show_library_noise(args.verbose):
+            return int(args.handler(args) or 0)
     except ToMAError as err:
         print(f"toma-export: error: {err}", file=sys.stderr)
         return 2

@@ -13,8 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from toma_export.cli.argtypes import int_in, path_arg
+from toma_export.input_rules import MAX_BATCH, MAX_STEPS
 from toma_export.cli.config_options import add_config_options, config_dict_from_args
 from toma_export.vocabulary import METHODS
+
+
+def _path(flag: str, example: str) -> Callable[[str], Path]:
+    check = path_arg(flag, example)
+    return lambda text: Path(check(text))
 
 
 def _csv(text: str) -> list[str]:
@@ -64,22 +71,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="none,toma,tomesd,todo,catome", help=f"comma-separated of {', '.join(METHODS)}")
     p.add_argument("--ratios", type=_ratios, default=[0.25, 0.5, 0.75], help="comma-separated merge ratios")
     p.add_argument("--backends", default="eager", help="comma-separated backend names")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: per workload)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: per workload)")
-    p.add_argument("--json", type=Path, help="write {'meta', 'results': [rows]} here")
-    p.add_argument("--markdown", type=Path, help="write the markdown tables here")
-    p.add_argument("--plots", type=Path, help="write latency / speed-up / memory PNGs into this folder")
+    p.add_argument("--repeats", type=int_in(1, 10001, "--repeats", "--repeats 10"), default=None, help="timed rounds (default: per workload)")
+    p.add_argument("--warmup", type=int_in(0, 10001, "--warmup", "--warmup 2"), default=None, help="untimed rounds first (default: per workload)")
+    p.add_argument("--json", type=_path("--json", "bench.json"), help="write {'meta', 'results': [rows]} here")
+    p.add_argument("--markdown", type=_path("--markdown", "bench.md"), help="write the markdown tables here")
+    p.add_argument("--plots", type=_path("--plots", "plots"), help="write latency / speed-up / memory PNGs into this folder")
     p.add_argument("--model", help="override the workload's model (embedded name or local diffusers folder)")
-    p.add_argument("--height", type=int, help="override the image height in pixels")
-    p.add_argument("--width", type=int, help="override the image width in pixels")
-    p.add_argument("--steps", type=int, help="denoising steps of the loop workloads, sdxl-loop and flux-loop (default: per workload)")
-    p.add_argument("--batch", type=int, default=1, help="batch of the model inputs (default: 1)")
+    p.add_argument("--height", type=int_in(1, 4097, "--height", "--height 1024"), help="override the image height in pixels")
+    p.add_argument("--width", type=int_in(1, 4097, "--width", "--width 1024"), help="override the image width in pixels")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 20"), help="denoising steps of the loop workloads, sdxl-loop and flux-loop (default: per workload)")
+    p.add_argument("--batch", type=int_in(1, MAX_BATCH + 1, "--batch", "--batch 1"), default=1, help="batch of the model inputs (default: 1)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="model and input dtype (default: float32)")
     p.add_argument("--no-ideal", action="store_true", help="skip the ideal (no-merge-cost) rows")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int_in(1, 1025, "--threads", "--threads 8"), help="torch.set_num_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_options(p, exclude=("ratio", "method"))  # --ratios / --methods sweep those
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from toma_export.cli.argtypes import path_arg
 from toma_export.presets import PRESETS, SUMMARY
 from toma_export.vocabulary import METHODS, SUBLAYERS
 
@@ -90,6 +91,10 @@ def _merge(text: str) -> str:
     unknown = [n for n in names if n not in SUBLAYERS]
     if unknown:
         raise argparse.ArgumentTypeError(f"sub-layer(s) {unknown} unknown; choose from {','.join(SUBLAYERS)}, e.g. attn,mlp")
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no sub-layer, so nothing would be merged; give some of {','.join(SUBLAYERS)}, e.g. "
+            "--merge attn,mlp (to run unmerged, use --ratio 0 or --method none)")
     return ",".join(names)
 
 
@@ -146,7 +151,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, exclude: tuple[str, .
     group.add_argument("--preset", choices=tuple(PRESETS), default=None,
                        help="named configuration: " + "; ".join(f"{n}: {s}" for n, s in SUMMARY.items())
                        + " (BENCHMARKS.md, 'Presets')")
-    group.add_argument("--config", type=Path, default=None, metavar="FILE",
+    group.add_argument("--config", type=path_arg("--config", "toma.toml"), default=None, metavar="FILE",
                        help="TOML or JSON file of ToMAConfig fields (e.g. ratio = 0.5, tile = [2, 2], "
                        "max_downsample = 4); flags given here override it")
     for option in OPTIONS:
@@ -200,6 +205,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise ToMAConfigError(f"--config {path}: tile {err}.") from None
     if isinstance(data.get("max_downsample"), str) and data["max_downsample"].lower() in ("auto", "none"):
         data["max_downsample"] = None
+    from toma_export.config import ToMAConfig
+
+    try:
+        ToMAConfig.from_dict(data)  # the file's own fields, so the error names the file
+    except ToMAConfigError as err:
+        raise type(err)(f"--config {path}: {err}") from None
     return data
 
 

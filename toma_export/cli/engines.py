@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from toma_export.cli._choices import MODEL_HELP
-from toma_export.cli.argtypes import MAX_SEED, int_in, nonneg_float
+from toma_export.cli.argtypes import MAX_SEED, OneOf, guidance, int_in, nonneg_float, path_arg, text_arg
 from toma_export.cli.config_options import add_config_options, config_from_args
+from toma_export.input_rules import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS
 from toma_export.vocabulary import ENGINE_BACKENDS, PRECISIONS, SELECTIONS, VERIFY_TOLERANCES
 
-MAX_STEPS = 1000
+_PRECISION_HINT = f"--dtype {'|'.join(PRECISIONS)} (or --fp16 / --bf16 alone)"
 
 
 _tol = nonneg_float("--tol", "--tol 1e-3")
@@ -64,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir() and out.parent.exists():
         raise ToMAError(f"--out {out}: {out.parent} is not a folder; give a PNG path in a folder.")
     res = run_artifact(args.artifact, steps=args.steps, seed=args.seed, out=args.out, prompt=args.prompt,
-                       negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale)
+                       negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale, model=args.model)
     print(f"wrote {args.out} ({res.steps} steps in {res.seconds:.2f} s; {res.selections} selection step(s))")
     return 0
 
@@ -72,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     b = sub.add_parser("build", help="build an engine artifact folder (ONNX Runtime, AOTInductor, TensorRT)",
                        description="Capture, rewrite (ToMA) and export a denoiser to an artifact folder with a manifest.")
-    b.add_argument("model", help=MODEL_HELP)
+    b.add_argument("model", type=path_arg("MODEL", "sdxl-tiny"), help=MODEL_HELP)
     b.add_argument("--revision", help="Hub ids: branch, tag or commit to load (default: main)")
     b.add_argument("--variant", help="weights variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)")
     b.add_argument("--subfolder", help="folder of the denoiser inside a pipeline (default: unet or transformer)")
@@ -83,15 +84,19 @@ def register(sub: Any) -> None:
     b.add_argument("--frames", type=int, default=1,
                    help="pixel frames of the clip, for video models (Wan: 4k+1, e.g. 17; default: 1, an image); "
                    "recorded in the manifest, so verify needs no flag")
-    b.add_argument("--batch", type=int, default=2, help="denoiser batch (SDXL with guidance: 2 per image)")
-    b.add_argument("--out", required=True, help="artifact folder to create")
+    b.add_argument("--batch", type=int_in(1, MAX_BATCH + 1, "--batch", "--batch 2"), default=2,
+                   help=f"denoiser batch, 1 to {MAX_BATCH} (SDXL with guidance: 2 per image; default: 2)")
+    b.add_argument("--out", required=True, type=path_arg("--out", "engines/out/sdxl"), help="artifact folder to create")
     b.add_argument("--selection", choices=SELECTIONS, default="unrolled",
                    help="ONNX selection as standard ops (ONNX Runtime) or a toma plugin node (TensorRT)")
-    b.add_argument("--dtype", "--precision", dest="precision", choices=PRECISIONS, default="fp32",
+    b.add_argument("--dtype", "--precision", dest="precision", choices=PRECISIONS, default="fp32", action=OneOf,
+                   hint=_PRECISION_HINT,
                    help="dtype of the engine's weights and activations: the model is cast to it before capture "
                    "(default: fp32; bf16 on ONNX Runtime computes each op in fp32 between bf16 casts)")
-    b.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --dtype fp16")
-    b.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --dtype bf16")
+    b.add_argument("--fp16", dest="precision", action=OneOf, const="fp16", hint=_PRECISION_HINT,
+                   help="same as --dtype fp16")
+    b.add_argument("--bf16", dest="precision", action=OneOf, const="bf16", hint=_PRECISION_HINT,
+                   help="same as --dtype bf16")
     b.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     b.add_argument("--dynamic-batch", action="store_true",
                    help="one artifact for any batch at this resolution (the batch is symbolic; build at --batch >= 2)")
@@ -103,7 +108,7 @@ def register(sub: Any) -> None:
                        description="Run the artifact and eager ToMA (in the artifact's dtype) on the same fresh inputs "
                        "for a few steps (batch, resolution and frames as the manifest records them); print errors "
                        "against eager ToMA and against the unmerged model; exit 1 on mismatch.")
-    v.add_argument("artifact", help="artifact folder (from toma-export build)")
+    v.add_argument("artifact", type=path_arg("ARTIFACT", "engines/out/sdxl"), help="artifact folder (from toma-export build)")
     v.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 3"), default=3,
                    help=f"denoising steps compared, 1 to {MAX_STEPS}, each on fresh random inputs (default: 3)")
     v.add_argument("--seed", type=int_in(0, MAX_SEED, "--seed", "--seed 1234"), default=1234,
@@ -111,7 +116,7 @@ def register(sub: Any) -> None:
     v.add_argument("--tol", type=_tol, default=None,
                    help="max abs error allowed against eager ToMA (default by the artifact's precision: "
                    + ", ".join(f"{k} {t:g}" for k, t in VERIFY_TOLERANCES.items()) + ")")
-    v.add_argument("--model", help="where the artifact's model is now (local folder or Hub id), if it moved since the "
+    v.add_argument("--model", type=path_arg("--model", "models/sdxl"), help="where the artifact's model is now (local folder or Hub id), if it moved since the "
                    "build; its class, config and weights must still match the manifest")
     v.set_defaults(handler=_cmd_verify)
 
@@ -119,14 +124,19 @@ def register(sub: Any) -> None:
                        description="Assemble the model's pipeline (a saved pipeline's own scheduler, VAE, text encoders "
                        "and tokenizers; for embedded models a tiny VAE and scheduler and deterministic prompt embeddings) "
                        "with the artifact as its denoiser, and write a PNG.")
-    r.add_argument("artifact", help="artifact folder (from toma-export build)")
+    r.add_argument("artifact", type=path_arg("ARTIFACT", "engines/out/sdxl"), help="artifact folder (from toma-export build)")
     r.add_argument("--steps", type=int_in(1, MAX_STEPS + 1, "--steps", "--steps 20"), default=10,
                    help=f"denoising steps, 1 to {MAX_STEPS} (default: 10)")
     r.add_argument("--seed", type=int_in(0, MAX_SEED, "--seed", "--seed 0"), default=0,
                    help="seed of the latents and prompt embeddings, in [0, 2**63) (default: 0)")
-    r.add_argument("--out", default="image.png", help="PNG file to write, not a folder (default: image.png)")
-    r.add_argument("--prompt", help="text prompt: encoded by the pipeline's own text encoders; embedded tiny models map "
+    r.add_argument("--out", default="image.png", type=path_arg("--out", "image.png"),
+                   help="PNG file to write, not a folder (default: image.png)")
+    r.add_argument("--prompt", type=text_arg("--prompt"), help="text prompt: encoded by the pipeline's own text encoders; embedded tiny models map "
                    "it to deterministic embeddings (a seed from the prompt's SHA-256)")
-    r.add_argument("--negative-prompt", help="negative prompt (pipelines with classifier-free guidance)")
-    r.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    r.add_argument("--negative-prompt", type=text_arg("--negative-prompt"), help="negative prompt (pipelines with classifier-free guidance)")
+    r.add_argument("--guidance-scale", type=guidance("--guidance-scale"),
+                   help=f"classifier-free guidance scale, finite, 0 to {MAX_GUIDANCE:g} (default: the pipeline's)")
+    r.add_argument("--model", type=path_arg("--model", "models/sdxl"),
+                   help="where the artifact's model is now (local folder or Hub id), if it moved since the build: "
+                   "the pipeline is loaded from here instead of the place the manifest records")
     r.set_defaults(handler=_cmd_run)

@@ -25,12 +25,13 @@ def _run(args: argparse.Namespace) -> int:
 
         print(format_artifact(args.model))
         return 0
-    from toma_export.engines.build import check_frames, check_image_size
+    from toma_export.engines.build import check_frames, check_image_size, pixel_multiple
     from toma_export.graph.inspect import inspect_model
 
     config = config_from_args(args)
     if args.height is not None or args.width is not None:
-        check_image_size(args.model, args.height or args.width, args.width or args.height)
+        fit = pixel_multiple(args.model)  # a side that passes, for the one not given: errors name the flag given
+        check_image_size(args.model, fit if args.height is None else args.height, fit if args.width is None else args.width)
     check_frames(args.model, args.frames)  # before anything loads
     try:
         report = inspect_model(args.model, height=args.height, width=args.width, config=config, frames=args.frames)

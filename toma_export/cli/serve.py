@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from toma_export.cli.argtypes import int_in, nonneg_float
+from toma_export.cli.argtypes import int_in, nonneg_float, path_arg
 
 
 _positive_int = int_in(1, 2**31, "value", "8")
 _port = int_in(1, 65536, "port", "--port 8000")
 _nonneg_float = nonneg_float("value", "20")
+_side = int_in(1, 4097, "image side", "64")
 
 
 def _batching_options(p: argparse.ArgumentParser) -> None:
@@ -59,16 +60,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the text-to-image pipeline on Triton Inference Server (KServe v2)",
                        description="Serve model 'toma_pipeline' over KServe v2 HTTP and gRPC with dynamic batching, "
                                    "health (/v2/health/ready) and Prometheus metrics. SIGTERM stops it cleanly.")
-    p.add_argument("source", metavar="ARTIFACT_OR_MODEL",
+    p.add_argument("source", metavar="ARTIFACT_OR_MODEL", type=path_arg("ARTIFACT_OR_MODEL", "sdxl-tiny"),
                    help="an artifact folder (toma-export build --out) or a model (embedded name, e.g. sdxl-tiny)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001)")
     p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus metrics port (default 8002)")
     _batching_options(p)
-    p.add_argument("--height", type=_positive_int, default=64, help="image height for a model (artifacts: theirs)")
-    p.add_argument("--width", type=_positive_int, default=64, help="image width for a model (artifacts: theirs)")
-    p.add_argument("--ratio", type=_nonneg_float, default=0.5, help="ToMA ratio for a model served eagerly (default 0.5)")
+    p.add_argument("--height", type=_side, default=64,
+                   help="image height for a model, a multiple of 8 (16 for Flux) up to 4096 (artifacts: theirs)")
+    p.add_argument("--width", type=_side, default=64, help="image width for a model, as --height (artifacts: theirs)")
+    p.add_argument("--ratio", type=nonneg_float("--ratio", "--ratio 0.5"), default=0.5, help="ToMA ratio for a model served eagerly (default 0.5)")
     p.add_argument("--exit-timeout", type=_positive_int, default=20,
                    help="seconds in-flight requests get to finish on SIGTERM (default 20)")
     p.set_defaults(handler=_cmd_serve)
@@ -76,7 +78,8 @@ def register(sub: Any) -> None:
     e = sub.add_parser("export-triton", help="write a Triton model repository for an artifact (stock Triton container)",
                        description="Denoiser variants as ONNX Runtime backend models, the pipeline as a Python-backend "
                                    "model calling them through BLS, config.pbtxt with dynamic batching and instance groups.")
-    e.add_argument("artifact", metavar="ARTIFACT", help="an ONNX Runtime artifact folder (toma-export build --out)")
-    e.add_argument("--out", required=True, help="repository folder to create (must not exist)")
+    e.add_argument("artifact", metavar="ARTIFACT", type=path_arg("ARTIFACT", "engines/out/sdxl"), help="an ONNX Runtime artifact folder (toma-export build --out)")
+    e.add_argument("--out", required=True, type=path_arg("--out", "triton-repo"),
+                   help="repository folder to create (must not exist)")
     _batching_options(e)
     e.set_defaults(handler=_cmd_export)

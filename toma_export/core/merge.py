@@ -4,11 +4,16 @@ With destination features ``D`` and tile tokens ``X``, ``A = softmax(tau * cos(D
 destinations, shape ``(k, S)``. Merge is ``M @ X`` with ``M = A / rowsum(A)`` (each destination
 a weighted mean of the tokens it absorbs); unmerge is ``A^T @ Y`` (each token a convex mix of
 destinations). Both are batched matmuls over batch x tiles.
+
+This torch code is the reference and the path on every device but CUDA. On CUDA tensors
+:class:`MergeMap` calls the fused ops instead (``toma::fused_merge``, ``toma::tile_merge``,
+``toma::tile_unmerge`` in ``toma_export.ops``: one Triton launch each, ``plugins/triton_merge.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,39 @@ def merge_weights(tiles: torch.Tensor, idx: torch.Tensor, temperature: float) ->
     return logits.softmax(dim=-2).to(tiles.dtype)
 
 
+#: Device types whose tensors merge through the fused ops (``bench.kernel_launches`` adds ``meta`` to count them).
+KERNEL_DEVICES = frozenset({"cuda"})
+
+
+def uses_kernels(t: torch.Tensor) -> bool:
+    """Whether tensors on ``t``'s device merge through the fused kernels (CUDA) or this module's torch code."""
+    return t.device.type in KERNEL_DEVICES
+
+
+def _ops() -> Any:
+    import toma_export.ops  # noqa: F401  registers the toma:: ops (it imports this module, so not at the top)
+
+    return torch.ops.toma
+
+
+def _layout_args(layout: TileLayout) -> tuple[int, int, int, int, int, bool]:
+    return (layout.h, layout.w, layout.th, layout.tw, layout.frames, layout.tile_major)
+
+
+def merge_tiles(merge_matrix: torch.Tensor, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Merged tokens ``(B, T*k + R, C)``: ``M @ X`` per tile (tile-major), then the border ``rest``."""
+    merged = (merge_matrix.to(tiles.dtype) @ tiles).flatten(1, 2)
+    return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
+
+
+def unmerge_tiles(layout: TileLayout, weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Tokens ``(B, N, C)`` from merged ``y``: ``A^T @ Y`` per tile, the border copied back."""
+    b, t, k, s = weights.shape
+    ym, rest = y[:, : t * k], y[:, t * k :]
+    tiles = weights.to(y.dtype).transpose(-1, -2) @ ym.reshape(b, t, k, y.shape[-1])
+    return layout.join(tiles, rest)
+
+
 @dataclass(frozen=True)
 class MergeMap:
     """One site's merge/unmerge for a fixed layout: ``N`` tokens <-> ``T*k + R`` merged tokens.
@@ -45,9 +83,11 @@ class MergeMap:
     merge_matrix: torch.Tensor | None = field(default=None, repr=False)  # M = A / rowsum(A), derived
     # (features, their tiles, their border) when built from features: merging them skips a re-split
     source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    # (features, their merged tokens) when the fused kernel built the map: merging them is free
+    fused: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.merge_matrix is None:
+        if self.merge_matrix is None and not uses_kernels(self.weights):
             object.__setattr__(self, "merge_matrix", self.weights / self.weights.sum(dim=-1, keepdim=True))
 
     @classmethod
@@ -62,6 +102,9 @@ class MergeMap:
         """Weights from ``features`` ``(B, N, C)`` and shared destinations ``idx``; ``parts`` is
         ``layout.split(features)`` when the caller already split them (for selection)."""
         with region("weights"):
+            if uses_kernels(features):  # weights and merged tokens in one launch, read from the grid
+                merged, weights = _ops().fused_merge(features, idx, *_layout_args(layout), float(temperature))
+                return cls(layout, idx, weights, fused=(features, merged))
             tiles, rest = parts if parts is not None else layout.split(features)
             return cls(layout, idx, merge_weights(tiles, idx, temperature), source=(features, tiles, rest))
 
@@ -83,23 +126,24 @@ class MergeMap:
             return self._merge(x)
 
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and x is self.fused[0]:
+            return self.fused[1]
+        if uses_kernels(x):
+            return _ops().tile_merge(x, self.weights, *_layout_args(self.layout))
         if self.source is not None and x is self.source[0]:
             tiles, rest = self.source[1], self.source[2]  # the features the map came from: split once
         else:
             tiles, rest = self.layout.split(x)
         assert self.merge_matrix is not None
-        merged = (self.merge_matrix.to(x.dtype) @ tiles).flatten(1, 2)
-        return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
+        return merge_tiles(self.merge_matrix, tiles, rest)
 
-    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+    def unmerge(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``(B, N, C)`` from merged ``y``; ``residual + unmerge(y)`` when given (fused on CUDA)."""
         with region("unmerge"):
-            return self._unmerge(y)
-
-    def _unmerge(self, y: torch.Tensor) -> torch.Tensor:
-        b, t, k, s = self.weights.shape
-        ym, rest = y[:, : t * k], y[:, t * k :]
-        tiles = self.weights.to(y.dtype).transpose(-1, -2) @ ym.reshape(b, t, k, y.shape[-1])
-        return self.layout.join(tiles, rest)
+            if uses_kernels(y):
+                return _ops().tile_unmerge(y, self.weights, residual, *_layout_args(self.layout))
+            out = unmerge_tiles(self.layout, self.weights, y)
+            return out if residual is None else out + residual
 
 
 def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:
@@ -107,7 +151,7 @@ def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:
 
     Used to gather RoPE rows: a merged token takes its destination's position (gather, not mean).
     """
-    tile_index, rest_index = (t.to(idx.device) for t in layout.token_index)
+    tile_index, rest_index = layout.token_index_on(idx.device)
     b = idx.shape[0]
     dest = torch.gather(tile_index.expand(b, -1, -1), -1, idx).flatten(1)
     return torch.cat([dest, rest_index.expand(b, -1)], dim=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from toma_export.errors import ToMAConfigError
 
@@ -161,13 +162,34 @@ class TileLayout:
 
     @property
     def token_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``.
+        """Row-major grid index of every tile slot ``(T, S)`` and border token ``(R,)``, on the CPU."""
+        return self.token_index_on(torch.device("cpu"))
 
-        Rebuilt per call (an arange and a split): a cached tensor would need a lock that
-        ``torch.compile`` cannot trace, and the layout is frozen and hashable, not a cache."""
-        ids = torch.arange(self.num_tokens, dtype=torch.float64).reshape(1, -1, 1)
+    def token_index_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`token_index` made on ``device`` (an arange and a split there, never a host copy).
+
+        Cached per (layout, device) in eager calls, so a forward makes none after its first call at a
+        shape; while tracing (``torch.compile``, export) it is built in-graph instead, and fake
+        tensors are never cached (a cache hit must be a real tensor on ``device``)."""
+        if torch.compiler.is_compiling():
+            return self._build_token_index(device)
+        key = (self.row_major, torch.device(device))
+        hit = _TOKEN_INDEX.get(key)
+        if hit is None:
+            with torch.inference_mode(False):  # made inside an inference-mode call, usable outside one
+                hit = self._build_token_index(device)
+            if not any(is_fake(t) for t in hit):
+                _TOKEN_INDEX[key] = hit
+        return hit
+
+    def _build_token_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.arange(self.num_tokens, device=device).reshape(1, -1, 1)
         tiles, rest = self.row_major.split(ids)
-        return tiles[0, :, :, 0].long(), rest[0, :, 0].long()
+        return tiles[0, :, :, 0], rest[0, :, 0]
+
+
+#: ``(row-major layout, device) -> token_index`` for eager calls (a few KB per layout and device).
+_TOKEN_INDEX: dict[tuple[TileLayout, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def unet_level(n: int, latent_h: int, latent_w: int) -> tuple[int, int, int] | None:

@@ -18,18 +18,33 @@ from toma_export.eager.graph_hook import HOOK_NAME as GRAPH_HOOK
 from toma_export.eager.graph_hook import GraphPassHook
 from toma_export.eager.hooks import Installed
 from toma_export.eager.state import MergeContext
-from toma_export.errors import ToMAError, UnsupportedModelError
+from toma_export.errors import ToMAError, ToMATypeError, UnsupportedModelError
+from toma_export.input_rules import check_config_arg
 from toma_export.methods import route
 from toma_export.models.spec import denoiser_of, spec_for
 
 _INSTALLED_ATTR = "_toma_installed"
 
 
+def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``module``.
+
+    The hooks go on the wrapped module (the wrapper calls its forward, hooks included), and the
+    installed record lives there too: the wrapper forwards attribute writes to it but not
+    ``__dict__`` lookups, so ``remove``/``state`` on the wrapper must look at the same module."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while isinstance(module, OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
 def _denoiser(obj: Any) -> torch.nn.Module:
-    """The model to patch: ``obj`` itself or a pipeline's ``unet`` / ``transformer``."""
+    """The model to patch: ``obj`` itself or a pipeline's ``unet`` / ``transformer`` (through a
+    ``torch.compile`` wrapper)."""
     model = obj if isinstance(obj, torch.nn.Module) else denoiser_of(obj)
     if isinstance(model, torch.nn.Module):
-        return model
+        return _uncompiled(model)
     raise UnsupportedModelError(
         f"cannot apply ToMA to a {type(obj).__name__}: pass a diffusers pipeline with .unet or .transformer, "
         "or the UNet2DConditionModel / FluxTransformer2DModel itself."
@@ -99,11 +114,15 @@ def apply(obj: Any, config: ToMAConfig | None = None, **options: Any) -> Any:
     if config is None:
         config = ToMAConfig(**options)
     elif options:
-        raise TypeError("pass either a ToMAConfig or keyword options, not both")
+        raise ToMATypeError("pass either a ToMAConfig or keyword options, not both")
+    config = check_config_arg(config)
     model = _denoiser(obj)
     spec_for(model)  # refuse unsupported models before removing anything
     remove(obj)
-    setattr(model, _INSTALLED_ATTR, install(model, config))
+    installed = install(model, config)
+    setattr(model, _INSTALLED_ATTR, installed)
+    if obj is not model:
+        flux.follow_pipeline(obj, installed)  # a Flux pipeline tells each call's image grid
     return obj
 
 

@@ -15,7 +15,7 @@ diffusers cache hooks on the blocks run as they are.
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 
@@ -46,7 +46,7 @@ def image_grid(img_ids: torch.Tensor) -> tuple[int, int] | None:
     """(rows, cols) of Flux's row-major image tokens from their position ids ``(N, 3)``.
 
     None when the ids are not a full row-major grid (then nothing is merged). A host sync: the
-    step hook calls it at the first step of a generation or when the ids change shape.
+    step hook calls it once per id shape, and never where a pipeline told the grid.
     """
     ids = img_ids[0] if img_ids.ndim == 3 else img_ids
     rows, cols = ids[:, 1].round().long(), ids[:, 2].round().long()
@@ -61,38 +61,63 @@ def image_grid(img_ids: torch.Tensor) -> tuple[int, int] | None:
 
 
 class GridCache:
-    """Image grids by id-tensor shape: read eagerly at step 0, looked up while compiling.
+    """The image grid of a call, without reading id values on every call (host code, step hook).
 
-    ``torch.compile`` cannot read tensor values without a graph break, so a compiled call takes
-    the grid an eager call read for the same shape, or a square grid when the token count is a
-    square; anything else is refused with the fix.
+    - Applied to a pipeline: the pipeline's own ``_prepare_latent_image_ids(batch, h, w, ...)`` tells
+      the grid of every call (:func:`follow_pipeline`), looked up by token count.
+    - Otherwise: read from the ids once per id shape and device, then cached by shape (a model
+      called bare with two aspect ratios of the same token count must be applied to a pipeline, or
+      told the grid with :meth:`remember`).
+    - Ids whose values cannot be read (meta tensors) and no grid told: a clear error.
     """
 
     def __init__(self) -> None:
+        self.told: dict[int, tuple[int, int]] = {}
         self.grids: dict[tuple, tuple[int, int] | None] = {}
+
+    def remember(self, h: int, w: int) -> None:
+        """The image grid of the coming calls with ``h * w`` image tokens (a pipeline's height and width)."""
+        self.told[h * w] = (h, w)
 
     def __call__(self, ctx: MergeContext, args: tuple, kwargs: dict) -> None:
         img_ids = kwargs.get("img_ids", args[5] if len(args) > 5 else None)
         if not isinstance(img_ids, torch.Tensor):
             ctx.grid = None
             return
-        key = (tuple(img_ids.shape), img_ids.device.type)
-        if torch.compiler.is_compiling():
-            ctx.grid = self.grids.get(key) if key in self.grids else self._square(img_ids.shape[-2])
+        n = int(img_ids.shape[-2])
+        if n in self.told:
+            ctx.grid = self.told[n]
             return
-        if key not in self.grids or ctx.step == 0:
+        key = (tuple(img_ids.shape), img_ids.device.type)
+        if key not in self.grids:
+            if img_ids.device.type == "meta" and image_grid is _read_ids:
+                raise ToMAError(
+                    f"the Flux image grid of {n} image tokens cannot be read from meta-device img_ids. Apply ToMA to "
+                    "the pipeline (its height and width give the grid) or call "
+                    "toma_export.apply(...)'s root hook .read_grid.remember(h, w) first."
+                )
             self.grids[key] = image_grid(img_ids)
         ctx.grid = self.grids[key]
 
-    @staticmethod
-    def _square(n: int) -> tuple[int, int]:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ToMAError(
-                f"torch.compile traced a ToMA Flux model on {n} image tokens, a grid it cannot read from the ids "
-                "while compiling; run one eager call at this resolution before compiling (the grid is then known)."
-            )
-        return side, side
+
+_read_ids = image_grid  # the module's own reader (``bench.ceiling`` answers meta ids with a known grid)
+
+
+def follow_pipeline(pipe: Any, installed: Installed) -> None:
+    """Tell ``installed``'s grid cache each call's image grid from ``pipe`` (a Flux-style pipeline):
+    its ``_prepare_latent_image_ids(batch_size, height, width, ...)`` gets the latent grid of every
+    call, latents given or not. Undone by ``remove``."""
+    cache = getattr(installed.root, "read_grid", None)
+    original = getattr(pipe, "_prepare_latent_image_ids", None)
+    if not isinstance(cache, GridCache) or not callable(original):
+        return
+
+    def prepare(batch_size: int, height: int, width: int, *args: Any, **kwargs: Any) -> Any:
+        cache.remember(int(height), int(width))
+        return original(batch_size, height, width, *args, **kwargs)
+
+    pipe.__dict__["_prepare_latent_image_ids"] = prepare
+    installed.cleanup.append(lambda: pipe.__dict__.pop("_prepare_latent_image_ids", None))
 
 
 def _check(blocks: list[torch.nn.Module], parts: tuple[str, ...], kind: str) -> None:
@@ -114,7 +139,7 @@ def install(model: torch.nn.Module, config: ToMAConfig) -> Installed:
         raise UnsupportedModelError(
             "this Flux transformer has fused QKV projections; call unfuse_qkv_projections() before apply()."
         )
-    root = StepHook(config, GridCache())
+    root = StepHook(config, GridCache(), lambda ctx: [ctx.grid] if ctx.grid is not None else [])
     inst = Installed(model, root)
     inst.add(model, root, STEP_HOOK)
     if not config.active:

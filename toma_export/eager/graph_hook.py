@@ -77,7 +77,7 @@ class GraphPassHook(ModelHook):
         import toma_export.graph as graph_pass
         self._capturing = True  # torch.export traces the hooked forward: let it see the model's own
         try:
-            program = graph_pass.rewrite(module, kwargs, self.config)  # ToMA, or ToDo's key/value pass
+            program = graph_pass.rewrite(module, kwargs, self.config, strict=False)  # ToMA or ToDo; checked below
         except ToMAError as e:
             self.refused[key] = str(e)
             raise

@@ -21,6 +21,8 @@ every branch, so ``torch.compile(fullgraph=True)`` traces them without a graph b
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,6 +46,8 @@ SPAN_UNMERGE_HOOK = "toma_span_unmerge"
 
 #: Reads the call's grid into the context: ``(context, args, kwargs)``.
 GridReader = Callable[[MergeContext, tuple, dict], None]
+#: The token grids the current call may merge, from the context its reader filled.
+MergedGrids = Callable[[MergeContext], "list[tuple[int, int]]"]
 
 
 class _Contexts(StateManager):
@@ -57,15 +61,22 @@ class _Contexts(StateManager):
 
 
 class StepHook(ModelHook):
-    """Step boundaries and the per-generation state of the model it sits on."""
+    """Step boundaries and the per-generation state of the model it sits on.
+
+    Its pre- and post-forward are host code (``torch.compiler.disable``): the step count, the grid
+    and the select/reuse decision are settled before the model's computation, never traced. A
+    whole-model ``torch.compile`` therefore breaks the graph at the step boundary only (the body is
+    one graph per variant); regional compilation (``compile_repeated_blocks``) never sees them.
+    """
 
     _is_stateful = True
 
-    def __init__(self, config: ToMAConfig, read_grid: GridReader):
+    def __init__(self, config: ToMAConfig, read_grid: GridReader, grids: MergedGrids | None = None):
         super().__init__()
         self.config = config
         self.method: EagerMethod = eager_method(config.method)
         self.read_grid = read_grid
+        self.grids = grids
         self.default = MergeContext(config)
         self.contexts = _Contexts(MergeContext, (config,))  # type: ignore[arg-type]  # diffusers sets its cache context
         self.active = self.default
@@ -73,12 +84,20 @@ class StepHook(ModelHook):
     def current(self) -> MergeContext:
         return self.default if self.contexts._context is None else self.contexts.get_state()
 
+    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         ctx = self.active = self.current()
         ctx.begin_step()
         self.read_grid(ctx, args, kwargs)
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        grids = self.grids(ctx) if self.grids is not None and self.method.tile_destinations else []
+        if isinstance(x, torch.Tensor) and grids:
+            ctx.prepare(grids, int(x.shape[0]), x.device)
+        else:
+            ctx.schedule.begin()
         return args, kwargs
 
+    @torch.compiler.disable
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         self.active.end_step()
         return output
@@ -302,6 +321,30 @@ class SpanUnmergeHook(ModelHook):
         return torch.cat([output[:, :text], merger.unmerge(output[:, text:])], dim=1)
 
 
+def share_forward(module: torch.nn.Module) -> None:
+    """Make the forward ``HookRegistry`` just installed one that dynamo matches by code, not identity.
+
+    The registry sets ``module.forward = functools.partial(new_forward, module)``, a new object per
+    instance; dynamo guards an instance-level ``forward`` by identity unless it is a bound method of
+    a plain function, which it matches by ``__code__``. So regional compilation
+    (``compile_repeated_blocks``, ``torch.compile`` of single blocks) compiled one graph per hooked
+    block. The same chain bound with ``types.MethodType`` is one graph per block class and variant.
+    The registry still owns the chain (``remove_hook`` writes back the forward it saved), and
+    ``__wrapped__`` keeps ``inspect.signature`` on the module's own signature (torch.export binds
+    arguments by it).
+    """
+    fwd = module.__dict__.get("forward")
+    if not (isinstance(fwd, functools.partial) and fwd.args == (module,) and not fwd.keywords
+            and isinstance(fwd.func, types.FunctionType)):
+        return
+    inner: Any = fwd  # back through the forwards before this hook to one bound to the module
+    while inner is not None and not (isinstance(inner, types.MethodType) and inner.__self__ is module):
+        inner = getattr(inner, "__wrapped__", None)
+    if inner is not None:
+        fwd.func.__wrapped__ = inner.__func__  # type: ignore[attr-defined]  # a closure made for this hook alone
+    module.forward = types.MethodType(fwd.func, module)
+
+
 @dataclass
 class Installed:
     """Every hook one ``apply`` registered, so ``remove`` takes exactly those off."""
@@ -316,6 +359,7 @@ class Installed:
         if not hasattr(module, "_diffusers_hook"):
             self.created.append(module)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        share_forward(module)
         self.hooks.append((module, name))
 
     def remove(self) -> None:

@@ -87,6 +87,10 @@ class EagerMethod:
     def tile_order(self) -> bool:
         return self.capabilities.tile_order
 
+    @property
+    def tile_destinations(self) -> bool:
+        return self.capabilities.tile_destinations
+
 
 def eager_method(name: str) -> EagerMethod:
     """The eager side of method ``name`` (unknown names are refused by :func:`toma_export.methods.get`)."""

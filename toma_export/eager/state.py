@@ -16,7 +16,8 @@ import torch
 from diffusers.hooks.hooks import BaseState
 
 from toma_export.config import ToMAConfig
-from toma_export.core.merge import MergeMap
+from toma_export.errors import ToMAConfigError
+from toma_export.core.merge import MergeMap, uses_kernels
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout, unet_level
 from toma_export.ops import facility_location as select_op  # the op: CUDA selects with the Triton kernel
@@ -49,6 +50,25 @@ class MergeContext(BaseState):
         self._step_idx.clear()
         self._step_weights.clear()
 
+    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device) -> None:
+        """Host, before the step's computation: reserve the destination buffer of every layout the
+        call may merge (``grids``) and decide select or reuse, so traced sites only read the bool
+        and write in place (:class:`~toma_export.schedule.StepSchedule`)."""
+        keys = []
+        for h, w in grids:
+            try:
+                layout = self.layout_for(h, w)
+            except ToMAConfigError:
+                continue  # the site that meets this grid raises it
+            if self.merges(layout):
+                key = _key(layout, batch)
+                self.schedule.reserve(key, (batch, layout.num_tiles, tokens_kept(layout.tile_size, self.config.ratio)), device)
+                keys.append(key)
+        if not self.schedule.begin(keys):
+            # A reuse step's sites all read the carried buffers from the step's table, as a select
+            # step's later sites do: one traced variant for both (regional compilation).
+            self._step_idx.update(zip(keys, self.schedule.read(keys)))
+
     def end_step(self) -> None:
         # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
         self._step_idx.clear()
@@ -61,9 +81,23 @@ class MergeContext(BaseState):
 
     @property
     def selections(self) -> int:
+        """Selection runs of this model's groups, eager and inside ``torch.compile`` alike (the host
+        schedule counts a compiled select step's reserved groups)."""
         return self.schedule.selections
 
     # -- grids ----------------------------------------------------------------------------------------
+    def unet_grids(self, max_downsample: int, factors: frozenset[int] | None = None) -> list[tuple[int, int]]:
+        """Every UNet level grid of the current call up to ``max_downsample`` (what may merge),
+        only the levels in ``factors`` (downsampling factors with attention) where given."""
+        if self.latent_hw is None:
+            return []
+        (h, w), factor, out = self.latent_hw, 1, []
+        while factor <= max_downsample:
+            if factors is None or factor in factors:
+                out.append((h, w))
+            h, w, factor = -(-h // 2), -(-w // 2), factor * 2
+        return out
+
     def unet_grid(self, n: int, max_downsample: int) -> tuple[int, int] | None:
         """Grid of a UNet level with ``n`` tokens when that level is merged, else None."""
         if self.latent_hw is None:
@@ -87,17 +121,29 @@ class MergeContext(BaseState):
 
     def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
         """One site's merge map: the group's destinations this step, weights from ``features``."""
-        # plain ints: traceable; no token order, so row- and tile-major sites share destinations
-        key = (layout.h, layout.w, layout.th, layout.tw, layout.frames, features.shape[0])
+        key = _key(layout, features.shape[0])
         if self.config.share_weights and key in self._step_weights:
             return self._step_weights[key].on(layout)
-        parts = layout.split(features)  # once, for selection and weights
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def split() -> tuple[torch.Tensor, torch.Tensor]:
+            """The tiles, split once for selection and the torch path's weights (CUDA's kernels read the grid)."""
+            if not parts:
+                parts.append(layout.split(features))
+            return parts[0]
+
         idx = self._step_idx.get(key)
         if idx is None:
             k = tokens_kept(layout.tile_size, self.config.ratio)
-            idx = self.schedule.carry(key, lambda: select_op(parts[0], k))
+            idx = self.schedule.carry(key, lambda: select_op(split()[0], k))
             self._step_idx[key] = idx
-        mm = MergeMap.build(layout, features, idx, self.config.temperature, parts)
+        mm = MergeMap.build(layout, features, idx, self.config.temperature, None if uses_kernels(features) else split())
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm
+
+
+def _key(layout: TileLayout, batch: int) -> tuple[int, ...]:
+    """A destination group's key: plain ints (traceable) and no token order, so row- and
+    tile-major sites share destinations."""
+    return (layout.h, layout.w, layout.th, layout.tw, layout.frames, batch)

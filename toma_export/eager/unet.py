@@ -42,6 +42,19 @@ def auto_max_downsample(unet: Any) -> int:
     raise UnsupportedModelError(f"{type(unet).__name__} has no attention blocks, so there is nothing to merge.")
 
 
+def attention_factors(unet: Any) -> frozenset[int]:
+    """Downsampling factors of the UNet levels with attention: the only grids whose destinations a
+    step reserves (a level without sites would hold a buffer no site writes)."""
+    cfg = unet.config
+    down = list(getattr(cfg, "down_block_types", ()) or ())
+    up = list(getattr(cfg, "up_block_types", ()) or ())
+    out = {2**i for i, kind in enumerate(down) if "Attn" in kind}
+    out |= {2 ** (len(up) - 1 - j) for j, kind in enumerate(up) if "Attn" in kind}
+    if down and "Attn" in str(getattr(cfg, "mid_block_type", "") or ""):
+        out.add(2 ** (len(down) - 1))
+    return frozenset(out)
+
+
 def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The UNet's transformer blocks: modules with self-attention, a feed-forward and a norm."""
     return [(n, m) for n, m in unet.named_modules() if all(hasattr(m, a) for a in ("attn1", "ff", "norm1"))]
@@ -80,7 +93,8 @@ def install(unet: torch.nn.Module, config: ToMAConfig, installed: Installed | No
         if tomesd_patch:
             unet._tome_info["size"] = ctx.latent_hw  # type: ignore[index, operator, assignment]
 
-    root = StepHook(config, read_grid)
+    factors = attention_factors(unet)
+    root = StepHook(config, read_grid, lambda ctx: ctx.unet_grids(limit, factors))
     inst = installed or Installed(unet, root)
     inst.add(unet, root, STEP_HOOK)
     if not config.active:

@@ -27,14 +27,16 @@ from toma_export.dtypes import precision_dtype
 from toma_export.engines import BACKENDS
 from toma_export.engines.artifact import Manifest, atomic_folder, library_versions, write_manifest
 from toma_export.engines.signature import dump_spec
-from toma_export.errors import ToMAConfigError, ToMAError
+from toma_export.errors import ToMAConfigError, ToMAError, ToMATypeError
 from toma_export.graph import Captured, capture
+from toma_export.input_rules import MAX_BATCH
 from toma_export.models.identity import model_identity
 from toma_export.models.inputs import example_inputs
+from toma_export.methods import get as get_method
 from toma_export.methods.route import Route, check_backend, route
 from toma_export.models.registry import load_model
 from toma_export.models.spec import VAE_FACTOR, ModelSpec, spec_for, spec_for_config
-from toma_export.vocabulary import Selection
+from toma_export.vocabulary import SELECTIONS, Selection
 
 #: The largest image side ``build`` accepts, in pixels (checked before the model is loaded).
 MAX_SIDE = 4096
@@ -69,7 +71,8 @@ class BuildRequest:
         """The full config: ``config`` (default ``ToMAConfig()``) with the shorthands applied; validated."""
         base = self.config if self.config is not None else ToMAConfig()
         if not isinstance(base, ToMAConfig):
-            raise ToMAConfigError(f"BuildRequest.config must be a ToMAConfig, got {type(base).__name__}.")
+            raise ToMATypeError(f"BuildRequest.config must be a ToMAConfig, got a {type(base).__name__}"
+                                + ("; pass ToMAConfig(**d) for a dict d." if isinstance(base, dict) else "."))
         over = {k: getattr(self, k) for k in ("ratio", "method", "recompute_every") if getattr(self, k) is not None}
         return dataclasses.replace(base, **over) if over else base
 
@@ -162,7 +165,46 @@ def _check_out(out: Path) -> None:
         raise ToMAError(f"--out {out}: {probe} is not a folder you can write to; choose an --out in a writable folder.")
 
 
+def check_tile_fits(model: str | Path, height: int, width: int, config: ToMAConfig) -> None:
+    """Refuse, before loading, a tile larger than every grid the model can have at this image size.
+
+    No merged grid has more tokens per side than one per :func:`pixel_multiple` pixels (the latent of a
+    UNet, the packed tokens of Flux), so a tile wider or taller than that grid merges nothing anywhere.
+    Tighter cases (a tile that fits the latent but not the attention levels) are refused after the
+    rewrite, where the grids are known (:func:`_variants`)."""
+    if not (config.active and get_method(config.method).graph_pass):
+        return
+    multiple = pixel_multiple(model)
+    rows, cols = height // multiple, width // multiple
+    th, tw = config.tile
+    if th > rows or tw > cols:
+        need_h, need_w = max(height, th * multiple * 2), max(width, tw * multiple * 2)
+        smaller = (f" or a smaller --tile (at most {rows}x{cols})" if rows * cols >= 2 else "")
+        raise ToMAConfigError(
+            f"--tile {th}x{tw} is larger than every token grid of {model} at --height {height} --width {width} "
+            f"(at most {rows}x{cols} tokens: one per {multiple} px), so nothing would merge. Use a larger image "
+            f"(e.g. --height {need_h} --width {need_w}){smaller}."
+        )
+
+
+def _check_request_types(req: BuildRequest) -> None:
+    """Python callers: each BuildRequest field of the type it must have (a ToMATypeError naming it)."""
+    for name in ("height", "width", "frames", "batch", "seed"):
+        v = getattr(req, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ToMATypeError(f"BuildRequest.{name}={v!r} is a {type(v).__name__}, not an int.")
+    for name in ("backend", "selection", "precision"):
+        v = getattr(req, name)
+        if not isinstance(v, str):
+            raise ToMATypeError(f"BuildRequest.{name}={v!r} is a {type(v).__name__}, not a string.")
+    if not isinstance(req.model, (str, Path)) or not str(req.model).strip():
+        raise ToMAConfigError(f"the model {req.model!r} is empty or not a name/path; give e.g. sdxl-tiny.")
+    if not isinstance(req.out, (str, Path)) or not str(req.out).strip():
+        raise ToMAConfigError(f"--out {str(req.out)!r} is empty; name the artifact folder, e.g. --out engines/out/sdxl.")
+
+
 def _validate(req: BuildRequest) -> ToMAConfig:
+    _check_request_types(req)
     config = req.toma_config()  # raises on a bad field
     req.dtype  # noqa: B018  (an unknown --dtype raises, naming the precisions)
     check_image_size(req.model, req.height, req.width)
@@ -170,8 +212,24 @@ def _validate(req: BuildRequest) -> ToMAConfig:
     if req.backend not in BACKENDS:
         raise ToMAConfigError(f"--backend {req.backend!r} is unknown; choose one of {', '.join(BACKENDS)}.")
     check_backend(config, req.backend)
-    if req.batch < 1:
-        raise ToMAConfigError(f"--batch {req.batch} must be >= 1.")
+    if config.active and not config.sublayers:
+        raise ToMAConfigError(
+            "the configuration merges no sub-layer (merge_attn, merge_cross and merge_mlp are all off), so the "
+            "artifact would merge nothing; turn one on (e.g. --merge attn,mlp), or build unmerged with --ratio 0."
+        )
+    check_tile_fits(req.model, req.height, req.width, config)
+    if req.selection not in SELECTIONS:
+        raise ToMAConfigError(f"--selection {req.selection!r} is unknown; choose one of {', '.join(SELECTIONS)}.")
+    if req.selection == "plugin" and req.backend == "onnxruntime":
+        raise ToMAConfigError(
+            "--selection plugin writes a `toma` plugin node that only TensorRT runs; ONNX Runtime cannot load it. "
+            "Use --selection unrolled (the default) with --backend onnxruntime, or --backend tensorrt."
+        )
+    if not 1 <= req.batch <= MAX_BATCH:
+        raise ToMAConfigError(
+            f"--batch {req.batch} is outside 1..{MAX_BATCH} (the denoiser batch; SDXL with guidance runs 2 per "
+            f"image); use e.g. --batch 2, or --dynamic-batch for one artifact that runs any batch."
+        )
     if req.dynamic_batch and req.batch < 2:
         raise ToMAConfigError(
             f"--dynamic-batch needs --batch >= 2 (got {req.batch}): torch.export fixes a batch of 1 as a "
@@ -183,6 +241,10 @@ def _validate(req: BuildRequest) -> ToMAConfig:
             "profile per batch range); build a fixed --batch for it."
         )
     _check_out(Path(req.out))
+    from toma_export.models.registry import EMBEDDED_MODELS, model_shell
+
+    if str(req.model) not in EMBEDDED_MODELS:  # a folder's or Hub id's config, on the meta device: refused here
+        model_shell(req.model, revision=req.revision, variant=req.variant, subfolder=req.subfolder)
     if req.backend in ("tensorrt", "torch-tensorrt"):
         from toma_export.engines.trt_engine import require_cuda, require_tensorrt
 
@@ -203,7 +265,7 @@ def _variants(
     """
     # ToMA's graph pass; ToDo's key/value pass where eager apply runs it (one stateless variant, no groups)
     if route(spec_for(model), config, backend, name=type(model).__name__) in (Route.GRAPH_PASS, Route.KV_PASS):
-        program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)
+        program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)  # refuses 0 merged sites
         _require_one_output(model, program.captured.ep)
         if program.groups:
             return {"select": program.select_exported_program, "reuse": program.exported_program}, len(program.groups), program

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping
 
 import torch
 
 from toma_export import dtypes
 from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest, shape_frames
+from toma_export.engines.consistency import check_engine_files
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
-from toma_export.schedule import StepSchedule
-
-Variant = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+from toma_export.schedule import StepSchedule, Variant, run_step
 
 
 def _named(engine: Any) -> Variant:
@@ -133,12 +132,25 @@ class ProgramRunner:
             return self.variants["single"](flat)[0]
         # Destinations are per batch: a dynamic-batch artifact seeing another batch selects anew.
         keys = [(g, self._batch(flat)) for g in range(self.num_groups)]
-        if schedule.needs_selection(keys):
-            out = self.variants["select"](flat)
+        out = run_step(schedule, keys, self.variants["select"], self.variants["reuse"], flat)
+        if schedule.selecting:
             self.selections += 1
-            schedule.store(keys, list(out[len(out) - self.num_groups :]))
-            return out[0]
-        return self.variants["reuse"](flat + (schedule.carried_list(keys) or []))[0]
+        return out[0]
+
+
+def make_runner(variants: Mapping[str, Variant], extra: Mapping[str, Any], shapes: Mapping[str, Any]) -> ProgramRunner:
+    """The one way a :class:`ProgramRunner` is made: ``extra`` as an artifact's manifest has it
+    (``input_spec``, ``groups`` or ``num_groups``, ``input_dtypes``), ``shapes`` its ``shapes``
+    (``inputs``, ``batch``, ``height``, ``width``, dynamic-batch fields)."""
+    groups = extra["num_groups"] if "num_groups" in extra else len(extra["groups"])
+    return ProgramRunner(
+        variants=dict(variants),
+        input_spec=extra["input_spec"],
+        input_shapes=[list(s) for s in shapes["inputs"]],
+        num_groups=int(groups),
+        shapes=dict(shapes),
+        input_dtypes=parse_input_dtypes(extra.get("input_dtypes")),
+    )
 
 
 def precision_dtype(manifest: Manifest) -> torch.dtype:
@@ -150,7 +162,11 @@ def precision_dtype(manifest: Manifest) -> torch.dtype:
 
 def input_dtypes(manifest: Manifest) -> list[torch.dtype] | None:
     """Per flat input, its dtype as built (``extra.input_dtypes``), or None for artifacts without it."""
-    names = manifest.extra.get("input_dtypes")
+    return parse_input_dtypes(manifest.extra.get("input_dtypes"))
+
+
+def parse_input_dtypes(names: Any) -> list[torch.dtype] | None:
+    """``["float16", "int64", ...]`` as dtypes; None stays None; unknown names are refused."""
     if names is None:
         return None
     dtypes = [getattr(torch, str(n).removeprefix("torch."), None) for n in names] if isinstance(names, list) else [None]
@@ -166,8 +182,9 @@ class LoadedArtifact:
     runner: ProgramRunner
 
 
-def load_artifact(folder: str | Path) -> LoadedArtifact:
-    """Check the artifact, then open each variant on its backend.
+def load_artifact(folder: str | Path, *, cuda_graphs: bool = False) -> LoadedArtifact:
+    """Check the artifact, then open each variant on its backend (``cuda_graphs``: AOTInductor
+    variants captured as CUDA graphs per shape and replayed, :mod:`toma_export.runtime.cudagraph`).
 
     :func:`~toma_export.engines.artifact.read_manifest` checks the manifest (bounded read, schema and
     config), that it was built by this toma-export version, that every path it names is a regular
@@ -177,15 +194,15 @@ def load_artifact(folder: str | Path) -> LoadedArtifact:
 
     folder = Path(folder)
     manifest = read_manifest(folder, expect_version=__version__)
-    precision_dtype(manifest)  # an unknown precision is refused before anything opens
+    check_engine_files(folder, manifest)  # the manifest describes these engine files, before anything opens
     extra = manifest.extra
     variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
-    runner = ProgramRunner(
-        variants=variants,
-        input_spec=extra["input_spec"],
-        input_shapes=manifest.shapes["inputs"],
-        num_groups=len(extra["groups"]),
-        shapes=manifest.shapes,
-        input_dtypes=input_dtypes(manifest),
-    )
+    if cuda_graphs:
+        if manifest.backend != "inductor":
+            raise ArtifactError(f"{folder}: cuda_graphs=True replays torch variants (AOTInductor, backend 'inductor'); "
+                                f"this artifact's backend is {manifest.backend!r}. Load it without cuda_graphs.")
+        from toma_export.runtime.cudagraph import graphed_variants
+
+        variants = dict(graphed_variants(variants))
+    runner = make_runner(variants, extra, manifest.shapes)
     return LoadedArtifact(folder, manifest, runner)

@@ -18,6 +18,7 @@ import torch
 
 from toma_export.engines.complex_lowering import lower_complex
 from toma_export.errors import ToMAError
+from toma_export.quiet import library_noise
 from toma_export.vocabulary import Selection
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to an external file
 PROTO_LIMIT = (1 << 31) - (1 << 26)  # a single protobuf holds < 2 GiB; leave room for the graph
@@ -248,7 +249,8 @@ def export_onnx(
     if selection not in ("unrolled", "plugin"):
         raise ToMAError(f"selection={selection!r}: use 'unrolled' (standard ops) or 'plugin' (TensorRT node).")
     path = Path(path)
-    lowered = lower_toma_ops(ep, selection)
+    with library_noise():  # torch's LeafSpec deprecation, raised inside its own pytree copies
+        lowered = lower_toma_ops(ep, selection)
     lower_complex(lowered)  # a copy: complex RoPE tables (Qwen-Image) become real pairs
     promote_mixed_dtypes(lowered)
     int64_indices(lowered)
@@ -258,9 +260,10 @@ def export_onnx(
         {torch.ops.toma.facility_location.default: _plugin_translation()} if selection == "plugin" else None
     )
     try:
-        program = torch.onnx.export(
-            lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
-        )
+        with library_noise():  # the exporter's torchvision-op lines and LeafSpec deprecation (toma_export/quiet.py)
+            program = torch.onnx.export(
+                lowered, dynamo=True, optimize=True, opset_version=opset, custom_translation_table=table, verbose=False
+            )
     except Exception as e:  # torch.onnx's ConversionError and what it wraps: one ToMAError naming the cause
         raise ToMAError(_export_failure(e)) from e
     if program is None:

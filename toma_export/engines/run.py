@@ -22,7 +22,7 @@ import torch
 
 from toma_export.engines.load import LoadedArtifact, load_artifact
 from toma_export.errors import ToMAError
-from toma_export.models.registry import model_shell
+from toma_export.input_rules import check_guidance, check_path, check_text
 from toma_export.models.spec import spec_for
 
 __all__ = ["RunResult", "generate", "pipeline_for", "run_artifact", "save_png"]
@@ -59,18 +59,22 @@ def _load_source_pipeline(model: dict[str, Any], shell: torch.nn.Module) -> Any:
         raise ToMAError(f"the pipeline {root!r} the artifact was built from could not be loaded: {exc}") from exc
 
 
-def pipeline_for(loaded: LoadedArtifact, *, seed: int = 0) -> Any:
+def pipeline_for(loaded: LoadedArtifact, *, seed: int = 0, model: str | Path | None = None) -> Any:
     """A pipeline whose denoiser is the artifact (weights of the denoiser are not loaded in torch).
 
     The artifact's own pipeline (scheduler, VAE, text encoders, tokenizers) when its model came from a
     pipeline folder or Hub pipeline id; else the embedded encoder-free pipeline (``seed`` seeds its VAE).
+    ``model``: where that model is now (the user's ``--model``), instead of the recorded source. Either
+    is loaded only after its denoiser's class and config match the manifest
+    (:mod:`toma_export.engines.model_source`).
     """
+    from toma_export.engines.consistency import check_shapes_fit_model
+    from toma_export.engines.model_source import source_shell
     from toma_export.engines.swap import swap_denoiser
     from toma_export.models.pipelines import build_pipeline
 
-    m = loaded.manifest.model
-    shell = model_shell(m["name"], revision=m.get("commit") or m.get("revision"), variant=m.get("variant"),
-                        subfolder=m.get("subfolder"))
+    shell, m = source_shell(loaded.manifest, model)
+    check_shapes_fit_model(loaded.folder, loaded.manifest, shell)
     pipe = _load_source_pipeline(m, shell) if m.get("component") else build_pipeline(shell, seed=seed)
     return swap_denoiser(pipe, loaded, check=True)
 
@@ -160,6 +164,7 @@ def run_artifact(
     prompt: str | None = None,
     negative_prompt: str | None = None,
     guidance_scale: float | None = None,
+    model: str | Path | None = None,
 ) -> RunResult:
     """Generate one image through the full pipeline around the artifact at ``folder``; write it to ``out`` as PNG.
 
@@ -167,9 +172,16 @@ def run_artifact(
     text encoders, tokenizers) or the embedded one. ``prompt``/``negative_prompt`` condition the image
     (see :func:`generate`); ``guidance_scale`` is the pipeline's (SDXL: > 1 runs classifier-free
     guidance, a denoiser batch of 2 per image, so such artifacts are built with ``--batch 2``).
+    ``model``: where the artifact's model is now, if it moved (see :func:`pipeline_for`).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ToMAError(f"steps must be a positive integer (got {steps!r}).")
+    if guidance_scale is not None:
+        guidance_scale = check_guidance(guidance_scale, "--guidance-scale")
+    for text, flag in ((prompt, "--prompt"), (negative_prompt, "--negative-prompt")):
+        if text is not None:
+            check_text(text, flag)
+    check_path(str(out), "--out", "image.png")
     loaded = load_artifact(folder)
     shapes = loaded.manifest.shapes
     if loaded.manifest.frames > 1:
@@ -178,7 +190,7 @@ def run_artifact(
             f"generates images (SDXL and Flux pipelines) and has no video pipeline. Check the artifact with "
             f"`toma-export verify {folder}` instead."
         )
-    pipe = pipeline_for(loaded, seed=seed)
+    pipe = pipeline_for(loaded, seed=seed, model=model)
     pipe.set_progress_bar_config(desc="denoising")
     # CFG doubles the batch inside SDXL pipelines: the artifact's batch is the denoiser's batch.
     cfg_factor = 2 if spec_for(pipe).cfg_doubles_batch and (SDXL_GUIDANCE if guidance_scale is None else guidance_scale) > 1 else 1

@@ -100,7 +100,7 @@ def swap_denoiser(pipe: Any, loaded: LoadedArtifact, *, check: bool = True, chec
     return pipe
 
 
-def load_engine(pipe: Any, folder: str | Path, *, check_weights: bool = False) -> Any:
+def load_engine(pipe: Any, folder: str | Path, *, check_weights: bool = False, cuda_graphs: bool = False) -> Any:
     """Load the artifact at ``folder`` and make it ``pipe``'s denoiser; returns ``pipe``.
 
     The artifact is checked first (manifest, version, every file's hash:
@@ -109,5 +109,6 @@ def load_engine(pipe: Any, folder: str | Path, *, check_weights: bool = False) -
     ``check_weights`` also the same weights). The pipeline keeps its dtype and device: a bf16 or fp16
     pipeline runs an fp32 engine, the wrapper converting inputs and outputs at its boundary. Call
     ``pipe(...)`` as usual; each call is a new generation for the destination schedule.
+    ``cuda_graphs``: an AOTInductor artifact's variants run as CUDA graphs captured once per shape.
     """
-    return swap_denoiser(pipe, load_artifact(folder), check=True, check_weights=check_weights)
+    return swap_denoiser(pipe, load_artifact(folder, cuda_graphs=cuda_graphs), check=True, check_weights=check_weights)

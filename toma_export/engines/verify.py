@@ -14,6 +14,7 @@ import torch
 import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAConfigError
+from toma_export.input_rules import MAX_SEED, MAX_STEPS
 from toma_export.engines.build import require_same_model
 from toma_export.engines.load import load_artifact
 from toma_export.models.inputs import example_inputs
@@ -23,9 +24,6 @@ from toma_export.schedule import StepSchedule
 from toma_export.vocabulary import VERIFY_TOLERANCES
 
 __all__ = ["verify_artifact"]
-
-MAX_STEPS = 1000
-MAX_SEED = 2**63
 
 
 def _reference_outputs(net: torch.nn.Module, config: ToMAConfig, inputs: list[dict[str, Any]]) -> list[torch.Tensor]:
@@ -62,16 +60,20 @@ def verify_artifact(
     from toma_export.engines.build import cast_model
     from toma_export.engines.load import precision_dtype
 
+    from toma_export.engines.consistency import check_shapes_fit_model
+    from toma_export.engines.model_source import source_shell
+
     loaded = load_artifact(folder)
     m = loaded.manifest
     dtype = precision_dtype(m)
     tol = VERIFY_TOLERANCES[m.extra.get("precision", "fp32")] if tol is None else float(tol)
-    source = m.model
+    shell, source = source_shell(m, model)  # class and config match before any weights are read
+    check_shapes_fit_model(folder, m, shell)
     net = load_model(
-        str(model) if model is not None else source["name"],
-        revision=None if model is not None else (source.get("commit") or source.get("revision")),
+        source["name"],
+        revision=source.get("commit") or source.get("revision"),
         variant=source.get("variant"),
-        subfolder=None if model is not None else source.get("subfolder"),
+        subfolder=source.get("subfolder"),
         seed=int(m.extra.get("seed", 0)),
     )
     net = cast_model(net, dtype)

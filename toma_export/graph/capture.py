@@ -21,7 +21,7 @@ from torch.export._tree_utils import reorder_kwargs
 from torch.export.graph_signature import InputKind
 from torch.utils._sympy.numbers import int_oo
 
-from toma_export.errors import ToMAConfigError, UnsupportedModelError
+from toma_export.errors import ToMAConfigError, ToMATypeError, UnsupportedModelError
 from toma_export.graph.inline_regions import inline_inert_regions
 
 
@@ -92,13 +92,57 @@ class Captured:
         Every pytree leaf is a graph input, ``None`` and constants included (export specialises them).
         """
         in_spec = self.ep.call_spec.in_spec
+        missing = [k for k in self.example_kwargs if k not in kwargs]
+        extra = [k for k in kwargs if k not in self.example_kwargs]
+        if missing or extra:
+            raise ToMAConfigError(
+                "the program was captured with the keyword arguments " + ", ".join(self.example_kwargs)
+                + (f"; {', '.join(missing)} missing" if missing else "") + (f"; {', '.join(extra)} not among them" if extra else "")
+                + ". Pass the same arguments as the example, or rewrite the model with the ones you call it with."
+            )
         flat, spec = pytree.tree_flatten(((), reorder_kwargs(kwargs, in_spec) if in_spec else kwargs))
         if in_spec is not None and spec != in_spec:
-            raise ValueError(
+            raise ToMAConfigError(
                 f"arguments do not match the captured call: expected {in_spec}, got {spec}; "
                 "pass the same keyword arguments as the example (rewrite again for other ones)."
             )
+        self._check_shapes(flat)
         return flat
+
+    @functools.cached_property
+    def _input_shapes(self) -> list[tuple[str, list[int | None] | None]]:
+        """Per flat user input: its name and shape as captured (None where a dim is symbolic, i.e. the
+        dynamic batch), or None for a non-tensor input."""
+        nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        paths = [pytree.keystr(path[1:]) for path, _ in pytree.tree_flatten_with_path(((), self.example_kwargs))[0]]
+        out: list[tuple[str, list[int | None] | None]] = []
+        for name, path in zip(self.user_input_names, paths):
+            node = nodes.get(name) if isinstance(name, str) else None  # a constant input: its value, no node
+            val = node.meta.get("val") if node is not None else None
+            shape: list[int | None] | None = (
+                [d if isinstance(d, int) else None for d in val.shape] if isinstance(val, torch.Tensor) else None
+            )
+            out.append((path.lstrip("[").rstrip("]").strip("'") if path.count("[") == 1 else path, shape))
+        return out
+
+    def _check_shapes(self, flat: list[Any]) -> None:
+        """Each tensor input has the captured shape (a symbolic batch dim takes any size): a call at
+        another resolution is refused here, naming the input, instead of failing inside the graph."""
+        expected = self._input_shapes
+        if len(expected) != len(flat):
+            return  # leaves the graph does not take one by one: the graph checks its own inputs
+        for (name, want), got in zip(expected, flat):
+            if want is None:
+                continue
+            if not isinstance(got, torch.Tensor):
+                raise ToMATypeError(f"input {name} must be a tensor of shape {want}, got a {type(got).__name__}.")
+            if got.ndim != len(want) or any(w is not None and g != w for g, w in zip(got.shape, want)):
+                shown = "[" + ", ".join("B" if w is None else str(w) for w in want) + "]"
+                raise ToMAConfigError(
+                    f"input {name} has shape {list(got.shape)}, but the program was rewritten for {shown} (its "
+                    "resolution" + (", any batch B" if None in want else " and batch") + "): rewrite the model "
+                    "with example inputs of this size (toma_export.rewrite(model, kwargs, config))."
+                )
 
     def unflatten(self, flat_out: list[Any]) -> Any:
         return pytree.tree_unflatten(list(flat_out), self.ep.call_spec.out_spec)

@@ -24,10 +24,30 @@ def decompositions(include_selection: bool = True) -> dict[torch._ops.OpOverload
         torch.ops.toma.unmerge.default: ops.unmerge_impl,
         torch.ops.toma.merged_positions.default: ops.merged_positions_impl,
         torch.ops.toma.gather_positions.default: ops.gather_positions_impl,
+        torch.ops.toma.fused_merge.default: ops.fused_merge_impl,
+        torch.ops.toma.tile_merge.default: ops.tile_merge_impl,
+        torch.ops.toma.tile_unmerge.default: ops.tile_unmerge_impl,
     }
     if include_selection:
         table[torch.ops.toma.facility_location.default] = facility_location
     return table
+
+
+#: The merge ops inductor decomposes (selection stays one op: a Triton kernel on CUDA).
+FUSIBLE = ("merge_weights", "merge", "unmerge", "merged_positions", "gather_positions")
+
+
+def fuse_under_inductor() -> None:
+    """Register the merge ops' ATen implementations in inductor's decomposition table, so
+    ``torch.compile`` and AOTInductor fuse them with the model's ops instead of calling opaque
+    kernels; ``toma::facility_location`` stays one op. Idempotent; affects inductor only (eager
+    calls and exporters keep the ops)."""
+    from torch._inductor.decomposition import decompositions as inductor_table
+
+    table = decompositions(include_selection=False)
+    for name in FUSIBLE:
+        op = getattr(torch.ops.toma, name).default
+        inductor_table.setdefault(op, table[op])
 
 
 def lower(

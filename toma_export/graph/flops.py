@@ -7,7 +7,8 @@ Additions to torch's table, with the same formulas:
 - ``aten._scaled_dot_product_flash_attention_for_cpu`` (the CPU SDPA kernel, absent from torch's table);
 - ToMA's opaque custom ops as their batched matmuls: ``toma::facility_location`` (selection's tile
   similarity; its greedy steps are elementwise), ``toma::merge_weights``, ``toma::merge``, ``toma::unmerge``,
-  so the graph pass (custom ops) and the eager hooks (plain matmuls) count the same merge cost;
+  so the graph pass (custom ops) and the eager hooks (plain matmuls) count the same merge cost; the eager
+  CUDA path's fused Triton ops ``toma::fused_merge``, ``toma::tile_merge`` and ``toma::tile_unmerge`` likewise;
 - for graphs (``torch.export`` IR keeps the composite ops): ``aten.linear``, ``aten.matmul``,
   ``aten.conv1d/2d/3d`` and ``aten.scaled_dot_product_attention``, counted as the kernels they dispatch to.
 
@@ -67,6 +68,11 @@ def _merge_or_unmerge(x_shape: Any, weights_shape: Any, *args: Any, out_shape: A
     return 2 * _prod(weights_shape) * int(x_shape[-1])
 
 
+def _fused_merge(x_shape: Any, idx_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """Merge weights and ``M @ X`` in one op (outputs: merged tokens, weights ``(B, T, k, S)``)."""
+    return 2 * _merge_or_unmerge(x_shape, out_shape[1])
+
+
 def custom_mapping() -> dict[Any, Formula]:
     """Formulas for ops torch's table lacks that run as kernels (``FlopCounterMode``'s ``custom_mapping``)."""
     import toma_export.ops  # noqa: F401  (registers torch.ops.toma.*)
@@ -78,6 +84,9 @@ def custom_mapping() -> dict[Any, Formula]:
         toma.merge_weights: _merge_weights,
         toma.merge: _merge_or_unmerge,
         toma.unmerge: _merge_or_unmerge,
+        toma.fused_merge: _fused_merge,  # the eager path's ops on CUDA (core.merge.uses_kernels)
+        toma.tile_merge: _merge_or_unmerge,
+        toma.tile_unmerge: _merge_or_unmerge,
     }
 
 

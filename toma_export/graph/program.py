@@ -27,7 +27,7 @@ from toma_export.core.tiles import TileLayout
 from toma_export.graph.capture import Captured
 from toma_export.graph.patterns import Site
 from toma_export.graph.rewriter import Group, Plan, Rewritten
-from toma_export.schedule import StepSchedule
+from toma_export.schedule import StepSchedule, run_step
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class ToMAProgram:
         self._exported: dict[str, ExportedProgram] = {}
         #: The generation's step state (select on scheduled steps, carry destinations between).
         self.schedule = StepSchedule(config.recompute_every)
+        #: Replacements of the variants (CUDA graphs); empty: the graph modules themselves.
+        self._variants: dict[str, Any] = {}
 
     # -- the denoising loop -------------------------------------------------------------------
     def reset(self) -> None:
@@ -137,17 +139,25 @@ class ToMAProgram:
         # Destinations are per batch: a dynamic-batch program seeing another batch selects anew.
         keys = [(g.index, self._batch(g, flat)) for g in self.groups]
         if not self.groups:
-            out = self._reuse_gm(*self._lifted, *flat)
-        elif self.schedule.needs_selection(keys):
-            res = self.run_select(flat)
-            out = res[: len(res) - len(self.groups)]
-            self.schedule.store(keys, list(res[len(res) - len(self.groups) :]))
+            out = list(self._reuse_gm(*self._lifted, *flat))
         else:
-            out = self.run_reuse(flat, self.schedule.carried_list(keys))  # type: ignore[arg-type]
+            v = self._variants
+            out = run_step(self.schedule, keys, v.get("select", self.run_select), v.get("reuse", self._run_reuse_flat), flat)
         self.schedule.advance()
         return self.captured.unflatten(list(out))
 
     # -- the two variants, flat -----------------------------------------------------------------
+    def use_cuda_graphs(self) -> ToMAProgram:
+        """Run both variants as CUDA graphs captured once per shape (:mod:`toma_export.runtime.cudagraph`);
+        returns ``self``."""
+        from toma_export.runtime.cudagraph import graphed_variants
+
+        self._variants = graphed_variants({"select": self.run_select, "reuse": self._run_reuse_flat})
+        return self
+
+    def _run_reuse_flat(self, flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(self._reuse_gm(*self._lifted, *flat))
+
     def run_select(self, flat: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Model outputs followed by each group's freshly selected destinations."""
         assert self._select_gm is not None
@@ -173,7 +183,11 @@ class ToMAProgram:
         return torch.ops.toma.facility_location(tiles, g.k)
 
     def compile(self, **options: Any) -> ToMAProgram:
-        """``torch.compile`` both variants in place (e.g. ``backend="inductor"``); returns ``self``."""
+        """``torch.compile`` both variants in place (e.g. ``backend="inductor"``); returns ``self``.
+        Under inductor the merge ops decompose to ATen and fuse (:func:`fuse_under_inductor`)."""
+        from toma_export.graph.decompositions import fuse_under_inductor
+
+        fuse_under_inductor()
         self._reuse_gm = torch.compile(self._reuse_gm, **options)  # type: ignore[assignment]
         if self._select_gm is not None:
             self._select_gm = torch.compile(self._select_gm, **options)  # type: ignore[assignment]

@@ -24,6 +24,7 @@ _TABLE = (
         merges_tokens=True,
         graph_pass=True,
         tile_order=True,
+        tile_destinations=True,
     ),
     MergeMethod(
         name="tomesd",

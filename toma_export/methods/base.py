@@ -29,6 +29,9 @@ class MergeMethod:
     #: Its merger depends only on which tile a token is in and its slot there, never on where the
     #: token sits in the sequence, so a block may run it on tile-major tokens (``TileOrderHook``).
     tile_order: bool = False
+    #: It keeps selected destinations per tile between steps, in persistent device buffers the host
+    #: step reserves before the forward (``MergeContext.prepare``); others select nothing to carry.
+    tile_destinations: bool = False
     #: On UNets it runs as its reference package's own patch (ToMeSD: the ``tomesd`` package).
     unet_package_patch: bool = False
     #: Why no backend can build it as a static graph (None: it can).

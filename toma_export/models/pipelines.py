@@ -19,6 +19,7 @@ import torch
 from toma_export.errors import UnsupportedModelError
 from toma_export.models.registry import EMBEDDED_MODELS, load_model
 from toma_export.models.spec import spec_for
+from toma_export.quiet import library_noise
 
 
 def tiny_vae(*, flux: bool = False, seed: int = 0) -> Any:
@@ -43,13 +44,14 @@ def tiny_vae(*, flux: bool = False, seed: int = 0) -> Any:
 
 def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any:
     """A text-encoder-free SDXL or Flux pipeline around ``model`` (a name, folder or module)."""
-    from diffusers import (
-        DiffusionPipeline,
-        EulerDiscreteScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        StableDiffusionXLPipeline,
-    )
+    with library_noise():  # these modules import transformers' image processors, which log a torchvision fallback
+        from diffusers import (
+            DiffusionPipeline,
+            EulerDiscreteScheduler,
+            FlowMatchEulerDiscreteScheduler,
+            FluxPipeline,
+            StableDiffusionXLPipeline,
+        )
 
     if isinstance(model, (str, Path)) and str(model) not in EMBEDDED_MODELS:
         path = Path(model)
@@ -183,7 +185,8 @@ def tiny_sdxl_pipeline(*, seed: int = 0) -> Any:
     tiny VAE, two CLIP text encoders (16 wide each, so their concatenation is the UNet's 32-wide
     cross-attention; the second projects to the 32-wide pooled embedding) and byte-level tokenizers.
     ``save_pretrained`` it to get a pipeline folder like a user's."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    with library_noise():  # as in build_pipeline
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_clip_tokenizer()

@@ -187,6 +187,57 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+#: How long :func:`hub_reachable` waits for a TCP connection to the Hub (or the proxy), DNS included.
+PROBE_TIMEOUT_S = 1.0
+_PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+def _hub_address() -> tuple[str, int]:
+    """Where a Hub request would connect first: the HTTPS proxy when one is set, else ``HF_ENDPOINT``."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme or "https")
+    url = urlparse(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
+    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hub (or the proxy to it) accepts a TCP connection within ``timeout`` seconds.
+
+    Without network, huggingface_hub's own requests retry for about a minute before failing; this
+    probe answers in ``timeout`` (the lookup and connect run in a daemon thread, so a hanging DNS
+    lookup cannot hold the caller). The answer is kept for 30 s per address.
+    """
+    import socket
+    import threading
+    import time
+
+    address = _hub_address()
+    now = time.monotonic()
+    cached = _PROBES.get(address)
+    if cached is not None and now - cached[0] < 30:
+        return cached[1]
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                result.append(True)
+        except Exception:  # noqa: BLE001 - any failure to connect means: not reachable now
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="toma-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    ok = bool(result and result[0])
+    _PROBES[address] = (now, ok)
+    return ok
+
+
 def hub_cache_dir() -> str:
     """The HF hub cache as the environment says now: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default.
 
@@ -254,6 +305,9 @@ class _Hub:
             isinstance(self._cached(f), str) for f in ("model_index.json", "config.json", "unet/config.json",
                                                        "transformer/config.json")
         )
+        #: Not cached and the Hub cannot be reached: only the cache is read, and a miss says so at once.
+        self.unreachable = not self.local_files_only and not hub_reachable()
+        self.local_files_only = self.local_files_only or self.unreachable
         self.commit: str | None = None
 
     def _cached(self, filename: str) -> Any:
@@ -285,6 +339,14 @@ class _Hub:
         return f" at revision {self.revision!r}" if self.revision else ""
 
     def missing(self) -> UnsupportedModelError:
+        if self.unreachable:
+            host, port = _hub_address()
+            return UnsupportedModelError(
+                f"Hub model {self.repo_id!r}{self._at()} is not in the Hugging Face cache at {self.cache_dir}, and "
+                f"there is no network ({host}:{port} cannot be reached). Pass a local folder (the model saved with "
+                f"save_pretrained), or download it where there is network (hf download {self.repo_id}) into this "
+                "cache (HF_HUB_CACHE / HF_HOME); HF_HUB_OFFLINE=1 then reads only the cache."
+            )
         where = f"in the Hugging Face cache at {self.cache_dir}" + (
             " (HF_HUB_OFFLINE is set)" if self.offline else "" if self.local_files_only else " and could not download it"
         )
@@ -403,6 +465,15 @@ def load_model(
     return model
 
 
+def _not_buildable(where: str, cls: Any, exc: BaseException, fix: str) -> UnsupportedModelError:
+    """Diffusers refused to build ``cls`` from a folder's config, or its weights do not fit that config."""
+    first = (str(exc).strip().splitlines() or [""])[0][:400]
+    return UnsupportedModelError(
+        f"{where}: diffusers could not build a {cls.__name__} from it ({type(exc).__name__}: {first}): its "
+        f"config.json is one diffusers rejects, or its weights do not fit that config. {fix}"
+    )
+
+
 def _load_local(path: Path, dtype: torch.dtype, config: dict[str, Any], *, variant: str | None = None) -> torch.nn.Module:
     cls = _model_class(config, str(path))
     try:
@@ -412,6 +483,11 @@ def _load_local(path: Path, dtype: torch.dtype, config: dict[str, Any], *, varia
             f"{path}: the weights could not be loaded ({exc}). Re-save the model with save_pretrained"
             + (f", or check --variant {variant}" if variant else "") + "."
         ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a config diffusers rejects, weights of other shapes: the folder's fault
+        raise _not_buildable(str(path), cls, exc, "Re-save the model with save_pretrained, or point at another "
+                             "folder.") from exc
     return model.eval()
 
 
@@ -428,6 +504,11 @@ def _load_hub(source: ModelSource, dtype: torch.dtype, config: dict[str, Any]) -
             f"Hub model {source.root!r}: the weights could not be loaded ({exc}). Download them "
             f"(hf download {source.root}), check --variant/--subfolder, or unset HF_HUB_OFFLINE."
         ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as for local folders
+        raise _not_buildable(f"Hub model {source.root!r}", cls, exc, "Check --revision/--subfolder, or pass a "
+                             "local folder.") from exc
     return model.eval()
 
 
@@ -443,6 +524,11 @@ def model_shell(
         if config is None:
             shell: Any = EMBEDDED_MODELS[source.root][2]()
         else:
-            shell = _model_class(config, source.root).from_config(config)
+            cls = _model_class(config, source.root)
+            try:
+                shell = cls.from_config(config)
+            except Exception as exc:  # noqa: BLE001 - a config diffusers rejects: the folder's fault
+                raise _not_buildable(source.root, cls, exc, "Re-save the model with save_pretrained, or point at "
+                                     "another folder.") from exc
     object.__setattr__(shell, "_toma_source", source)
     return shell

@@ -110,7 +110,7 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     """A :class:`~toma_export.serving.pipeline.BatchedGenerator` whose denoiser calls the repository's
     denoiser models (``spec``: the ``pipeline.json`` export-triton writes). ``variant`` builds one
     variant's call (BLS inside Triton; tests pass one that runs the ONNX file directly)."""
-    from toma_export.engines.load import ProgramRunner
+    from toma_export.engines.load import make_runner
     from toma_export.models.pipelines import build_pipeline
     from toma_export.models.registry import model_shell
     from toma_export.models.spec import spec_for
@@ -118,13 +118,8 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     from toma_export.serving.pipeline import BatchedGenerator
 
     shapes = spec["shapes"]
-    runner = ProgramRunner(
-        variants={name: variant(v["model"], v["inputs"], v["outputs"]) for name, v in spec["variants"].items()},
-        input_spec=spec["input_spec"],
-        input_shapes=shapes["inputs"],
-        num_groups=int(spec["num_groups"]),
-        shapes=shapes,
-    )
+    runner = make_runner(
+        {name: variant(v["model"], v["inputs"], v["outputs"]) for name, v in spec["variants"].items()}, spec, shapes)
     shell = model_shell(spec["model"])
     pipe = build_pipeline(shell, seed=0)
     denoiser = ToMADenoiser(runner, shell, recompute_every=int(spec["recompute_every"]))

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from toma_export.errors import ToMAError
+from toma_export.input_rules import MAX_GUIDANCE, MAX_PROMPT_BYTES, check_guidance
 
 __all__ = [
     "DEFAULT_GUIDANCE",
@@ -43,20 +44,26 @@ __all__ = [
     "INPUTS",
     "MAX_GUIDANCE",
     "MAX_PROMPT_BYTES",
+    "MAX_REQUEST_BYTES",
     "MODEL_NAME",
     "OUTPUT",
     "RequestError",
     "Limits",
     "TensorSpec",
+    "parse_json_request",
     "parse_rows",
 ]
 
 MODEL_NAME = "toma_pipeline"
-#: Longest prompt (and negative prompt) accepted, in UTF-8 bytes; longer ones get a 400.
-MAX_PROMPT_BYTES = 2048
 DEFAULT_MAX_STEPS = 50
-MAX_GUIDANCE = 50.0
 DEFAULT_GUIDANCE = {"unet": 5.0, "flux": 3.5}
+#: Largest JSON request body the HTTP front reads (a request is a few hundred bytes of prompt and ints).
+MAX_REQUEST_BYTES = 1 << 20
+#: Largest number of rows (generations) one request may carry.
+MAX_ROWS = 256
+#: Integer datatypes on the wire and their inclusive ranges: a JSON number is checked against its
+#: field's range before it becomes that type (so steps = 2**32 + 2 is refused, not wrapped to 2).
+INT_RANGES = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1)}
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,107 @@ def parse_rows(inputs: Mapping[str, np.ndarray | None], limits: Limits) -> list[
         guidance = DEFAULT_GUIDANCE.get(limits.family, 5.0)
         if "guidance_scale" in arrays:
             guidance = float(arrays["guidance_scale"][i, 0])
-            if not math.isfinite(guidance) or not 0.0 <= guidance <= MAX_GUIDANCE:
-                raise RequestError(f"guidance_scale={guidance} must be finite and within 0..{MAX_GUIDANCE}.")
+            try:
+                check_guidance(guidance, "guidance_scale")
+            except ToMAError as err:
+                raise RequestError(f"guidance_scale={guidance}: {err}") from None
         out.append(GenerationRequest(prompt, int(arrays["seed"][i, 0]), steps, guidance, negative))
     return out
+
+
+# -- KServe v2 JSON, checked before Triton's own parser (toma_export.serving.front) -------------------
+def _flat(data: Any) -> list[Any]:
+    """KServe v2 ``data``: a flat list, or nested lists in row-major order."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+#: What to send instead, per integer input (its own rule; parse_rows checks it after conversion).
+_WANT = {"steps": "steps from 1 to the server's --max-steps", "seed": "a seed in [0, 2**63)"}
+
+
+def _json_input(entry: Any, index: int) -> tuple[str, np.ndarray]:
+    """One element of ``inputs`` as (name, array), every value checked against its datatype's range
+    before conversion."""
+    if not isinstance(entry, dict):
+        raise RequestError(f"inputs[{index}] is a {type(entry).__name__}; each input is an object with name, shape, "
+                           "datatype and data.")
+    spec = next((s for s in INPUTS if s.name == entry.get("name")), None)
+    if spec is None:
+        raise RequestError(f"inputs[{index}] is named {entry.get('name')!r}; the inputs are {[s.name for s in INPUTS]}.")
+    name = spec.name
+    if entry.get("datatype") != spec.datatype:
+        raise RequestError(f"input {name!r} must have datatype {spec.datatype}, got {entry.get('datatype')!r}.")
+    shape, data = entry.get("shape"), entry.get("data")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                 and d >= 1 for d in shape) and shape[1] == 1):
+        raise RequestError(f"input {name!r} must have shape [n, 1] (n rows of [1]), got {shape!r}.")
+    if shape[0] > MAX_ROWS:
+        raise RequestError(f"input {name!r} has {shape[0]} rows; one request carries at most {MAX_ROWS}.")
+    if not isinstance(data, list):
+        raise RequestError(f"input {name!r} needs 'data' as a JSON list of {shape[0]} value(s), got "
+                           f"{type(data).__name__}.")
+    values = _flat(data)
+    if len(values) != shape[0]:
+        raise RequestError(f"input {name!r} has shape {shape} ({shape[0]} value(s)) but {len(values)} value(s) in "
+                           "'data'; make them agree.")
+    if spec.datatype in INT_RANGES:
+        lo, hi = INT_RANGES[spec.datatype]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise RequestError(f"input {name!r} is {spec.datatype}: {v!r} is not an integer; send "
+                                   f"{_WANT.get(name, 'an integer')} as a JSON number without a fraction.")
+            if not lo <= v <= hi:
+                raise RequestError(f"input {name!r}={v} is outside the {spec.datatype} range [{lo}, {hi}] (it would not "
+                                   f"arrive as sent); send {_WANT.get(name, 'a value in that range')}.")
+        return name, np.array(values, dtype=_DTYPES[name]).reshape(shape)
+    if spec.datatype == "FP32":
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise RequestError(f"input {name!r} is FP32: {v!r} is not a number.")
+        return name, np.array(values, dtype=np.float64).astype(np.float32).reshape(shape)
+    for v in values:
+        if not isinstance(v, str):
+            raise RequestError(f"input {name!r} is BYTES: {v!r} is not a JSON string (UTF-8 text).")
+    return name, np.array([v.encode("utf-8", "surrogatepass") for v in values], dtype=np.object_).reshape(shape)
+
+
+def parse_json_request(body: bytes, limits: Limits) -> list[GenerationRequest]:
+    """A KServe v2 JSON inference request body, checked as :func:`parse_rows` checks arrays, plus what
+    only the JSON shows: valid JSON, an object with an ``inputs`` list, each value of its datatype and
+    within its range before any conversion, ``shape`` agreeing with ``data``. Raises :class:`RequestError`."""
+    if not body.strip():
+        raise RequestError('the request body is empty; send a KServe v2 JSON request: {"inputs": [{"name": "prompt", '
+                           '"shape": [1, 1], "datatype": "BYTES", "data": ["a cat"]}, ...]}.')
+    if len(body) > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request body is {len(body)} bytes; a JSON request is at most {MAX_REQUEST_BYTES}.")
+    import json
+
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise RequestError(f"the request body is not valid JSON ({str(err)[:120]}); send a KServe v2 JSON object "
+                           'with an "inputs" list.') from None
+    if not isinstance(request, dict):
+        raise RequestError(f"the request body is a JSON {type(request).__name__}; send a KServe v2 JSON object with "
+                           'an "inputs" list.')
+    entries = request.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise RequestError('the request has no "inputs" list; send {"inputs": [prompt, seed, steps, ...]} (the '
+                           f"inputs are {[s.name for s in INPUTS]}).")
+    arrays: dict[str, np.ndarray | None] = {}
+    for i, entry in enumerate(entries):
+        name, array = _json_input(entry, i)
+        if name in arrays:
+            raise RequestError(f"input {name!r} is given twice.")
+        arrays[name] = array
+    return parse_rows(arrays, limits)

@@ -174,6 +174,7 @@ def export_triton(
         spec = {
             "model": manifest.model["name"], "recompute_every": int(manifest.config["recompute_every"]),
             "input_spec": extra["input_spec"], "num_groups": len(extra["groups"]), "shapes": shapes,
+            "input_dtypes": extra.get("input_dtypes"),
             "variants": variants, "toma_export_version": __version__,
         }
         pipe_dir = tmp / MODEL_NAME

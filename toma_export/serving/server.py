@@ -18,6 +18,10 @@ Two things this machine needed, done here so a fresh machine needs nothing:
   ``PATH`` (the stub's interpreter finds the venv from it) and this package's root goes on
   ``PYTHONPATH``.
 
+HTTP clients reach Triton through :mod:`toma_export.serving.front` on the public port (JSON
+requests checked first, so malformed ones get 400 with the contract's message); Triton's own HTTP
+server listens on 127.0.0.1 only. gRPC and metrics are Triton's, on their ports.
+
 Shutdown (SIGTERM/SIGINT to ``toma-export serve``, or :meth:`stop`): Triton stops accepting requests,
 waits up to ``exit_timeout_s`` for in-flight ones to finish, then exits; the launcher kills it if it
 does not. Nothing is left running.
@@ -109,14 +113,26 @@ def validate_source(source: str) -> tuple[str, int | None, int | None]:
     )
 
 
+def _free_local_port() -> int:
+    """A free TCP port on 127.0.0.1 (for Triton's own HTTP server behind the front)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class TritonServing:
     """One Triton server process serving ``toma_pipeline``; ``start()`` returns when it is ready."""
 
     def __init__(self, options: ServeOptions):
         self.options = options
         self._triton: Any = None
+        self._front: Any = None
         self._repo: Path | None = None
         self._lock = threading.Lock()
+        #: Triton's own HTTP port, on 127.0.0.1 only: the public port is the checking front (serving.front).
+        self._triton_http_port = 0
 
     @property
     def http_url(self) -> str:
@@ -127,6 +143,12 @@ class TritonServing:
         source, height, width = validate_source(o.source)
         if height is not None:
             o.height, o.width = height, width or o.width
+        else:  # a model served eagerly: its size and ratio, before Triton starts
+            from toma_export.config import ToMAConfig
+            from toma_export.engines.build import check_image_size
+
+            check_image_size(source, o.height, o.width)
+            ToMAConfig(ratio=o.ratio)
         from pytriton.triton import Triton, TritonConfig
 
         from toma_export.serving.repository import write_serve_repository
@@ -136,8 +158,9 @@ class TritonServing:
             self._repo, source=source, height=o.height, width=o.width, ratio=o.ratio, max_steps=o.max_steps,
             max_prompt_bytes=o.max_prompt_bytes, max_batch=o.max_batch, max_queue_delay_ms=o.max_queue_delay_ms,
             max_queue_size=o.max_queue_size, instances=o.instances, warmup_steps=o.warmup_steps)
+        self._triton_http_port = _free_local_port()
         config = TritonConfig(
-            model_repository=self._repo, http_address=o.host, http_port=o.http_port, grpc_address=o.host,
+            model_repository=self._repo, http_address="127.0.0.1", http_port=self._triton_http_port, grpc_address=o.host,
             grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port, allow_metrics=True,
             allow_gpu_metrics=False, exit_timeout_secs=o.exit_timeout_s, exit_on_error=True,
             strict_readiness=True, log_verbose=0,
@@ -147,6 +170,11 @@ class TritonServing:
                 self._triton = Triton(config=config)
                 self._triton.run()
             self._wait_ready()
+            from toma_export.serving.contract import Limits
+            from toma_export.serving.front import HttpFront
+
+            self._front = HttpFront(o.host, o.http_port, ("127.0.0.1", self._triton_http_port),
+                                    Limits(max_steps=o.max_steps, max_prompt_bytes=o.max_prompt_bytes)).start()
         except BaseException as err:
             logs = self.logs()
             self.stop()
@@ -158,7 +186,7 @@ class TritonServing:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s
-        url = f"{self.http_url}/v2/models/{MODEL_NAME}/ready"
+        url = f"http://127.0.0.1:{self._triton_http_port}/v2/models/{MODEL_NAME}/ready"
         while time.monotonic() < deadline:
             if not self.alive():
                 raise ToMAError("the Triton server exited while loading the model")
@@ -184,9 +212,12 @@ class TritonServing:
         """Stop Triton (in-flight requests get up to ``exit_timeout_s`` to finish) and remove the repository."""
         with self._lock:
             triton, self._triton = self._triton, None
+            front, self._front = self._front, None
             repo, self._repo = self._repo, None
         if triton is not None:
-            triton.stop()
+            triton.stop()  # in-flight requests finish (their answers pass the front, still open)
+        if front is not None:
+            front.stop()
         if repo is not None:
             shutil.rmtree(repo, ignore_errors=True)
 
