@@ -42,12 +42,17 @@ def fuse_under_inductor() -> None:
     ``torch.compile`` and AOTInductor fuse them with the model's ops instead of calling opaque
     kernels; ``toma::facility_location`` stays one op. Idempotent; affects inductor only (eager
     calls and exporters keep the ops)."""
-    from torch._inductor.decomposition import decompositions as inductor_table
+    from torch._inductor import decomposition as inductor_decomp
 
     table = decompositions(include_selection=False)
+    # inductor reads a cached copy of its table (``fast_random_decomps``): made before this call
+    # (anything compiled earlier in the process), it needs the entries too.
+    cached = getattr(inductor_decomp, "fast_random_decomps", None)
+    targets = [inductor_decomp.decompositions] + ([cached()] if callable(cached) else [])
     for name in FUSIBLE:
         op = getattr(torch.ops.toma, name).default
-        inductor_table.setdefault(op, table[op])
+        for target in targets:
+            target.setdefault(op, table[op])
 
 
 def lower(
