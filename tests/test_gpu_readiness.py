@@ -162,7 +162,8 @@ def test_regional_sdxl_compiles_one_selecting_and_one_plain_graph_per_level() ->
     """Tiny SDXL (``fast``), ``compile_repeated_blocks``: per token count one graph that selects (the
     group's first block on a select step) and one that does not (every other block, reuse steps
     included: they read the carried buffers from the step's table), plus at most one more variant
-    (a guard on a hook attribute that is sometimes None; 7 graphs and the recompile limit before)."""
+    (dynamo's dynamic-shape guard on the strides of the block input's ``_base``: a view in some blocks,
+    not in others; 7 graphs and the recompile limit before)."""
     p = probe_target("sdxl-tiny", regional=True)
     selecting = [g for g in p.toma.graphs if g.ops.get("facility_location")]
     assert len(selecting) == len(p.unmerged.graphs), [g.name for g in selecting]
