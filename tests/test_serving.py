@@ -109,13 +109,7 @@ def assert_same_image(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def _post(server: TritonServing, body: dict[str, Any], timeout: float = 60) -> tuple[int, str]:
-    req = urllib.request.Request(f"{server.http_url}/v2/models/toma_pipeline/infer", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+    return _post_raw(server, json.dumps(body).encode(), timeout)
 
 
 def _body(**over: Any) -> dict[str, Any]:
