@@ -161,14 +161,14 @@ def test_regional_flux_compiles_once_per_block_class_and_variant() -> None:
 def test_regional_sdxl_compiles_one_selecting_and_one_plain_graph_per_level() -> None:
     """Tiny SDXL (``fast``), ``compile_repeated_blocks``: per token count one graph that selects (the
     group's first block on a select step) and one that does not (every other block, reuse steps
-    included: they read the carried buffers from the step's table), plus at most one more variant
-    (dynamo's dynamic-shape guard on the strides of the block input's ``_base``: a view in some blocks,
-    not in others; 7 graphs and the recompile limit before)."""
+    included: they read the carried buffers from the step's table), so at most twice the unmerged
+    graphs (7 graphs and the recompile limit before; 5 while a tile-ordered block's output was a view,
+    which dynamo guards on)."""
     p = probe_target("sdxl-tiny", regional=True)
     selecting = [g for g in p.toma.graphs if g.ops.get("facility_location")]
     assert len(selecting) == len(p.unmerged.graphs), [g.name for g in selecting]
-    assert len(p.toma.graphs) <= 2 * len(p.unmerged.graphs) + 1, (len(p.unmerged.graphs), len(p.toma.graphs))
-
+    assert len(p.toma.graphs) <= 2 * len(p.unmerged.graphs), (len(p.unmerged.graphs), len(p.toma.graphs),
+                                                              p.toma.recompile_reasons)
 
 
 @pytest.mark.parametrize(("model_name", "config"),

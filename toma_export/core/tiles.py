@@ -123,24 +123,24 @@ class TileLayout:
         return tiles, torch.cat([right, bottom], dim=1)
 
     def join(self, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`split`."""
+        """Inverse of :meth:`split`.
+
+        The row-major result is never a view: its last op is the copying reshape or a ``cat``. A block
+        output that is a view where the unmerged block's is not makes dynamo compile one more variant
+        of every repeated block (it guards on the strides of an input's ``_base``)."""
         if self.tile_major:
             flat = tiles.flatten(1, 2)
             return torch.cat([flat, rest], dim=1) if rest.shape[1] else flat
         b, _, _, c = tiles.shape
         f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
-        main = (
-            tiles.reshape(b, f, self.tiles_y, self.tiles_x, self.th, self.tw, c)
-            .permute(0, 1, 2, 4, 3, 5, 6)
-            .reshape(b, f, mh, mw, c)
-        )
+        grid = tiles.reshape(b, f, self.tiles_y, self.tiles_x, self.th, self.tw, c).permute(0, 1, 2, 4, 3, 5, 6)
         if not self.num_rest:
-            return main.reshape(b, self.num_tokens, c)
+            return grid.reshape(b, self.num_tokens, c)
         n_right = f * mh * (self.w - mw)
         right = rest[:, :n_right].reshape(b, f, mh, self.w - mw, c)
-        bottom = rest[:, n_right:].reshape(b, f, self.frame_h - mh, self.w, c)
-        top = torch.cat([main, right], dim=3)
-        return torch.cat([top, bottom], dim=2).reshape(b, self.num_tokens, c)
+        bottom = rest[:, n_right:].reshape(b, f, (self.frame_h - mh) * self.w, c)
+        top = torch.cat([grid.reshape(b, f, mh, mw, c), right], dim=3).flatten(2, 3)
+        return torch.cat([part for i in range(f) for part in (top[:, i], bottom[:, i])], dim=1)
 
     @property
     def row_major(self) -> TileLayout:
