@@ -43,8 +43,8 @@ class Captured:
                 continue
             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and spec.target in self.ep.state_dict:
                 out.append(self.ep.state_dict[spec.target])
-            elif spec.target in self.ep.constants:
-                out.append(self.ep.constants[spec.target])  # type: ignore[arg-type]
+            elif spec.target is not None and spec.target in self.ep.constants:
+                out.append(self.ep.constants[spec.target])
             else:
                 raise UnsupportedModelError(f"cannot bind lifted input {spec.arg} ({spec.kind}) of the exported model")
         return out
@@ -263,7 +263,7 @@ class _bypass_class_caches:
                 kind = type(attr) if isinstance(attr, (staticmethod, classmethod)) else None
                 inner = attr.__func__ if kind is not None else attr
                 if isinstance(inner, functools._lru_cache_wrapper):
-                    plain = inner.__wrapped__  # type: ignore[attr-defined]
+                    plain = getattr(inner, "__wrapped__")  # the lru_cache wrapper's undecorated function
                     setattr(klass, name, kind(plain) if kind is not None else plain)
                     self.swapped.append((klass, name, attr))
 
