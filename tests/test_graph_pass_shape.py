@@ -18,9 +18,8 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 import toma_export
 from toma_export.errors import UnsupportedModelError
 from toma_export.graph import GraphProgram, PassCheckError, ToMAPass, ToMAProgram, capture
-from toma_export.graph.fx_util import fake_mode_of, insert_call
+from toma_export.graph.fx_util import copy_graph_module, fake_mode_of, insert_call
 from toma_export.graph.kv_downsample import KVPass, KVProgram
-from toma_export.graph.rewriter import copy_graph_module
 
 H = W = 8
 N = H * W

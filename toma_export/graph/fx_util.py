@@ -178,6 +178,16 @@ def ints_arg(n: Node, pos: int) -> list[Any]:
     return list(a)
 
 
+# -- rewriting --------------------------------------------------------------------------------------
+def copy_graph_module(gm: GraphModule) -> tuple[GraphModule, dict[Node, Node]]:
+    """A structural copy (node metas are shallow copies; tensors in them are shared)."""
+    graph = Graph()
+    val_map: dict[Node, Node] = {}
+    out = graph.graph_copy(gm.graph, val_map)
+    graph.output(out)
+    return GraphModule(gm, graph), val_map
+
+
 # -- fake values of new nodes -------------------------------------------------------------------------
 def fake_mode_of(gm: GraphModule) -> Any:
     """The fake mode of a captured graph's placeholder values; a clear error for a graph without them."""

@@ -38,12 +38,11 @@ from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured, capture
 from toma_export.graph.grids import Grid
 from toma_export.graph.fx_util import (
-    LAST_DIM_NORMS, LINEAR, RESHAPES, SDPA, SDPA_SLOTS, SPLITS, arg, dim_arg, evaluate, fake, fake_mode_of, fakes,
-    insert_call, int_arg, ints_arg, mask_slot, node_arg, nodes_arg, norm_dim, shape_of,
+    LAST_DIM_NORMS, LINEAR, RESHAPES, SDPA, SDPA_SLOTS, SPLITS, arg, copy_graph_module, dim_arg, evaluate, fake,
+    fake_mode_of, fakes, insert_call, int_arg, ints_arg, mask_slot, node_arg, nodes_arg, norm_dim, shape_of,
 )
 from toma_export.graph.patterns import Site, captured_sites
-from toma_export.graph.program_base import GraphPass, GraphProgram, ProgramResult, SiteInfo
-from toma_export.graph.rewriter import Plan, copy_graph_module
+from toma_export.graph.program_base import GraphPass, GraphProgram, Plan, ProgramResult, SiteInfo
 
 aten = torch.ops.aten
 

@@ -30,7 +30,7 @@ from toma_export import methods
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout
-from toma_export.graph.fx_util import fake_mode_of, insert_call
+from toma_export.graph.fx_util import copy_graph_module, fake_mode_of, insert_call
 from toma_export.graph.patterns import Site
 from toma_export.graph.program_base import Group, Plan
 from toma_export.graph.shapes import RegionError, Retargeter, SiteOps, Track
@@ -74,15 +74,6 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
         g.sites.append(i)
         site_group.append(g.index)
     return Plan(chosen, list(groups.values()), site_group, skipped, limit)
-
-
-def copy_graph_module(gm: GraphModule) -> tuple[GraphModule, dict[Node, Node]]:
-    """A structural copy (node metas are shallow copies; tensors in them are shared)."""
-    graph = Graph()
-    val_map: dict[Node, Node] = {}
-    out = graph.graph_copy(gm.graph, val_map)
-    graph.output(out)
-    return GraphModule(gm, graph), val_map
 
 
 @dataclass
