@@ -130,12 +130,6 @@ def _stream_inputs(node: Node) -> list[Node]:
     return [a for a in node.all_input_nodes if (v := tensor_val(a)) is not None and tuple(v.shape) == tuple(out.shape)]
 
 
-def _main_input(node: Node) -> Node | None:
-    """The operand of a channel-wise op that carries the token stream (same shape as the output)."""
-    ins = _stream_inputs(node)
-    return ins[0] if ins else None
-
-
 def _through_casts(n: object) -> object:
     while isinstance(n, Node) and n.op == "call_function" and n.target in CASTS:
         n = n.args[0]

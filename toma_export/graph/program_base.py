@@ -27,14 +27,14 @@ from typing import Any, Callable, cast
 import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from toma_export.config import ToMAConfig
 from toma_export.core.tiles import TileLayout
 from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured
-from toma_export.graph.fx_util import fake_mode_of, tensor_val
+from toma_export.graph.fx_util import fake_mode_of, meta_val, tensor_val
 from toma_export.graph.patterns import Site
 from toma_export.schedule import StepSchedule, run_step
 
@@ -413,8 +413,8 @@ class GraphPass(PassBase):
         n_in = len(expected_in)
         if _signature(inputs[:n_in]) != _signature(expected_in) or not all(map(_is_destinations, inputs[n_in:])):
             raise fail(f"changes the model's inputs: {_signature(inputs)} for the captured {_signature(expected_in)}")
-        outputs = [n.meta.get("val") if isinstance(n, Node) else n for n in _outputs(graph_module)]
-        expected = [n.meta.get("val") if isinstance(n, Node) else n for n in _outputs(source)]
+        outputs = [meta_val(n) for n in _outputs(graph_module)]
+        expected = [meta_val(n) for n in _outputs(source)]
         got = _signature(outputs[: len(expected)])
         if len(outputs) < len(expected) or got != _signature(expected) or not all(map(_is_destinations, outputs[len(expected):])):
             raise fail(f"changes what the model returns: outputs {_signature(outputs)} for the captured {_signature(expected)}")
