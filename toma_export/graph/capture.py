@@ -50,8 +50,9 @@ class Captured:
         return out
 
     @property
-    def user_input_names(self) -> list[str]:
-        return list(self.ep.graph_signature.user_inputs)  # type: ignore[arg-type]
+    def user_input_names(self) -> list[str | None]:
+        """Per flat user input: its placeholder's name; None for a constant input (export keeps its value)."""
+        return [name if isinstance(name, str) else None for name in self.ep.graph_signature.user_inputs]
 
     @property
     def batch_dims(self) -> list[int | None]:
@@ -59,7 +60,7 @@ class Captured:
         nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
         out: list[int | None] = []
         for name in self.user_input_names:
-            v = nodes[name].meta.get("val") if name in nodes else None
+            v = nodes[name].meta.get("val") if name is not None and name in nodes else None
             sym = isinstance(v, torch.Tensor) and v.ndim > 0 and isinstance(v.shape[0], torch.SymInt)
             out.append(0 if sym else None)
         return out
@@ -73,7 +74,7 @@ class Captured:
         """
         nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
         for name, d in zip(self.user_input_names, self.batch_dims):
-            if d is None:
+            if d is None or name is None:
                 continue
             sym = nodes[name].meta["val"].shape[d].node.expr
             vr = self.ep.range_constraints.get(sym)
