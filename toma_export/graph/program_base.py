@@ -345,6 +345,25 @@ def _is_destinations(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and v.dtype == torch.long and v.ndim == 3
 
 
+def _difference(what: str, got: list[Any], expected: list[Any]) -> str | None:
+    """Where ``got`` (a graph's inputs or outputs) stops being ``expected`` followed by destinations
+    only; None when it is that."""
+
+    def show(v: Any) -> str:
+        (sig,) = _signature([v])
+        return "no tensor" if sig is None else f"{list(sig[0])} {str(sig[1]).removeprefix('torch.')}"
+
+    if len(got) < len(expected):
+        return f"{len(got)} {what} where the capture has {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if _signature([g]) != _signature([e]):
+            return f"{what[:-1]} {i} {show(g)} where the capture has {show(e)}"
+    for i, g in enumerate(got[len(expected):], len(expected)):
+        if not _is_destinations(g):
+            return f"extra {what[:-1]} {i} {show(g)}, not destinations (B, T, k) int64"
+    return None
+
+
 class GraphPass(PassBase):
     """A rewrite of one captured model under one config, in torch's pass shape (module doc).
 
@@ -409,12 +428,9 @@ class GraphPass(PassBase):
         if missing:
             raise fail(f"has nodes without a fake value (meta['val']): {', '.join(missing[:5])}")
         inputs = [n.meta["val"] for n in graph_module.graph.nodes if n.op == "placeholder"]
-        expected_in = [n.meta["val"] for n in source.graph.nodes if n.op == "placeholder"]
-        n_in = len(expected_in)
-        if _signature(inputs[:n_in]) != _signature(expected_in) or not all(map(_is_destinations, inputs[n_in:])):
-            raise fail(f"changes the model's inputs: {_signature(inputs)} for the captured {_signature(expected_in)}")
-        outputs = [meta_val(n) for n in _outputs(graph_module)]
-        expected = [meta_val(n) for n in _outputs(source)]
-        got = _signature(outputs[: len(expected)])
-        if len(outputs) < len(expected) or got != _signature(expected) or not all(map(_is_destinations, outputs[len(expected):])):
-            raise fail(f"changes what the model returns: outputs {_signature(outputs)} for the captured {_signature(expected)}")
+        why = _difference("inputs", inputs, [n.meta["val"] for n in source.graph.nodes if n.op == "placeholder"])
+        if why:
+            raise fail(f"changes the model's inputs ({why})")
+        why = _difference("outputs", [meta_val(n) for n in _outputs(graph_module)], [meta_val(n) for n in _outputs(source)])
+        if why:
+            raise fail(f"changes what the model returns ({why})")
