@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.fx import Graph, Node
 import torch.fx.experimental.symbolic_shapes as _symbolic_shapes
+from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.fx.node import Argument
 
