@@ -20,6 +20,7 @@ and per-token norms follow by construction. (Design: the maintainers' brief for 
   grids downsample each frame's ``h x w`` grid (per-frame index plus the frame's offset). A mask
   ``(..., Sq, Sk)`` has its key columns gathered with the same index; a broadcast one is untouched.
 - The program (:class:`KVProgram`) is stateless: one graph, no select/reuse variants, no destinations.
+  :class:`KVPass` makes it in the pass shape ToMA's pass shares (``program_base``: requires, call, ensures).
 """
 
 from __future__ import annotations
