@@ -1,7 +1,9 @@
 """The ToMA graph pass: capture with torch.export, find merge sites by pattern, insert custom ops.
 
 ``rewrite(model, example_kwargs, config)`` runs capture -> match (``patterns``) -> plan/replace
-(``rewrite``, ``shapes``) -> verify, and returns a :class:`ToMAProgram`.
+(``rewrite``, ``shapes``) -> verify, and returns a :class:`ToMAProgram`; ToDo takes its key/value pass
+(``kv_downsample``) to a ``KVProgram``. Both passes share one shape (``program_base``: a ``PassBase``
+with ``requires`` / ``call`` / ``ensures``, making a :class:`GraphProgram`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from toma_export.input_rules import check_config_arg
 from toma_export.graph.capture import Captured, batch_dynamic_shapes, capture
 from toma_export.graph.decompositions import decompositions, lower
 from toma_export.graph.grids import Grid, token_grids
-from toma_export.graph.patterns import Site, captured_sites, find_sites
-from toma_export.graph.program import GroupInfo, SiteInfo, ToMAProgram
-from toma_export.graph.rewriter import Plan, add_selection, plan, rewrite_graph
+from toma_export.graph.patterns import Site, find_sites
+from toma_export.graph.program import ToMAPass, ToMAProgram
+from toma_export.graph.program_base import GraphPass, GraphProgram, GroupInfo, PassCheckError, SiteInfo
 
 
 def rewrite(
@@ -29,7 +31,7 @@ def rewrite(
     *,
     dynamic_batch: bool = False,
     strict: bool = True,
-) -> ToMAProgram:
+) -> GraphProgram:
     """Capture ``model(**example_kwargs)`` and insert ToMA at every matched site ``config`` allows.
 
     Shapes are static by default: the program accepts inputs shaped like the example (rewrite again
@@ -60,7 +62,7 @@ def rewrite(
 
 
 def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the model",
-                     strict: bool = True) -> ToMAProgram:
+                     strict: bool = True) -> GraphProgram:
     """Match, plan and rewrite a captured model. A rewrite that fails for a reason no single site's
     region explains leaves every site unmerged, each reported with that reason (``program.skipped``).
     ToDo (``method="todo"``) goes to its key/value pass (``kv_downsample``). ``strict``: see :func:`rewrite`."""
@@ -70,20 +72,7 @@ def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the
         from toma_export.graph import kv_downsample
 
         return kv_downsample.rewrite_captured(captured, config, name=name, strict=strict)
-    found = captured_sites(
-        captured,
-        "the model is not supported by the graph pass. Run it unmerged, or ToMA eagerly where an adapter exists "
-        "(toma_export.apply).",
-    )
-    p = plan(found, config)
-    try:
-        rewritten, p = rewrite_graph(captured.ep.graph_module, p, config) if p.sites else (None, p)
-        select_gm = add_selection(rewritten, p) if rewritten is not None else None
-    except Exception as e:  # noqa: BLE001 - not attributable to one site: leave all unmerged, say why
-        reason = f"rewrite failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
-        p = Plan([], [], [], p.skipped + [(s, reason) for s in p.sites], p.limit)
-        rewritten, select_gm = None, None
-    program = ToMAProgram(captured, config, p, rewritten, select_gm)
+    program = ToMAPass(captured, config).run()
     if strict and config.active and not program.sites:
         reasons = "; ".join(f"{s.name} ({s.kind}): {s.reason}" for s in program.skipped[:6])
         raise UnsupportedModelError(
@@ -99,10 +88,14 @@ def rewrite_captured(captured: Captured, config: ToMAConfig, *, name: str = "the
 
 __all__ = [
     "Captured",
+    "GraphPass",
+    "GraphProgram",
     "Grid",
     "GroupInfo",
+    "PassCheckError",
     "Site",
     "SiteInfo",
+    "ToMAPass",
     "ToMAProgram",
     "batch_dynamic_shapes",
     "capture",

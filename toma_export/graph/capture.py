@@ -43,15 +43,16 @@ class Captured:
                 continue
             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and spec.target in self.ep.state_dict:
                 out.append(self.ep.state_dict[spec.target])
-            elif spec.target in self.ep.constants:
-                out.append(self.ep.constants[spec.target])  # type: ignore[arg-type]
+            elif spec.target is not None and spec.target in self.ep.constants:
+                out.append(self.ep.constants[spec.target])
             else:
                 raise UnsupportedModelError(f"cannot bind lifted input {spec.arg} ({spec.kind}) of the exported model")
         return out
 
     @property
-    def user_input_names(self) -> list[str]:
-        return list(self.ep.graph_signature.user_inputs)  # type: ignore[arg-type]
+    def user_input_names(self) -> list[str | None]:
+        """Per flat user input: its placeholder's name; None for a constant input (export keeps its value)."""
+        return [name if isinstance(name, str) else None for name in self.ep.graph_signature.user_inputs]
 
     @property
     def batch_dims(self) -> list[int | None]:
@@ -59,7 +60,7 @@ class Captured:
         nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
         out: list[int | None] = []
         for name in self.user_input_names:
-            v = nodes[name].meta.get("val") if name in nodes else None
+            v = nodes[name].meta.get("val") if name is not None and name in nodes else None
             sym = isinstance(v, torch.Tensor) and v.ndim > 0 and isinstance(v.shape[0], torch.SymInt)
             out.append(0 if sym else None)
         return out
@@ -73,7 +74,7 @@ class Captured:
         """
         nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
         for name, d in zip(self.user_input_names, self.batch_dims):
-            if d is None:
+            if d is None or name is None:
                 continue
             sym = nodes[name].meta["val"].shape[d].node.expr
             vr = self.ep.range_constraints.get(sym)
@@ -263,7 +264,7 @@ class _bypass_class_caches:
                 kind = type(attr) if isinstance(attr, (staticmethod, classmethod)) else None
                 inner = attr.__func__ if kind is not None else attr
                 if isinstance(inner, functools._lru_cache_wrapper):
-                    plain = inner.__wrapped__  # type: ignore[attr-defined]
+                    plain = getattr(inner, "__wrapped__")  # the lru_cache wrapper's undecorated function
                     setattr(klass, name, kind(plain) if kind is not None else plain)
                     self.swapped.append((klass, name, attr))
 

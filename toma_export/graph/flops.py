@@ -26,6 +26,8 @@ import torch
 from torch.fx import Graph, Node
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, shape_wrapper
 
+from toma_export.graph.fx_util import meta_val, tensor_val
+
 aten = torch.ops.aten
 
 Formula = Callable[..., int]
@@ -121,7 +123,7 @@ def _size(d: Any) -> int:
 def _shapes(arg: Any) -> Any:
     """Node arguments with every tensor-valued node replaced by its shape (plain ints)."""
     if isinstance(arg, Node):
-        v = arg.meta.get("val")
+        v = meta_val(arg)
         return [_size(d) for d in v.shape] if isinstance(v, torch.Tensor) else v
     if isinstance(arg, (list, tuple)):
         return type(arg)(_shapes(a) for a in arg)
@@ -141,8 +143,8 @@ def node_flops(n: Node) -> int:
     formula = _MAPPING.get(n.target.overloadpacket)
     if formula is None:
         return 0
-    out = n.meta.get("val")
-    out_shape = [_size(d) for d in out.shape] if isinstance(out, torch.Tensor) else None
+    out = tensor_val(n)
+    out_shape = [_size(d) for d in out.shape] if out is not None else None
     args = [_shapes(a) for a in n.args]
     kwargs = {k: _shapes(v) for k, v in n.kwargs.items()}
     return int(formula(*args, out_val=out_shape, **kwargs))

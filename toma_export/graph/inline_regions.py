@@ -19,6 +19,8 @@ import operator
 
 from torch.fx import GraphModule, Node
 
+from toma_export.graph.fx_util import int_arg
+
 _AUTOCAST = "wrap_with_autocast"
 _SET_GRAD = "wrap_with_set_grad_enabled"
 
@@ -65,7 +67,7 @@ def inline_inert_regions(gm: GraphModule) -> int:
             outputs = graph.graph_copy(body.graph, dict(zip(placeholders, operands)))
         results = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         for user in list(node.users):
-            user.replace_all_uses_with(results[user.args[1]])  # type: ignore[index]
+            user.replace_all_uses_with(results[int_arg(user, 1, "index")])
             graph.erase_node(user)
         graph.erase_node(node)
         if not body_at.users:

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type, union-attr, index, operator, assignment, misc"
-# (FX node arguments are typed as a wide union; this file reads them as the ATen schemas define them.)
 """ToDo through the graph pass: gather the kept rows of K and V right before each self-attention.
 
 ToDo (``baselines.todo``) keeps every query and output token and attends to the keys/values of a
@@ -22,6 +20,7 @@ and per-token norms follow by construction. (Design: the maintainers' brief for 
   grids downsample each frame's ``h x w`` grid (per-frame index plus the frame's offset). A mask
   ``(..., Sq, Sk)`` has its key columns gathered with the same index; a broadcast one is untouched.
 - The program (:class:`KVProgram`) is stateless: one graph, no select/reuse variants, no destinations.
+  :class:`KVPass` makes it in the pass shape ToMA's pass shares (``program_base``: requires, call, ensures).
 """
 
 from __future__ import annotations
@@ -31,23 +30,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node
+from torch.fx.node import Target
 
 from toma_export.baselines.todo import downsample_index
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured, capture
 from toma_export.graph.grids import Grid
-from toma_export.graph.patterns import LINEAR, SDPA, Site, captured_sites
-from toma_export.graph.program import SiteInfo, ToMAProgram
-from toma_export.graph.rewriter import Plan, copy_graph_module
+from toma_export.graph.fx_util import (
+    LAST_DIM_NORMS, LINEAR, RESHAPES, SDPA, SDPA_SLOTS, SPLITS, arg, copy_graph_module, dim_arg, evaluate, fake,
+    fake_mode_of, fakes, insert_call, int_arg, ints_arg, mask_slot, node_arg, nodes_arg, norm_dim, shape_of,
+)
+from toma_export.graph.patterns import Site, captured_sites
+from toma_export.graph.program_base import GraphPass, GraphProgram, Plan, ProgramResult, SiteInfo
 
 aten = torch.ops.aten
 
 #: Ops whose output has the token layout of every operand shaped like the output (per-token maths,
 #: casts, norms over trailing dims); ``empty_like`` too: Wan's RoPE writes into one per position.
-_SAME_LAYOUT = {
+_SAME_LAYOUT: frozenset[Target] = frozenset({
     aten.mul.Tensor, aten.mul.Scalar, aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar,
     aten.div.Tensor, aten.div.Scalar, aten.neg.default, aten.pow.Tensor_Scalar, aten.rsqrt.default,
     aten.sqrt.default, aten.exp.default, aten.tanh.default, aten.sigmoid.default, aten.gelu.default,
@@ -56,30 +58,7 @@ _SAME_LAYOUT = {
     aten.type_as.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
     aten.detach.default, aten.lift_fresh_copy.default, aten.dropout.default, aten.empty_like.default,
     aten.zeros_like.default, aten.ones_like.default, aten.copy.default,
-}
-_NORMS = {aten.rms_norm.default, aten.layer_norm.default, aten.native_layer_norm.default}
-#: Ops that only regroup dims: the sequence dim maps by its size and the product of the dims before it.
-_RESHAPES = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unflatten.int,
-    aten.flatten.using_ints, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
-    aten.view_as_real.default, aten.view_as_complex.default,
-}
-_SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unsafe_split.Tensor}
-
-
-def _val(n: object) -> Any:
-    return n.meta.get("val") if isinstance(n, Node) else None
-
-
-def _shape(n: object) -> tuple[Any, ...] | None:
-    v = _val(n)
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
-
-
-def _dim(d: int, ndim: int) -> int:
-    return d % ndim if ndim else d
-
-
+})
 def _prod(xs: tuple[Any, ...]) -> tuple[int, tuple[str, ...]]:
     """Product of dims as (static part, symbolic dims by name): compared without guarding a symbolic batch."""
     out, syms = 1, []
@@ -134,77 +113,72 @@ class _KeyWalk:
             return site.offset if d == 1 else None
         if n.op != "call_function":
             return None
-        out = _shape(n)
+        out = shape_of(n)
         t = n.target
         if t in SDPA:
             return None
-        if t in LINEAR:
-            if crossed or out is None or d >= len(out) - 1:
-                return None
-            return walk(n.args[0], d, True, depth - 1)
-        if t is aten.cat.default:
-            cat_dim = _dim(n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0), len(out))
-            if cat_dim != d:
-                return next((r for p in n.args[0] if (r := walk(p, d, crossed, depth - 1)) is not None), None)
-            start = 0
-            for part in n.args[0]:
-                r = walk(part, d, crossed, depth - 1)
-                if r is not None:
-                    return start + r
-                start += int(_shape(part)[d])
-            return None
-        if t is aten.stack.default:
-            s = _dim(n.args[1] if len(n.args) > 1 else 0, len(out))
-            if s == d:
-                return None
-            d_in = d if d < s else d - 1
-            return next((r for p in n.args[0] if (r := walk(p, d_in, crossed, depth - 1)) is not None), None)
-        if t is aten.pad_sequence.default:  # equal-length per-sample sequences, batch first (no padding)
-            seqs = n.args[0]
-            batch_first = n.args[1] if len(n.args) > 1 else n.kwargs.get("batch_first", False)
-            if not batch_first or d != 1 or len({_shape(q)[0] for q in seqs}) != 1:
-                return None
-            starts = {walk(q, 0, crossed, depth - 1) for q in seqs}
-            return starts.pop() if len(starts) == 1 else None
         if t is operator.getitem:
             return self._item(n, d, crossed, depth)
         if out is None:
             return None
+        if t in LINEAR:
+            if crossed or d >= len(out) - 1:
+                return None
+            return walk(n.args[0], d, True, depth - 1)
+        if t is aten.cat.default:
+            parts = nodes_arg(n, 0)
+            if dim_arg(n, 1, len(out)) != d:
+                return next((r for p in parts if (r := walk(p, d, crossed, depth - 1)) is not None), None)
+            start = 0
+            for part in parts:
+                r = walk(part, d, crossed, depth - 1)
+                if r is not None:
+                    return start + r
+                start += int(fake(part).shape[d])
+            return None
+        if t is aten.stack.default:
+            s = dim_arg(n, 1, len(out))
+            if s == d:
+                return None
+            d_in = d if d < s else d - 1
+            return next((r for p in nodes_arg(n, 0) if (r := walk(p, d_in, crossed, depth - 1)) is not None), None)
+        if t is aten.pad_sequence.default:  # equal-length per-sample sequences, batch first (no padding)
+            seqs = nodes_arg(n, 0)
+            if not arg(n, 1, "batch_first", False) or d != 1 or len({fake(q).shape[0] for q in seqs}) != 1:
+                return None
+            starts = {walk(q, 0, crossed, depth - 1) for q in seqs}
+            return starts.pop() if len(starts) == 1 else None
         if t is aten.permute.default:
-            return walk(n.args[0], _dim(n.args[1][d], len(out)), crossed, depth - 1)
+            return walk(n.args[0], norm_dim(ints_arg(n, 1)[d], len(out)), crossed, depth - 1)
         if t is aten.transpose.int:
-            a, b = (_dim(x, len(out)) for x in n.args[1:3])
-            return walk(n.args[0], b if d == a else a if d == b else d, crossed, depth - 1)
+            d0, d1 = dim_arg(n, 1, len(out)), dim_arg(n, 2, len(out))
+            return walk(n.args[0], d1 if d == d0 else d0 if d == d1 else d, crossed, depth - 1)
         if t is aten.select.int:
-            s = _dim(n.args[1], len(out) + 1)
+            s = dim_arg(n, 1, len(out) + 1)
             return walk(n.args[0], d if d < s else d + 1, crossed, depth - 1)
         if t in (aten.slice.Tensor, aten.narrow.default):
-            src = _shape(n.args[0])
-            s = _dim(n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0), len(src))
-            if s != d:
+            src = shape_of(n.args[0])
+            if src is None:
+                return None
+            if dim_arg(n, 1, len(src)) != d:
                 return walk(n.args[0], d, crossed, depth - 1)
-            if t is aten.narrow.default:
-                lo = int(n.args[2])
-            else:
-                lo = n.args[2] if len(n.args) > 2 else n.kwargs.get("start", 0)
-                step = n.args[4] if len(n.args) > 4 else n.kwargs.get("step", 1)
-                if step != 1:
+            lo = int_arg(n, 2, "start")
+            if t is aten.slice.Tensor:
+                if int_arg(n, 4, "step", 1) != 1:
                     return None
-                lo = 0 if lo is None else int(lo)
                 lo = lo + int(src[d]) if lo < 0 else lo
             return self._sliced(walk(n.args[0], d, crossed, depth - 1), lo, int(out[d]))
-        if t in _RESHAPES:
-            src = _shape(n.args[0])
-            d_in = None if src is None else _reshaped_dim(out, src, d)
-            return None if d_in is None else walk(n.args[0], d_in, crossed, depth - 1)
-        if t in _NORMS:
-            normalized = n.args[1]
-            if d >= len(out) - len(normalized):
+        if t in RESHAPES:
+            src = shape_of(n.args[0])
+            d_src = None if src is None else _reshaped_dim(out, src, d)
+            return None if d_src is None else walk(n.args[0], d_src, crossed, depth - 1)
+        if t in LAST_DIM_NORMS:
+            if d >= len(out) - len(ints_arg(n, 1)):  # normalized over the trailing dims
                 return None
             return walk(n.args[0], d, crossed, depth - 1)
         if t in _SAME_LAYOUT:
             for a in n.all_input_nodes:
-                if _shape(a) == out:
+                if shape_of(a) == out:
                     r = walk(a, d, crossed, depth - 1)
                     if r is not None:
                         return r
@@ -212,56 +186,25 @@ class _KeyWalk:
 
     def _item(self, n: Node, d: int, crossed: bool, depth: int) -> int | None:
         """``getitem`` of a split / chunk / unbind, or of ``native_layer_norm``'s output tuple."""
-        src, i = n.args
+        src, i = n.args[0], int_arg(n, 1, "index")
         if not isinstance(src, Node) or src.op != "call_function":
             return None
-        if src.target in _NORMS:
+        if src.target in LAST_DIM_NORMS:
             return self._walk(src, d, crossed, depth) if i == 0 else None
+        whole = shape_of(src.args[0]) if src.args else None
+        if whole is None:
+            return None
         if src.target is aten.unbind.int:
-            u = _dim(src.args[1] if len(src.args) > 1 else 0, len(_shape(src.args[0])))
+            u = dim_arg(src, 1, len(whole))
             return self(src.args[0], d if d < u else d + 1, crossed, depth - 1)
-        if src.target in _SPLITS:
-            whole = _shape(src.args[0])
-            s = _dim(src.args[2] if len(src.args) > 2 else src.kwargs.get("dim", 0), len(whole))
+        if src.target in SPLITS:
             inner = self(src.args[0], d, crossed, depth - 1)
-            if s != d:
+            if dim_arg(src, 2, len(whole)) != d:
                 return inner
-            pieces = _val(src)
+            pieces = fakes(src)
             lo = sum(int(p.shape[d]) for p in pieces[:i])
             return self._sliced(inner, lo, int(pieces[i].shape[d]))
         return None
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where an SDPA overload takes an argument: its position, and its keyword name."""
-
-    pos: int | None
-    name: str
-
-    def get(self, n: Node) -> Any:
-        if self.pos is not None and len(n.args) > self.pos:
-            return n.args[self.pos]
-        return n.kwargs.get(self.name)
-
-    def set(self, n: Node, value: Node) -> None:
-        if self.pos is not None and len(n.args) > self.pos:
-            n.args = tuple(value if i == self.pos else a for i, a in enumerate(n.args))
-        else:
-            n.kwargs = {**n.kwargs, self.name: value}
-
-
-#: Per SDPA overload: where its attention mask (bias) and ``is_causal`` are taken (None: no mask).
-_SLOTS: dict[Any, tuple[_Slot | None, _Slot]] = {
-    aten.scaled_dot_product_attention.default: (_Slot(3, "attn_mask"), _Slot(5, "is_causal")),
-    aten._scaled_dot_product_flash_attention_for_cpu.default: (_Slot(None, "attn_mask"), _Slot(4, "is_causal")),
-    aten._scaled_dot_product_efficient_attention.default: (_Slot(3, "attn_bias"), _Slot(6, "is_causal")),
-    aten._scaled_dot_product_flash_attention.default: (None, _Slot(4, "is_causal")),
-}
-
-
-def _mask_slot(sdpa: Node) -> _Slot | None:
-    return _SLOTS.get(sdpa.target, (None, None))[0]
 
 
 def frame_index(grid: Grid, ratio: float) -> torch.Tensor:
@@ -320,12 +263,12 @@ def _locate(site: Site) -> tuple[int, int] | str:
     """(key length, image start in the key sequence), or why the image keys cannot be located."""
     sdpa = site.anchor
     k, v = sdpa.args[1], sdpa.args[2]
-    ks, vs = _shape(k), _shape(v)
+    ks, vs = shape_of(k), shape_of(v)
     if ks is None or vs is None or len(ks) < 2 or len(vs) < 2 or ks[-2] != vs[-2]:
         return "keys and values of unknown or different lengths"
-    if sdpa.target not in _SLOTS:
+    if sdpa.target not in SDPA_SLOTS:
         return f"attention op {sdpa.target} is not one this pass knows the arguments of"
-    if _SLOTS[sdpa.target][1].get(sdpa):
+    if SDPA_SLOTS[sdpa.target][1].get(sdpa):
         return "causal attention: dropping keys would change which keys each query may see"
     walk = _KeyWalk(site)
     k_start = walk(k, len(ks) - 2)
@@ -335,22 +278,12 @@ def _locate(site: Site) -> tuple[int, int] | str:
     v_start = k_start if v is k else walk(v, len(vs) - 2)
     if v_start != k_start:
         return "values do not hold the image tokens where the keys do"
-    slot = _mask_slot(sdpa)
+    slot = mask_slot(sdpa)
     mask = slot.get(sdpa) if slot else None
-    ms = _shape(mask) if isinstance(mask, Node) else None
+    ms = shape_of(mask) if isinstance(mask, Node) else None
     if isinstance(mask, Node) and (ms is None or ms[-1] not in (1, ks[-2])):
         return f"attention mask shaped {ms} does not index the {ks[-2]} keys"
     return int(ks[-2]), k_start
-
-
-def _gather(gm: GraphModule, fake_mode: Any, before: Node, src: Node, dim: int, index: Node) -> Node:
-    graph = gm.graph
-    with graph.inserting_before(before):
-        n = graph.call_function(aten.index_select.default, (src, dim, index))
-    with fake_mode:
-        n.meta["val"] = aten.index_select.default(src.meta["val"], dim, index.meta["val"])
-    n.meta["nn_module_stack"] = before.meta.get("nn_module_stack", {})
-    return n
 
 
 def downsample_kv(source: GraphModule, sites: list[Site], ratio: float) -> KVRewrite:
@@ -363,9 +296,7 @@ def downsample_kv(source: GraphModule, sites: list[Site], ratio: float) -> KVRew
     ``skipped`` with the reason and left unchanged.
     """
     gm, vmap = copy_graph_module(source)
-    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"])
-    if fake_mode is None:
-        raise UnsupportedModelError("the captured graph carries no fake tensors (meta 'val'); capture it with torch.export")
+    fake_mode = fake_mode_of(gm)
     done: list[KVSite] = []
     skipped: list[tuple[Site, str]] = []
     for s in sites:
@@ -379,7 +310,7 @@ def downsample_kv(source: GraphModule, sites: list[Site], ratio: float) -> KVRew
             if image.numel() >= s.grid.tokens:
                 skipped.append((s, "this ratio keeps every image key of the grid"))
                 continue
-            device = _val(s.anchor.args[1]).device
+            device = fake(s.anchor.args[1]).device
             index = torch.cat([torch.arange(start), image, torch.arange(start + s.grid.tokens, keys)]).to(device)
         reason = _insert(gm, fake_mode, vmap[s.anchor], index, f"todo_kv_index_{len(done)}")
         if isinstance(reason, str):
@@ -401,22 +332,24 @@ def _insert(gm: GraphModule, fake_mode: Any, sdpa: Node, index: torch.Tensor, na
         idx = graph.get_attr(name)
     idx.meta["val"] = fake_mode.from_tensor(index, static_shapes=True)
     old_args, old_kwargs = sdpa.args, dict(sdpa.kwargs)
-    k, v = sdpa.args[1], sdpa.args[2]
-    added = [_gather(gm, fake_mode, sdpa, k, k.meta["val"].ndim - 2, idx)]
+    k, v = node_arg(sdpa, 1), node_arg(sdpa, 2)
+
+    def gather(src: Node, dim: int) -> Node:
+        return insert_call(graph, fake_mode, sdpa, aten.index_select.default, (src, dim, idx))
+
+    added = [gather(k, fake(k).ndim - 2)]
     if v is not k:
-        added.append(_gather(gm, fake_mode, sdpa, v, v.meta["val"].ndim - 2, idx))
+        added.append(gather(v, fake(v).ndim - 2))
     sdpa.args = (sdpa.args[0], added[0], added[-1], *sdpa.args[3:])
-    slot = _mask_slot(sdpa)
+    slot = mask_slot(sdpa)
     mask = slot.get(sdpa) if slot else None
-    keys = int(k.meta["val"].shape[-2])
-    masked = isinstance(mask, Node) and keys > 1 and int(mask.meta["val"].shape[-1]) == keys
-    if masked and slot is not None:
-        added.append(_gather(gm, fake_mode, sdpa, mask, mask.meta["val"].ndim - 1, idx))
+    keys = int(fake(k).shape[-2])
+    masked = slot is not None and isinstance(mask, Node) and keys > 1 and int(fake(mask).shape[-1]) == keys
+    if masked and slot is not None and isinstance(mask, Node):
+        added.append(gather(mask, fake(mask).ndim - 1))
         slot.set(sdpa, added[-1])
     try:
-        args, kwargs = torch.fx.node.map_arg((sdpa.args, sdpa.kwargs), lambda a: a.meta["val"])
-        with fake_mode:
-            sdpa.target(*args, **kwargs)
+        evaluate(sdpa, fake_mode)
     except Exception as e:  # noqa: BLE001 - reported as the site's reason, the site left as it was
         sdpa.args, sdpa.kwargs = old_args, old_kwargs
         for n in reversed([idx, *added]):
@@ -432,22 +365,22 @@ def _info(s: Site, kept: int = 0, reason: str = "") -> SiteInfo:
                     reason)
 
 
-class KVProgram(ToMAProgram):
+class KVProgram(GraphProgram):
     """The ToDo-rewritten model, callable like the original: one stateless graph (no select/reuse
     variants, no destination groups). ``sites`` are the downsampled self-attentions (``merged``: image
     keys kept), ``skipped`` the sites found but not downsampled and why, ``kv_sites`` the details."""
 
     def __init__(self, captured: Captured, config: ToMAConfig, rewrite: KVRewrite | None, skipped: list[tuple[Site, str]]):
-        super().__init__(captured, config, Plan([], [], [], [], None), None, None)
         kv = rewrite.sites if rewrite else []
         skipped = skipped + (rewrite.skipped if rewrite else [])
+        super().__init__(
+            captured, config, Plan([k.site for k in kv], [], [], skipped, None),
+            sites=[_info(k.site, k.kept - (k.keys - k.site.grid.tokens)) for k in kv],
+            skipped=[_info(s, reason=why) for s, why in skipped],
+            site_regions=[{k.sdpa} for k in kv],
+            graph_module=rewrite.gm if rewrite is not None and kv else None,
+        )
         self.kv_sites = kv
-        self.plan = Plan([k.site for k in kv], [], [], skipped, None)
-        self.sites = [_info(k.site, k.kept - (k.keys - k.site.grid.tokens)) for k in kv]
-        self.skipped = [_info(s, reason=why) for s, why in skipped]
-        self.site_regions = [{k.sdpa} for k in kv]
-        if rewrite is not None and kv:
-            self._reuse_gm = rewrite.gm
 
     def summary(self) -> str:
         lines = [f"{len(self.sites)} self-attention(s) with downsampled keys/values (ToDo)"]
@@ -456,16 +389,28 @@ class KVProgram(ToMAProgram):
         return "\n".join(lines)
 
 
+class KVPass(GraphPass):
+    """ToDo's key/value pass: find the self-attention sites, choose them under the config, gather the
+    kept rows of K and V (and a mask's key columns) before each one's SDPA."""
+
+    name = "ToDo key/value graph pass"
+
+    def call(self, graph_module: GraphModule) -> ProgramResult:
+        found = captured_sites(self.captured, "ToDo through the graph pass does not support this model.")
+        chosen, skipped = _plan(found, self.config)
+        rewritten = downsample_kv(graph_module, chosen, self.config.ratio) if chosen else None
+        program = KVProgram(self.captured, self.config, rewritten, skipped)
+        return ProgramResult(program, bool(program.sites))
+
+
 def rewrite_captured(captured: Captured, config: ToMAConfig, *, strict: bool = True, name: str = "the model") -> KVProgram:
     """Find the self-attention sites of a captured model and downsample their keys/values (ToDo).
 
     ``strict``: with an active config, a model where no site at all could be downsampled is refused
     (:class:`UnsupportedModelError` naming each site's reason); ``inspect`` passes False to report it.
     """
-    found = captured_sites(captured, "ToDo through the graph pass does not support this model.")
-    chosen, skipped = _plan(found, config)
-    rewritten = downsample_kv(captured.ep.graph_module, chosen, config.ratio) if chosen else None
-    program = KVProgram(captured, config, rewritten, skipped)
+    program = KVPass(captured, config).run()
+    assert isinstance(program, KVProgram)
     if strict and config.active and not program.sites:
         attn = [s for s in program.skipped if s.kind == SubLayer.ATTN.value]
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in attn[:8]) or "no self-attention site over an image grid"

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type, union-attr, index, operator, assignment, return-value, call-overload, misc"
-# (FX node arguments are typed as a wide union; this file reads them as the ATen schemas define them.)
 """Find merge sites in an exported ATen graph by the shape of the computation, not by module names.
 
 A site is the normalised token sequence ``X`` that feeds a sub-layer, and the linears that consume
@@ -29,35 +27,25 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.fx import Graph, Node
+from torch.fx.node import Target
 
 from toma_export.config import SubLayer
 from toma_export.errors import UnsupportedModelError
 from toma_export.graph.capture import Captured
+from toma_export.graph.fx_util import (
+    ACTIVATIONS, CASTS, LINEAR, NORMS, SDPA, arg, fake, int_arg, is_call, node_arg, nodes_arg, tensor_val,
+)
 from toma_export.graph.grids import Grid, grid_for, joint_layouts, token_grids
 from toma_export.graph.provenance import Origin, TokenOrigins
 
 aten = torch.ops.aten
 
-SDPA = {
-    aten.scaled_dot_product_attention.default,
-    aten._scaled_dot_product_flash_attention.default,
-    aten._scaled_dot_product_efficient_attention.default,
-    aten._scaled_dot_product_flash_attention_for_cpu.default,
-}
-LINEAR = {aten.linear.default}
-NORMS = {
-    aten.layer_norm.default,
-    aten.native_layer_norm.default,
-    aten.rms_norm.default,
-    aten.group_norm.default,
-    aten.native_group_norm.default,
-}
-ACTIVATIONS = {aten.gelu.default, aten.silu.default, aten.relu.default, aten.gelu_.default, aten.silu_.default}
 #: Ops allowed between the two linears of an MLP (per token, channel-wise).
-MLP_BODY = ACTIVATIONS | {
+MLP_BODY: frozenset[Target] = ACTIVATIONS | {
     aten.mul.Tensor,
     aten.add.Tensor,
     aten.dropout.default,
@@ -73,7 +61,7 @@ MLP_BODY = ACTIVATIONS | {
     aten._assert_tensor_metadata.default,
 }
 #: Channel-wise ops that may sit between a norm and the site input (adaLN modulation, casts).
-MODULATION = {
+MODULATION: frozenset[Target] = frozenset({
     aten.mul.Tensor,
     aten.add.Tensor,
     aten.sub.Tensor,
@@ -85,7 +73,7 @@ MODULATION = {
     aten.contiguous.default,
     aten.squeeze.dim,
     aten.type_as.default,
-}
+})
 
 
 @dataclass
@@ -101,20 +89,11 @@ class Site:
     channels: int
     anchor: Node  # the sdpa (attention) or the second linear (MLP)
     name: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_tokens(self) -> int:
         return self.grid.tokens
-
-
-def _val(node: object) -> torch.Tensor | None:
-    v = node.meta.get("val") if isinstance(node, Node) else None
-    return v if isinstance(v, torch.Tensor) else None
-
-
-def _is(node: Node, targets: set) -> bool:
-    return node.op == "call_function" and node.target in targets
 
 
 def linears_feeding(node: Node, limit: int = 200) -> list[Node]:
@@ -129,11 +108,11 @@ def linears_feeding(node: Node, limit: int = 200) -> list[Node]:
                 if i in seen:
                     continue
                 seen.add(i)
-                if _is(i, LINEAR):
-                    v = _val(i)
+                if is_call(i, LINEAR):
+                    v = tensor_val(i)
                     if v is not None and v.ndim >= 3:
                         found.append(i)
-                elif i.op == "call_function" and not _is(i, SDPA):
+                elif i.op == "call_function" and not is_call(i, SDPA):
                     nxt.append(i)
         frontier = nxt
     return found
@@ -145,23 +124,14 @@ def _stream_inputs(node: Node) -> list[Node]:
     Per-token modulation (scale/shift shaped like the tokens, e.g. Wan with per-token timesteps)
     gives several such operands; callers try each (the stream is the one that leads to a norm).
     """
-    out = _val(node)
+    out = tensor_val(node)
     if out is None:
         return []
-    return [a for a in node.all_input_nodes if (v := _val(a)) is not None and tuple(v.shape) == tuple(out.shape)]
-
-
-def _main_input(node: Node) -> Node | None:
-    """The operand of a channel-wise op that carries the token stream (same shape as the output)."""
-    ins = _stream_inputs(node)
-    return ins[0] if ins else None
-
-
-_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default, aten.type_as.default, aten.clone.default}
+    return [a for a in node.all_input_nodes if (v := tensor_val(a)) is not None and tuple(v.shape) == tuple(out.shape)]
 
 
 def _through_casts(n: object) -> object:
-    while isinstance(n, Node) and n.op == "call_function" and n.target in _CASTS:
+    while isinstance(n, Node) and n.op == "call_function" and n.target in CASTS:
         n = n.args[0]
     return n
 
@@ -169,27 +139,27 @@ def _through_casts(n: object) -> object:
 def _is_decomposed_rms(n: Node) -> bool:
     """``x * rsqrt(mean(x ** 2, -1, keepdim) + eps)`` (diffusers' RMSNorm traced op by op), or the
     same with ``torch.rsqrt`` replaced by ``1 / sqrt``; the weight multiplies the result afterwards."""
-    if not _is(n, {aten.mul.Tensor, aten.div.Tensor}):
+    if not is_call(n, {aten.mul.Tensor, aten.div.Tensor}):
         return False
-    for r in n.args:
-        r = _through_casts(r)
-        if not isinstance(r, Node) or not _is(r, {aten.rsqrt.default, aten.sqrt.default}):
+    for operand in n.args:
+        r = _through_casts(operand)
+        if not isinstance(r, Node) or not is_call(r, {aten.rsqrt.default, aten.sqrt.default}):
             continue
         a = _through_casts(r.args[0])
-        if isinstance(a, Node) and _is(a, {aten.add.Tensor, aten.add.Scalar}):
+        if isinstance(a, Node) and is_call(a, {aten.add.Tensor, aten.add.Scalar}):
             a = _through_casts(a.args[0])
-        if not (isinstance(a, Node) and _is(a, {aten.mean.dim})):
+        if not (isinstance(a, Node) and is_call(a, {aten.mean.dim})):
             continue
         p = _through_casts(a.args[0])
         if isinstance(p, Node) and (
-            _is(p, {aten.pow.Tensor_Scalar}) and p.args[1] == 2 or _is(p, {aten.mul.Tensor}) and p.args[0] is p.args[1]
+            is_call(p, {aten.pow.Tensor_Scalar}) and p.args[1] == 2 or is_call(p, {aten.mul.Tensor}) and p.args[0] is p.args[1]
         ):
             return True
     return False
 
 
 def _is_norm(n: Node) -> bool:
-    return _is(n, NORMS) or _is_decomposed_rms(n)
+    return is_call(n, NORMS) or _is_decomposed_rms(n)
 
 
 def _norm_source(x: Node, depth: int = 8) -> Node | None:
@@ -203,9 +173,9 @@ def _norm_source(x: Node, depth: int = 8) -> Node | None:
         return None
     if _is_norm(x):
         return x
-    if x.target is operator.getitem and _is(x.args[0], NORMS):  # native_layer_norm's output tuple
+    if x.target is operator.getitem and is_call(x.args[0], NORMS):  # native_layer_norm's output tuple
         return x.args[0]
-    if not _is(x, MODULATION):
+    if not is_call(x, MODULATION):
         return None
     for a in _stream_inputs(x):
         found = _norm_source(a, depth - 1)
@@ -214,7 +184,7 @@ def _norm_source(x: Node, depth: int = 8) -> Node | None:
     return None
 
 
-def _token_cat(x: Node, depth: int = 12, tdim: int = 1) -> tuple[Node, int] | None:
+def _token_cat(x: object, depth: int = 12, tdim: int = 1) -> tuple[Node, int] | None:
     """A ``cat`` along the token dim that ``x`` derives from through norms and modulation, and that dim.
 
     Sequences packed with ``pad_sequence(batch_first=True)`` of equal-length per-sample sequences
@@ -223,20 +193,19 @@ def _token_cat(x: Node, depth: int = 12, tdim: int = 1) -> tuple[Node, int] | No
     """
     if depth <= 0 or not isinstance(x, Node) or x.op != "call_function":
         return None
-    v = _val(x)
+    v = tensor_val(x)
     if x.target is aten.cat.default:
-        dim = x.args[1] if len(x.args) > 1 else x.kwargs.get("dim", 0)
-        return (x, tdim) if v is not None and dim % v.ndim == tdim else None
+        return (x, tdim) if v is not None and int_arg(x, 1) % v.ndim == tdim else None
     if x.target is aten.pad_sequence.default and tdim == 1:
-        seqs = x.args[0]
-        batch_first = x.args[1] if len(x.args) > 1 else x.kwargs.get("batch_first", False)
-        lens = {int(_val(q).shape[0]) for q in seqs if _val(q) is not None}  # type: ignore[union-attr]
+        seqs = nodes_arg(x, 0)
+        batch_first = arg(x, 1, "batch_first", False)
+        lens = {int(q.shape[0]) for q in map(tensor_val, seqs) if q is not None}
         if batch_first and len(lens) == 1 and v is not None and int(v.shape[1]) in lens:
             return _token_cat(seqs[0], depth - 1, 0)
         return None
-    if _is(x, NORMS):
+    if is_call(x, NORMS):
         return _token_cat(x.args[0], depth - 1, tdim)
-    if not (_is(x, MODULATION) or _is_norm(x)):
+    if not (is_call(x, MODULATION) or _is_norm(x)):
         return None
     for a in _stream_inputs(x):
         found = _token_cat(a, depth - 1, tdim)
@@ -247,11 +216,10 @@ def _token_cat(x: Node, depth: int = 12, tdim: int = 1) -> tuple[Node, int] | No
 
 def _token_slice_of(n: object) -> Node | None:
     """``y`` when ``n`` is a slice of ``y`` ``(B, S, C)`` along the token dim, else None."""
-    if not (isinstance(n, Node) and _is(n, {aten.slice.Tensor, aten.narrow.default})):
+    if not is_call(n, {aten.slice.Tensor, aten.narrow.default}):
         return None
-    v = _val(n.args[0])
-    d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-    return n.args[0] if v is not None and v.ndim == 3 and d % 3 == 1 else None  # type: ignore[return-value]
+    v = tensor_val(n.args[0])
+    return node_arg(n, 0) if v is not None and v.ndim == 3 and int_arg(n, 1) % 3 == 1 else None
 
 
 def _lift(x: object) -> Node | None:
@@ -261,10 +229,9 @@ def _lift(x: object) -> Node | None:
     y = _token_slice_of(x)
     if y is not None:
         return y
-    if isinstance(x, Node) and x.target is aten.cat.default and len(x.args[0]) > 1:
-        srcs = {_token_slice_of(p) for p in x.args[0]}
-        dim = x.args[1] if len(x.args) > 1 else 0
-        if len(srcs) == 1 and None not in srcs and dim % 3 == 1:
+    if is_call(x, {aten.cat.default}) and len(parts := nodes_arg(x, 0)) > 1:
+        srcs = {_token_slice_of(p) for p in parts}
+        if len(srcs) == 1 and None not in srcs and int_arg(x, 1) % 3 == 1:
             return srcs.pop()
     return None
 
@@ -280,8 +247,8 @@ def _normalised(x: Node, span: tuple[Grid, int] | None) -> bool:
         return False
     cat, tdim = found
     start = 0
-    for part in cat.args[0]:
-        n = int(_val(part).shape[tdim])  # type: ignore[union-attr]
+    for part in nodes_arg(cat, 0):
+        n = int(fake(part).shape[tdim])
         if start == span[1] and n == span[0].tokens:
             return _norm_source(part) is not None
         start += n
@@ -298,7 +265,7 @@ def image_span(
     A sequence as long as a joint id table (``grids.joint_layouts``) has its image block where the
     ids put it.
     """
-    v = _val(x)
+    v = tensor_val(x)
     if v is None or v.ndim != 3:
         return None
 
@@ -315,19 +282,15 @@ def image_span(
     if found is None:
         return joints[s] if joints and s in joints and not text(x) else None
     cat, tdim = found
-    parts = cat.args[0]
-    sizes = [_val(t).shape[tdim] for t in parts]  # type: ignore[union-attr]
+    parts = nodes_arg(cat, 0)
+    sizes = [fake(t).shape[tdim] for t in parts]
     if not all(isinstance(n, int) for n in sizes):
         return None
-    hits = [
-        (i, grid_for(grids, n))
-        for i, n in enumerate(sizes)
-        if grid_for(grids, n) is not None and not text(parts[i])  # type: ignore[index]
-    ]
+    hits = [(i, g) for i, n in enumerate(sizes) if (g := grid_for(grids, int(n))) is not None and not text(parts[i])]
     if len(hits) != 1 or sum(sizes) != s:
         return None
     i, g = hits[0]
-    return g, sum(sizes[:i])  # type: ignore[return-value]
+    return g, sum(int(n) for n in sizes[:i])
 
 
 def _site_name(node: Node) -> str:
@@ -340,16 +303,12 @@ def _site_name(node: Node) -> str:
 
 def _channel_slice(n: Node) -> bool:
     """A ``slice`` / ``narrow`` along the last (channel) dim: SwiGLU's ``x[..., :half]`` halves."""
-    v = _val(n.args[0]) if n.op == "call_function" and n.args else None
+    v = tensor_val(n.args[0]) if n.op == "call_function" and n.args else None
     if v is None:
         return False
-    if n.target is aten.slice.Tensor:
-        d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-    elif n.target is aten.narrow.default:
-        d = n.args[1]
-    else:
+    if n.target not in (aten.slice.Tensor, aten.narrow.default):
         return False
-    return d % v.ndim == v.ndim - 1
+    return int_arg(n, 1) % v.ndim == v.ndim - 1
 
 
 def _mlp_second_linear(firsts: list[Node]) -> Node | None:
@@ -364,7 +323,7 @@ def _mlp_second_linear(firsts: list[Node]) -> Node | None:
         if n in seen:
             continue
         seen.add(n)
-        if _is(n, LINEAR):
+        if is_call(n, LINEAR):
             ends.add(n)
             continue
         if n.op != "call_function":
@@ -372,9 +331,9 @@ def _mlp_second_linear(firsts: list[Node]) -> Node | None:
         if n.target is operator.getitem:
             frontier.extend(n.users)
             continue
-        if not (_is(n, MLP_BODY) or _channel_slice(n)):
+        if not (is_call(n, MLP_BODY) or _channel_slice(n)):
             return None
-        act = act or _is(n, ACTIVATIONS)
+        act = act or is_call(n, ACTIVATIONS)
         frontier.extend(n.users)
     return next(iter(ends)) if act and len(ends) == 1 else None
 
@@ -385,9 +344,8 @@ def find_sites(graph: Graph, grids: list[Grid], joints: dict[int, tuple[Grid, in
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites: dict[Node, Site] = {}
     attn_linears: set[Node] = set()
-    for sdpa in (n for n in graph.nodes if _is(n, SDPA)):
-        q, k, v = sdpa.args[:3]
-        q_lin, k_lin, v_lin = (linears_feeding(t) for t in (q, k, v))  # type: ignore[arg-type]
+    for sdpa in (n for n in graph.nodes if is_call(n, SDPA)):
+        q_lin, k_lin, v_lin = (linears_feeding(node_arg(sdpa, i)) for i in range(3))
         attn_linears.update(q_lin, k_lin, v_lin)
         kv_inputs = {lin.args[0] for lin in k_lin + v_lin}
         for lin in q_lin:
@@ -402,34 +360,34 @@ def find_sites(graph: Graph, grids: list[Grid], joints: dict[int, tuple[Grid, in
                 continue
             self_attn = x is whole or x in kv_inputs
             consumers = list(x.users) if self_attn else [lin]
-            if self_attn and not all(_is(u, LINEAR) or _token_slice_of(u) is x for u in consumers):
+            if self_attn and not all(is_call(u, LINEAR) or _token_slice_of(u) is x for u in consumers):
                 continue  # x feeds something we cannot follow
-            xv = _val(x)
+            xv = fake(x)
             sites[x] = Site(
                 (SubLayer.ATTN if self_attn else SubLayer.CROSS).value,
                 x,
                 consumers,
                 span[0],
                 span[1],
-                int(xv.shape[1]),  # type: ignore[union-attr]
-                int(xv.shape[2]),  # type: ignore[union-attr]
+                int(xv.shape[1]),
+                int(xv.shape[2]),
                 sdpa,
                 _site_name(lin),
             )
-    for l1 in (n for n in graph.nodes if _is(n, LINEAR)):
+    for l1 in (n for n in graph.nodes if is_call(n, LINEAR)):
         x = l1.args[0]
         if l1 in attn_linears or not isinstance(x, Node) or x in sites:
             continue
         firsts = list(x.users)  # every reader of x is a first linear (one, or SwiGLU's parallel pair)
-        if not all(_is(u, LINEAR) and u.args[0] is x and u not in attn_linears for u in firsts):
+        if not all(is_call(u, LINEAR) and u.args[0] is x and u not in attn_linears for u in firsts):
             continue
         span = image_span(x, grids, origins, joints)
         l2 = _mlp_second_linear(firsts) if span is not None and _normalised(x, span) else None
-        if l2 is None or l2 in attn_linears:
+        if span is None or l2 is None or l2 in attn_linears:
             continue
-        xv = _val(x)
+        xv = fake(x)
         sites[x] = Site(
-            SubLayer.MLP.value, x, firsts, span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)  # type: ignore
+            SubLayer.MLP.value, x, firsts, span[0], span[1], int(xv.shape[1]), int(xv.shape[2]), l2, _site_name(l1)
         )
     return sorted(sites.values(), key=lambda s: order[s.x])
 

@@ -24,6 +24,8 @@ import torch
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from toma_export.graph.fx_util import int_arg, nodes_arg, tensor_val
+
 aten = torch.ops.aten
 
 TEXT_INPUT_PREFIX = "encoder_hidden_states"
@@ -38,18 +40,7 @@ class Origin(Enum):
     UNKNOWN = "unknown"  # no input reached, or both kinds: the token count decides
 
 
-def _val(n: object) -> torch.Tensor | None:
-    v = n.meta.get("val") if isinstance(n, Node) else None
-    return v if isinstance(v, torch.Tensor) else None
-
-
 Segments = tuple[tuple[int, frozenset[str]], ...]  # (token count, inputs reached), in token order
-
-
-def _dim_arg(n: Node, pos: int, default: int = 0) -> int:
-    """An int argument of ``n`` (a dim, a start, an index) by position, else its ``dim`` keyword."""
-    d = n.args[pos] if len(n.args) > pos else n.kwargs.get("dim", default)
-    return int(d)  # type: ignore[arg-type]
 
 
 def _cut(segs: Segments, start: int, end: int) -> Segments:
@@ -96,7 +87,7 @@ class TokenOrigins:
                 n.op == "call_function" and all(a in weights for a in n.all_input_nodes)
             ):
                 weights.add(n)
-            v = _val(n)
+            v = tensor_val(n)
             if v is None or v.ndim != 3 or not isinstance(v.shape[1], int):
                 continue  # a data-dependent length (unbacked size) has no spans to track
             s = v.shape[1]
@@ -118,12 +109,12 @@ class TokenOrigins:
 
     def _of(self, n: Node, v: torch.Tensor) -> Segments:
         s = int(v.shape[1])
-        if n.target is aten.cat.default and _dim_arg(n, 1) % 3 == 1:
-            parts = [p for p in n.args[0] if _val(p) is not None]  # type: ignore[union-attr]
-            return tuple(seg for p in parts for seg in self._get(p, int(_val(p).shape[1])))  # type: ignore[union-attr]
-        if n.target is aten.slice.Tensor and _dim_arg(n, 1) % 3 == 1 and _val(n.args[0]) is not None:
-            size = int(_val(n.args[0]).shape[1])  # type: ignore[union-attr]
-            start = _dim_arg(n, 2) if len(n.args) > 2 and n.args[2] is not None else 0
+        if n.target is aten.cat.default and int_arg(n, 1) % 3 == 1:
+            parts = [(p, pv) for p in nodes_arg(n, 0) if (pv := tensor_val(p)) is not None]
+            return tuple(seg for p, pv in parts for seg in self._get(p, int(pv.shape[1])))
+        if n.target is aten.slice.Tensor and int_arg(n, 1) % 3 == 1 and (src := tensor_val(n.args[0])) is not None:
+            size = int(src.shape[1])
+            start = int_arg(n, 2, "start")
             start = start + size if start < 0 else start
             step = n.args[4] if len(n.args) > 4 else 1
             if step == 1:
@@ -133,17 +124,17 @@ class TokenOrigins:
             pieces = split.meta.get("val")
             if (
                 split.target in (aten.split_with_sizes.default, aten.split.Tensor)
-                and _dim_arg(split, 2) % 3 == 1
+                and int_arg(split, 2) % 3 == 1
                 and isinstance(pieces, (list, tuple))
             ):
-                i = _dim_arg(n, 1)
+                i = int_arg(n, 1)
                 start = sum(int(p.shape[1]) for p in pieces[:i])
                 size = sum(int(p.shape[1]) for p in pieces)
                 return _cut(self._get(split.args[0], size), start, start + s)
         aligned = [
             self._get(a, s)
             for a in n.all_input_nodes
-            if (av := _val(a)) is not None and av.ndim == 3 and tuple(av.shape[:2]) == tuple(v.shape[:2])
+            if (av := tensor_val(a)) is not None and av.ndim == 3 and tuple(av.shape[:2]) == tuple(v.shape[:2])
         ]
         return _combine(aligned) if aligned else ((s, frozenset()),)
 

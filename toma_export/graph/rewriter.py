@@ -19,11 +19,10 @@ steps without ever leaving the graph world:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._guards import detect_fake_mode
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -31,33 +30,12 @@ from toma_export import methods
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout
+from toma_export.graph.fx_util import copy_graph_module, fake_mode_of, insert_call
 from toma_export.graph.patterns import Site
+from toma_export.graph.program_base import Group, Plan
 from toma_export.graph.shapes import RegionError, Retargeter, SiteOps, Track
 
 toma = torch.ops.toma
-
-
-@dataclass
-class Group:
-    """Sites of one token layout sharing destinations; selection runs at ``sites[0]``."""
-
-    index: int
-    layout: TileLayout
-    k: int
-    sites: list[int] = field(default_factory=list)  # indices into the program's site list
-
-    @property
-    def layout_args(self) -> tuple[int, int, int, int, int]:
-        return (self.layout.h, self.layout.w, self.layout.th, self.layout.tw, self.layout.frames)
-
-
-@dataclass
-class Plan:
-    sites: list[Site]  # sites that merge, graph order
-    groups: list[Group]
-    site_group: list[int]
-    skipped: list[tuple[Site, str]]  # found but not merged, and why
-    limit: int | None  # the max_downsample applied
 
 
 def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Plan:
@@ -98,15 +76,6 @@ def plan(found: list[Site], config: ToMAConfig, limit: int | None = None) -> Pla
     return Plan(chosen, list(groups.values()), site_group, skipped, limit)
 
 
-def copy_graph_module(gm: GraphModule) -> tuple[GraphModule, dict[Node, Node]]:
-    """A structural copy (node metas are shallow copies; tensors in them are shared)."""
-    graph = Graph()
-    val_map: dict[Node, Node] = {}
-    out = graph.graph_copy(gm.graph, val_map)
-    graph.output(out)
-    return GraphModule(gm, graph), val_map
-
-
 @dataclass
 class Rewritten:
     """The reuse-variant graph and where each site ended up in it."""
@@ -122,20 +91,11 @@ def _fake(fake_mode: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.T
         return torch.empty(shape, dtype=dtype)
 
 
-def _call(graph: Graph, fake_mode: Any, before: Node, target: Any, args: tuple) -> Node:
-    with graph.inserting_before(before):
-        n = graph.call_function(target, args)
-    with fake_mode:
-        n.meta["val"] = target(*[a.meta["val"] if isinstance(a, Node) else a for a in args])
-    n.meta["nn_module_stack"] = before.meta.get("nn_module_stack", {})
-    return n
-
-
 def rewrite_once(source: GraphModule, p: Plan, config: ToMAConfig) -> Rewritten:
     """Insert merge / unmerge for every site of ``p`` into a copy of ``source`` (raises RegionError)."""
     gm, vmap = copy_graph_module(source)
     graph = gm.graph
-    fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+    fake_mode = fake_mode_of(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     batch = vmap[p.sites[0].x].meta["val"].shape[0]  # an int, or the symbolic batch (dynamic_batch)
     dests: list[Node] = []
@@ -151,7 +111,7 @@ def rewrite_once(source: GraphModule, p: Plan, config: ToMAConfig) -> Rewritten:
     def positions_for(group: Group):
         def get(before: Node) -> Node:
             if group.index not in positions:
-                positions[group.index] = _call(
+                positions[group.index] = insert_call(
                     graph, fake_mode, before, toma.merged_positions.default, (dests[group.index], *group.layout_args)
                 )
             return positions[group.index]
@@ -170,9 +130,9 @@ def rewrite_once(source: GraphModule, p: Plan, config: ToMAConfig) -> Rewritten:
         own = not (config.share_weights and g.index in shared)  # share_weights: first site's A for all
         if own:
             wargs = (x, dests[g.index], *g.layout_args, s.offset, float(config.temperature))
-            shared[g.index] = _call(graph, fake_mode, x.next, toma.merge_weights.default, wargs)
+            shared[g.index] = insert_call(graph, fake_mode, x.next, toma.merge_weights.default, wargs)
         a = shared[g.index]
-        xm = _call(graph, fake_mode, a.next if own else x.next, toma.merge.default, (x, a, *g.layout_args, s.offset))
+        xm = insert_call(graph, fake_mode, a.next if own else x.next, toma.merge.default, (x, a, *g.layout_args, s.offset))
         for c in s.consumers:
             vmap[c].replace_input_with(x, xm)
         merged = g.layout.merged_count(g.k)
@@ -225,15 +185,17 @@ def add_selection(rw: Rewritten, p: Plan) -> GraphModule:
     """The *select* variant: each group's destinations computed in-graph at its first site."""
     gm, vmap = copy_graph_module(rw.gm)
     graph = gm.graph
+    fake_mode = fake_mode_of(gm)
     idx_nodes = []
     for g in p.groups:
         first = p.sites[g.sites[0]]
         x = vmap[rw.site_x[g.sites[0]]]
         sub = _tile_split(g.layout, first.offset, x.meta["val"])
         sub_in = next(n for n in sub.graph.nodes if n.op == "placeholder")
-        with graph.inserting_before(x.next):
+        anchor = x.next
+        with graph.inserting_before(anchor):
             tiles = graph.graph_copy(sub.graph, {sub_in: x})
-            idx = graph.call_function(toma.facility_location.default, (tiles, g.k))
+        idx = insert_call(graph, fake_mode, anchor, toma.facility_location.default, (tiles, g.k))
         ph = vmap[rw.dest_inputs[g.index]]
         ph.replace_all_uses_with(idx)
         graph.erase_node(ph)
@@ -243,3 +205,4 @@ def add_selection(rw: Rewritten, p: Plan) -> GraphModule:
     graph.lint()
     gm.recompile()
     return gm
+

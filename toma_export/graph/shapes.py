@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type, union-attr, index, operator, assignment, return-value, call-overload, misc, type-var"
-# (FX node arguments are typed as a wide union; this file reads them as the ATen schemas define them.)
 """Propagate a new token count through an exported graph region, fixing literal shapes.
 
 ``torch.export`` bakes sizes into ``view``/``reshape``/``split``/``slice`` arguments. After a merge
@@ -28,14 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.fx.experimental.symbolic_shapes as _symbolic_shapes
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
-from torch.fx.node import map_arg
+from torch.fx.node import Argument
 
-try:
-    from torch.fx.experimental.symbolic_shapes import optimization_hint as _optimization_hint
-except ImportError:  # older torch
-    from torch.fx.experimental.symbolic_shapes import hint_int as _optimization_hint  # type: ignore[no-redef,attr-defined]
+from toma_export.graph.fx_util import (
+    VIEWS, dim_arg, evaluate, fake, insert_call, int_arg, ints_arg, mask_slot, meta_val, node_arg, nodes_arg,
+)
+
+#: A symbolic size's example value without guarding (older torch names it ``hint_int``).
+_optimization_hint: Callable[[Any], int] = getattr(
+    _symbolic_shapes, "optimization_hint", None) or getattr(_symbolic_shapes, "hint_int")
 
 aten = torch.ops.aten
 
@@ -50,7 +52,6 @@ POINTWISE_BINARY = {
     aten.minimum.default,
     aten.where.self,
 }
-VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 #: Ops that cut along a dim (position of the dim argument, default): refused along the tokens.
 DIM_ARG = {
     aten.split.Tensor: (2, 0),
@@ -58,12 +59,6 @@ DIM_ARG = {
     aten.unbind.int: (1, 0),
     aten.select.int: (1, 0),
     aten.narrow.default: (1, 0),
-}
-#: Attention ops that take a mask: (position of the mask argument, its keyword).
-SDPA_MASK = {
-    aten.scaled_dot_product_attention.default: (3, "attn_mask"),
-    aten._scaled_dot_product_efficient_attention.default: (3, "attn_bias"),
-    aten._scaled_dot_product_flash_attention_for_cpu.default: (99, "attn_mask"),
 }
 #: Ops whose output shape equals an input's while mixing tokens; allowed only with no token change.
 NO_OUTPUT = {aten._assert_tensor_metadata.default}
@@ -99,12 +94,17 @@ class SiteOps:
     closers: list[Node] = field(default_factory=list)  # inserted unmerge / gather_positions nodes
 
 
-def _offset(track: Track) -> int:
-    """Start of the merged (changed) segment."""
+def _segments_of(track: Track) -> Segments:
+    """A track's segments; unknown ones cannot place a cut or a merged span."""
     if track.segments is None:
         raise ValueError("token segments unknown")
+    return track.segments
+
+
+def _offset(track: Track) -> int:
+    """Start of the merged (changed) segment."""
     start = 0
-    for old, new in track.segments:
+    for old, new in _segments_of(track):
         if old != new:
             return start
         start += old
@@ -198,10 +198,6 @@ def _attr(graph: Graph, node: Node) -> Any:
     return obj
 
 
-def _dim(d: int, ndim: int) -> int:
-    return d % ndim if ndim else 0
-
-
 def _hint(s: Any) -> int:
     """A size as a plain int without guarding: a symbolic (dynamic batch) size gives its example value.
 
@@ -228,21 +224,8 @@ class Retargeter:
         self.tokens: dict[int, int] = {}
 
     # -- helpers ------------------------------------------------------------------------------
-    def _val(self, n: Node) -> Any:
-        return n.meta.get("val")
-
-    def _eval(self, node: Node) -> Any:
-        args = map_arg(node.args, lambda n: n.meta.get("val"))
-        kwargs = map_arg(node.kwargs, lambda n: n.meta.get("val"))
-        with self.fake_mode:
-            return node.target(*args, **kwargs)  # type: ignore[operator]
-
-    def _insert(self, before: Node, target: Any, args: tuple, kwargs: dict | None = None) -> Node:
-        with self.graph.inserting_before(before):
-            n = self.graph.call_function(target, args, kwargs or {})
-        n.meta["val"] = self._eval(n)
-        n.meta["nn_module_stack"] = before.meta.get("nn_module_stack", {})
-        return n
+    def _insert(self, before: Node, target: Callable[..., Any], args: tuple[Argument, ...]) -> Node:
+        return insert_call(self.graph, self.fake_mode, before, target, args)
 
     def seed(self, node: Node, track: Track, old_shape: list[int]) -> None:
         """Start a region at ``node`` (a merge), whose input had ``old_shape``."""
@@ -298,29 +281,31 @@ class Retargeter:
     def _visit(self, node: Node, site: int) -> None:
         ops = self.sites[site]
         if node.target is operator.getitem:
-            src = self.track[node.args[0]]
+            whole, i = node_arg(node, 0), int_arg(node, 1, "index")
+            src = self.track[whole]
             node.meta["old_shape"] = list(node.meta["val"].shape)
-            node.meta["val"] = node.args[0].meta["val"][node.args[1]]
-            if isinstance(src, list) and src[node.args[1]] is not None:
-                self.track[node] = src[node.args[1]]
+            node.meta["val"] = whole.meta["val"][i]
+            if isinstance(src, list) and src[i] is not None:
+                self.track[node] = src[i]
                 ops.region.add(node)
             return
         if node.target is aten.sym_size.int:
             # A dynamic dim read as a symbol (the batch): unchanged by merging, nothing to track.
             # Token dims are static, so export never reads them this way; refuse if one is.
-            src, tr = node.args[0], self.track.get(node.args[0])
-            if not isinstance(tr, Track) or _dim(node.args[1], src.meta["val"].ndim) == tr.dim:
+            src = node_arg(node, 0)
+            tr = self.track.get(src)
+            if not isinstance(tr, Track) or dim_arg(node, 1, fake(src).ndim) == tr.dim:
                 raise ValueError("the size of a merged tensor's token dim is read as a symbol")
             return
-        if node.target in SDPA_MASK:
+        if mask_slot(node) is not None:
             self._merge_mask(node, site)
         if node.target in POINTWISE_BINARY:
             self._close(node, site)
             if not any(i in self.track for i in node.all_input_nodes):
                 return  # closed by an unmerge: the node itself is back to its old shape
-        old = node.meta.get("val")
+        old = meta_val(node)
         self._fix_args(node)
-        new = self._eval(node)
+        new = evaluate(node, self.fake_mode)
         node.meta["val"] = new
         ops.region.add(node)
         if node.target in NO_OUTPUT:
@@ -373,13 +358,13 @@ class Retargeter:
     def _merge_mask(self, node: Node, site: int) -> None:
         """An attention mask follows the merge: rows (queries) and columns (keys) of merged tokens are
         their destinations' (a gather, as RoPE rows), so ``(B, 1, S, S)`` / ``(B, 1, 1, S)`` masks fit."""
-        pos, key = SDPA_MASK[node.target]
-        mask = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
+        slot = mask_slot(node)
+        mask = slot.get(node) if slot is not None else None
         if not isinstance(mask, Node) or mask in self.track or not isinstance(mask.meta.get("val"), torch.Tensor):
             return
         ops = self.sites[site]
         new = mask
-        for src, from_end in ((node.args[1], 1), (node.args[0], 2)):  # keys: last dim; queries: the one before
+        for src, from_end in ((node_arg(node, 1), 1), (node_arg(node, 0), 2)):  # keys: last dim; queries: the one before
             tr = self.track.get(src)
             if not isinstance(tr, Track):
                 continue
@@ -411,18 +396,19 @@ class Retargeter:
         tr: Track = self.track[src]
         old_in = [_hint(s) for s in self._old_shape(src)]
         new_in = [_hint(s) for s in src.meta["val"].shape]
-        old_out = node.meta.get("val")
         if t in VIEWS:
-            shape = view_shape(old_in, new_in, [_hint(s) for s in old_out.shape], self.tokens)
-            node.args = (src, self._sizes(node.args[1], list(old_out.shape), shape), *node.args[2:])
+            old_out = list(fake(node).shape)
+            shape = view_shape(old_in, new_in, [_hint(s) for s in old_out], self.tokens)
+            node.args = (src, self._sizes(node.args[1], old_out, shape), *node.args[2:])
         elif t is aten.unflatten.int:
-            d = _dim(node.args[1], len(old_in))
+            d = dim_arg(node, 1, len(old_in))
             if d == tr.dim:
-                shape = view_shape(old_in, new_in, [_hint(s) for s in old_out.shape], self.tokens)
-                n = len(node.args[2])
-                node.args = (src, node.args[1], self._sizes(node.args[2], list(old_out.shape)[d : d + n], shape[d : d + n]))
+                old_out = list(fake(node).shape)
+                shape = view_shape(old_in, new_in, [_hint(s) for s in old_out], self.tokens)
+                n = len(ints_arg(node, 2))
+                node.args = (src, node.args[1], self._sizes(node.args[2], old_out[d : d + n], shape[d : d + n]))
         elif t is aten.expand.default:
-            sizes = list(node.args[1])
+            sizes = ints_arg(node, 1)
             lead = len(sizes) - len(old_in)
             for i in range(len(sizes)):
                 j = i - lead
@@ -430,29 +416,30 @@ class Retargeter:
                     sizes[i] = new_in[j]
             node.args = (src, sizes, *node.args[2:])
         elif t is aten.split_with_sizes.default:
-            d = _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), len(old_in))
+            d = dim_arg(node, 2, len(old_in))
             if d == tr.dim:
+                split = [int(size) for size in ints_arg(node, 1)]
                 bounds = [0]
-                for size in node.args[1]:
+                for size in split:
                     bounds.append(bounds[-1] + size)
-                new_b = [_map_pos(b, tr.segments) for b in bounds]  # type: ignore[arg-type]
-                node.meta["old_split"] = list(node.args[1])
+                new_b = [_map_pos(b, _segments_of(tr)) for b in bounds]
+                node.meta["old_split"] = split
                 node.args = (src, [b - a for a, b in zip(new_b, new_b[1:])], *node.args[2:])
         elif t is aten.slice.Tensor:
-            args = list(node.args) + [None] * (5 - len(node.args))
-            d = _dim(args[1] if args[1] is not None else 0, len(old_in))
+            d = dim_arg(node, 1, len(old_in))
             if d == tr.dim:
                 n = old_in[d]
-                start = 0 if args[2] is None else min(max(args[2] + n if args[2] < 0 else args[2], 0), n)
-                end = n if args[3] is None else min(max(args[3] + n if args[3] < 0 else args[3], 0), n)
-                if (args[4] or 1) != 1:
+                lo, hi = int_arg(node, 2, "start", 0), int_arg(node, 3, "end", n)
+                start = min(max(lo + n if lo < 0 else lo, 0), n)
+                end = min(max(hi + n if hi < 0 else hi, 0), n)
+                if int_arg(node, 4, "step", 1) != 1:
                     raise ValueError("strided slice over tokens")
                 node.meta["old_slice_start"] = start
-                node.args = (src, d, _map_pos(start, tr.segments), _map_pos(end, tr.segments), 1)  # type: ignore[arg-type]
+                segs = _segments_of(tr)
+                node.args = (src, d, _map_pos(start, segs), _map_pos(end, segs), 1)
         elif t in DIM_ARG:
             pos, default = DIM_ARG[t]
-            d = node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", default)
-            if _dim(d, len(old_in)) == tr.dim:
+            if dim_arg(node, pos, len(old_in), default) == tr.dim:
                 raise ValueError(f"{t} along the token dim")
 
     @staticmethod
@@ -503,12 +490,12 @@ class Retargeter:
         t = node.target
         if t is aten.cat.default:
             parts: list[tuple[int, int]] = []
-            for x in node.args[0]:
+            for x in nodes_arg(node, 0):
                 tr = self.track.get(x)
                 if isinstance(tr, Track) and tr.dim == d and tr.segments is not None:
                     parts.extend(tr.segments)
                 else:
-                    s = int(x.meta["val"].shape[d])
+                    s = int(fake(x).shape[d])
                     parts.append((s, s))
             if sum(p[0] for p in parts) == o and sum(p[1] for p in parts) == n:
                 return tuple(parts)
