@@ -5,6 +5,9 @@
 - The library never imports the command line (``toma_export.cli``); the command line sits on top.
 - The method capability table (``toma_export.methods``) never imports the eager code (the mergers live
   there, ``eager/mergers.py``), and the graph pass never imports engines or eager code.
+- The model records (``toma_export.models``: specs, configs, example inputs) import only leaf modules
+  (``errors``, ``quiet``) from the rest of the library; scripts construct no diffusers model classes
+  (model configs live in ``toma_export/models``, e.g. the trial table ``trial_configs.py``).
 - Module-level imports between ``toma_export`` modules (``TYPE_CHECKING`` ones included) form no circle.
 - No module is named after a library it would shadow (``tensorrt``).
 """
@@ -90,6 +93,24 @@ def test_methods_do_not_import_eager_code() -> None:
 def test_graph_does_not_import_engines_or_eager() -> None:
     bad = _forbidden("toma_export/graph", ("toma_export.engines", "toma_export.eager"))
     assert not bad, f"the graph pass sits below the engines and the eager hooks: {bad}"
+
+
+def test_models_import_only_leaf_modules() -> None:
+    allowed = ("toma_export.models", "toma_export.errors", "toma_export.quiet")
+    bad = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if _within(n, ("toma_export",)) and not _within(n, allowed))
+           for p in sorted((ROOT / "toma_export" / "models").rglob("*.py"))}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"the model records sit below every other layer (they may import {allowed}): {bad}"
+
+
+def test_scripts_construct_no_diffusers_models() -> None:
+    """A model config in a script is a table beside ``toma_export/models``; scripts read that table instead."""
+    bad = {}
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        names = [n for n in _imports(path) if n.startswith("diffusers.") and n.endswith("Model")]
+        if names:
+            bad[str(path.relative_to(ROOT))] = sorted(names)
+    assert not bad, f"scripts that build their own diffusers models (move the configs to toma_export/models): {bad}"
 
 
 def _module_name(path: Path) -> str:

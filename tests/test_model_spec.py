@@ -96,3 +96,22 @@ def test_route_per_family_method_and_backend() -> None:
     with pytest.raises(ToMAConfigError, match="--backend inductor cannot be built: CA-ToMe merges a data-dependent"):
         route(unet, catome, "inductor")
     assert route(unet, catome) is Route.ADAPTER  # eager takes every method
+
+
+def test_the_embedded_pipeline_is_the_specs() -> None:
+    """SDXL and Flux denoisers get the encoder-free pipeline their spec names; other families are refused
+    with the way out (their own pipeline), not as a UNet lacking SDXL's conditioning."""
+    from toma_export.models.pipelines import build_pipeline, prompt_embeddings
+
+    assert (specs.UNET.embedded_pipeline, specs.FLUX.embedded_pipeline, specs.WAN.embedded_pipeline) == ("sdxl", "flux", None)
+    pipe = build_pipeline("flux-tiny")
+    assert type(pipe).__name__ == "FluxPipeline" and prompt_embeddings(pipe, text_len=4)["prompt_embeds"].shape[1] == 4
+    with pytest.raises(UnsupportedModelError, match="WanTransformer3DModel: toma-export embeds encoder-free SDXL and Flux "
+                       "pipelines only; build from this model's diffusers pipeline"):
+        build_pipeline("wan-tiny")
+
+    class WanPipe:
+        transformer = model_shell("wan-tiny")
+
+    with pytest.raises(UnsupportedModelError, match="WanTransformer3DModel: stand-in prompt embeddings exist for SDXL"):
+        prompt_embeddings(WanPipe())

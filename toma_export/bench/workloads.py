@@ -17,9 +17,15 @@ import toma_export
 from toma_export.bench.block import GRID, BlockModel, BlockPatch, block_inputs
 from toma_export.bench.ideal import IdealSites
 from toma_export.config import ToMAConfig
+from toma_export.models.architectures import latent_frames
 from toma_export.models.inputs import example_inputs
 from toma_export.models.outputs import first_output as first
 from toma_export.models.registry import load_model
+from toma_export.models.spec import PACKED_TOKEN_PIXELS, spec_for
+
+#: Pixels per image-token side in every transformer workload: 2x2-packed (Flux, FLUX.2, Qwen-Image) or
+#: 2x2-patched (SD3.5, Wan, Z-Image) latents of an 8x VAE.
+TOKEN_PIXELS = PACKED_TOKEN_PIXELS
 
 
 class Handle(Protocol):
@@ -153,47 +159,15 @@ def _unet_builder(default_model: str, default_px: int, name: str) -> Callable[[O
 NARROWER_GRID = "the same transformer on (1-r)*N image tokens (narrower grid), same text tokens"
 
 
-# -- Flux ---------------------------------------------------------------------------------
-def _flux_builder(default_model: str, default_px: int, text_len: int, name: str) -> Callable[[Options], Built]:
-    def build(opts: Options) -> Built:
-        model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
-        h, w = opts.height or default_px, opts.width or default_px
-
-        def inputs(width: int) -> dict[str, Any]:
-            kw = example_inputs(
-                model, batch=opts.batch, height=h, width=width, text_len=text_len, dtype=opts.dtype, device=opts.device
-            )
-            kw["return_dict"] = False
-            return kw
-
-        def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
-            cols = max(1, round((w // 16) * (1 - ratio)))
-            return shared_clone(model), inputs(cols * 16)
-
-        n = (h // 16) * (w // 16)
-        return Built(
-            name,
-            model,
-            inputs(w),
-            EagerHandle,
-            ideal,
-            NARROWER_GRID,
-            f"Flux {opts.model or default_model} at {h}x{w} px = {n} image + {text_len} text tokens, batch {opts.batch}",
-        )
-
-    return build
-
-
-# -- other diffusers transformers (FLUX.2, Qwen-Image, SD3.5, Wan, Z-Image): eager apply runs the graph pass --
-# (ToMA; ToDo through the key/value pass, graph.kv_downsample), engine backends build the same programs.
-def _arch_builder(
+# -- transformers (Flux.1 through its adapter; FLUX.2, Qwen-Image, SD3.5, Wan, Z-Image through the graph pass
+# behind a hook: ToMA, and ToDo through the key/value pass, graph.kv_downsample); engine backends build the
+# same programs.
+def _transformer_builder(
     default_model: str, default_px: int | tuple[int, int], text_len: int, name: str, frames: int = 1
 ) -> Callable[[Options], Built]:
     def build(opts: Options) -> Built:
-        from toma_export.models.architectures import latent_frames
-        from toma_export.models.spec import spec_for
-
         model = load_model(opts.model or default_model, dtype=opts.dtype, device=opts.device)
+        spec = spec_for(model)
         px = default_px if isinstance(default_px, tuple) else (default_px, default_px)
         h, w = opts.height or px[0], opts.width or px[1]
 
@@ -204,12 +178,13 @@ def _arch_builder(
             return kw
 
         def ideal(ratio: float) -> tuple[torch.nn.Module, dict[str, Any]]:
-            cols = max(1, round((w // 16) * (1 - ratio)))  # 16 px per image token in all four families
-            return shared_clone(model), inputs(cols * 16)
+            cols = max(1, round((w // TOKEN_PIXELS) * (1 - ratio)))
+            return shared_clone(model), inputs(cols * TOKEN_PIXELS)
 
-        latent = latent_frames(spec_for(model), frames, patch_size=getattr(model.config, "patch_size", None))
-        n = (h // 16) * (w // 16) * latent
+        latent = latent_frames(spec, frames, patch_size=getattr(model.config, "patch_size", None))
+        n = (h // TOKEN_PIXELS) * (w // TOKEN_PIXELS) * latent
         clip = f", {frames} frames ({latent} latent)" if frames > 1 else ""
+        route = "" if spec.adapter else " (ToMA and ToDo through the graph pass behind a hook)"
         return Built(
             name,
             model,
@@ -218,7 +193,7 @@ def _arch_builder(
             ideal,
             NARROWER_GRID,
             f"{type(model).__name__} {opts.model or default_model} at {h}x{w} px{clip} = {n} image + {text_len} text "
-            f"tokens, batch {opts.batch} (ToMA and ToDo through the graph pass behind a hook)",
+            f"tokens, batch {opts.batch}{route}",
         )
 
     return build
@@ -265,26 +240,26 @@ WORKLOADS: dict[str, Workload] = {
         Workload("sdxl-tiny-unet", "tiny SDXL-architecture UNet, 256^2 (tests)",
                  _unet_builder("sdxl-tiny", 256, "sdxl-tiny-unet"), 5, 1),
         Workload("flux", "Flux.1 width, depth-reduced (2+4 blocks), 4096 image + 512 text tokens",
-                 _flux_builder("flux", 1024, 512, "flux"), 3, 1, opt_in=True),
+                 _transformer_builder("flux", 1024, 512, "flux"), 3, 1, opt_in=True),
         Workload("flux-tiny", "tiny Flux transformer, 256^2 = 256 image tokens (tests)",
-                 _flux_builder("flux-tiny", 256, 16, "flux-tiny"), 5, 1),
+                 _transformer_builder("flux-tiny", 256, 16, "flux-tiny"), 5, 1),
         Workload("sd35", "SD3.5 Medium width (1536), 2 layers (one dual-attention), 4096 image + 333 text tokens",
-                 _arch_builder("sd35-medium-d2", 1024, 333, "sd35"), 3, 1, opt_in=True),
+                 _transformer_builder("sd35-medium-d2", 1024, 333, "sd35"), 3, 1, opt_in=True),
         Workload("qwen-image", "Qwen-Image width (3072), 2 layers, 4096 image + 512 text tokens",
-                 _arch_builder("qwen-image-d2", 1024, 512, "qwen-image"), 3, 1, opt_in=True),
+                 _transformer_builder("qwen-image-d2", 1024, 512, "qwen-image"), 3, 1, opt_in=True),
         Workload("wan", "Wan 2.1 1.3B width (1536), 2 layers, 480x832 px x 17 frames = 5x30x52 latent tokens",
-                 _arch_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
+                 _transformer_builder("wan-1.3b-d2", (480, 832), 512, "wan", frames=17), 3, 1, opt_in=True),
         Workload("flux2", "FLUX.2 [dev] width (6144), 1 double + 1 single block, 4096 image + 512 text tokens",
-                 _arch_builder("flux2-dev-d1", 1024, 512, "flux2"), 2, 1, opt_in=True),
+                 _transformer_builder("flux2-dev-d1", 1024, 512, "flux2"), 2, 1, opt_in=True),
         Workload("flux2-klein", "FLUX.2 [klein] 4B width (3072), 2 double + 4 single blocks, 4096 image + 512 text tokens",
-                 _arch_builder("flux2-klein-d2", 1024, 512, "flux2-klein"), 2, 1, opt_in=True),
+                 _transformer_builder("flux2-klein-d2", 1024, 512, "flux2-klein"), 2, 1, opt_in=True),
         Workload("z-image", "Z-Image-Turbo width (3840), 2 layers + 1 + 1 refiner layers, 4096 image + 512 text tokens",
-                 _arch_builder("z-image-d2", 1024, 512, "z-image"), 2, 1, opt_in=True),
-        Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _arch_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),
+                 _transformer_builder("z-image-d2", 1024, 512, "z-image"), 2, 1, opt_in=True),
+        Workload("sd35-tiny", "tiny SD3.5 transformer, 128^2 (tests)", _transformer_builder("sd35-tiny", 128, 8, "sd35-tiny"), 3, 1),
         Workload("sdxl-loop", "denoising loop of n UNet steps with the recompute schedule",
                  _loop_builder(_unet_builder("sdxl-tiny", 1024, "sdxl-loop"), "sdxl-loop", 10, "sample", 999.0), 3, 1),
         Workload("flux-loop", "denoising loop of n Flux steps with the recompute schedule",
-                 _loop_builder(_flux_builder("flux", 1024, 512, "flux-loop"), "flux-loop", 20, "hidden_states", 1.0),
+                 _loop_builder(_transformer_builder("flux", 1024, 512, "flux-loop"), "flux-loop", 20, "hidden_states", 1.0),
                  2, 1, opt_in=True),
     )
 }

@@ -58,7 +58,14 @@ def build_pipeline(model: str | Path | torch.nn.Module, *, seed: int = 0) -> Any
         if (path / "model_index.json").exists():
             return DiffusionPipeline.from_pretrained(path, local_files_only=True)
     denoiser: Any = model if isinstance(model, torch.nn.Module) else load_model(model, seed=seed)
-    if spec_for(denoiser).kind == "flux":
+    embedded = spec_for(denoiser).embedded_pipeline
+    if embedded is None:
+        raise UnsupportedModelError(
+            f"{type(denoiser).__name__}: toma-export embeds encoder-free SDXL and Flux pipelines only; build from "
+            "this model's diffusers pipeline (a local folder with model_index.json, or a Hub pipeline id) so that "
+            "its own pipeline runs it."
+        )
+    if embedded == "flux":
         if denoiser.config.in_channels != 16:
             raise UnsupportedModelError(
                 f"the embedded Flux pipeline packs 4-channel latents (16 input channels); this transformer takes "
@@ -92,7 +99,12 @@ def prompt_embeddings(pipe: Any, *, batch: int = 1, seed: int = 0, text_len: int
     spec = spec_for(pipe)
     cfg = getattr(pipe, spec.denoiser_attribute).config
     n = text_len or spec.text_len
-    if spec.denoiser_attribute == "transformer":
+    if spec.embedded_pipeline is None:
+        raise UnsupportedModelError(
+            f"{type(getattr(pipe, spec.denoiser_attribute)).__name__}: stand-in prompt embeddings exist for SDXL and "
+            "Flux pipelines only; give this pipeline its text encoders (a pipeline folder or Hub id that has them)."
+        )
+    if spec.embedded_pipeline == "flux":
         return dict(
             prompt_embeds=torch.randn(batch, n, cfg.joint_attention_dim, generator=g),
             pooled_prompt_embeds=torch.randn(batch, cfg.pooled_projection_dim, generator=g),

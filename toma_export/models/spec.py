@@ -51,6 +51,9 @@ class ModelSpec:
     #: Its pipeline runs the denoiser on 2 x images under classifier-free guidance (SDXL), so an artifact's
     #: batch is twice the images.
     cfg_doubles_batch: bool = False
+    #: The encoder-free pipeline :func:`toma_export.models.pipelines.build_pipeline` builds around it (None:
+    #: none; a local pipeline folder brings its own).
+    embedded_pipeline: Literal["sdxl", "flux"] | None = None
 
     @property
     def packed(self) -> bool:
@@ -71,11 +74,13 @@ class ModelSpec:
 _FLUX_IDS = frozenset({"img_ids", "txt_ids"})
 
 UNET = ModelSpec("unet", "unet", "unet", "unet", "latent-map", text_len=77, float32_inputs=frozenset({"timestep"}),
-                 output_class="UNet2DConditionOutput", cfg_doubles_batch=True)
-FLUX = ModelSpec("flux", "flux", "flux", "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS)
+                 output_class="UNet2DConditionOutput", cfg_doubles_batch=True, embedded_pipeline="sdxl")
+FLUX = ModelSpec("flux", "flux", "flux", "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS,
+                 embedded_pipeline="flux")
 #: Flux.1-style blocks in another class (Chroma, ...): Flux's inputs, but the blocks differ inside, so
 #: eager takes the graph pass (which matches structure), not the Flux adapter.
-FLUX_LIKE = ModelSpec("flux", "flux", None, "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS)
+FLUX_LIKE = ModelSpec("flux", "flux", None, "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS,
+                      embedded_pipeline="flux")
 FLUX2 = ModelSpec("flux2", "transformer", None, "transformer", "packed", float32_inputs=_FLUX_IDS)
 QWEN_IMAGE = ModelSpec("qwen-image", "transformer", None, "transformer", "packed")
 SD35 = ModelSpec("sd35", "transformer", None, "transformer", "patched")
