@@ -175,14 +175,6 @@ def _toma_flops(built: Built, spec: Spec, ratio: float, grid: tuple[int, int] | 
         handle.remove()
 
 
-def _image_grid(spec: Spec, built: Built) -> tuple[int, int] | None:
-    """The image-token grid of a Flux-style workload at 16 px per token (what its ids encode)."""
-    if spec.height and spec.width:
-        return spec.height // 16, spec.width // 16
-    m = re.search(r"at (\d+)x(\d+) px", built.describe)
-    return (int(m.group(1)) // 16, int(m.group(2)) // 16) if m else None
-
-
 def flop_ceilings(spec: Spec, ratios: list[float], *, device: str = "meta", toma: bool = True,
                   real_limit: float = REAL_LIMIT) -> list[Ceiling]:
     """Count the unmerged forward once and the ideal (and, with ``toma``, the ToMA row) per ratio.
@@ -203,7 +195,7 @@ def flop_ceilings(spec: Spec, ratios: list[float], *, device: str = "meta", toma
             f"{spec.label()}: the unmerged forward could not be counted on {device} ({type(exc).__name__}: {exc})"
             + ("; try device='cpu' if the model is small" if device == "meta" else "")
         ) from exc
-    grid = _image_grid(spec, built)
+    grid = built.token_grid
     shared = (time.perf_counter() - start) / max(1, len(ratios))  # build + unmerged count, split evenly
     out = []
     for r in ratios:

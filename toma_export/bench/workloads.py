@@ -82,6 +82,8 @@ class Built:
     ideal_note: str
     describe: str
     run: Callable[[Callable[..., Any], dict[str, Any]], Any] = field(default=lambda fn, kw: fn(**kw))
+    #: rows x columns of image tokens for packed transformers (what their position ids encode), else None
+    token_grid: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def _transformer_builder(
             NARROWER_GRID,
             f"{type(model).__name__} {opts.model or default_model} at {h}x{w} px{clip} = {n} image + {text_len} text "
             f"tokens, batch {opts.batch}{route}",
+            token_grid=(h // TOKEN_PIXELS, w // TOKEN_PIXELS),
         )
 
     return build
