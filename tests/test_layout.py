@@ -4,7 +4,8 @@
   ``toma_export.core`` and ``toma_export.errors``.
 - The library never imports the command line (``toma_export.cli``); the command line sits on top.
 - The method capability table (``toma_export.methods``) never imports the eager code (the mergers live
-  there, ``eager/mergers.py``), and the graph pass never imports engines or eager code.
+  there, ``eager/mergers.py``), and the graph pass never imports engines or eager code, nor names
+  artifacts (manifests are engine-side).
 - Module-level imports between ``toma_export`` modules (``TYPE_CHECKING`` ones included) form no circle.
 - No module is named after a library it would shadow (``tensorrt``).
 """
@@ -90,6 +91,13 @@ def test_methods_do_not_import_eager_code() -> None:
 def test_graph_does_not_import_engines_or_eager() -> None:
     bad = _forbidden("toma_export/graph", ("toma_export.engines", "toma_export.eager"))
     assert not bad, f"the graph pass sits below the engines and the eager hooks: {bad}"
+
+
+def test_graph_knows_no_artifacts() -> None:
+    """Artifacts (manifests, their formatting) are engine-side: the graph pass neither imports nor names them."""
+    named = {str(p.relative_to(ROOT)): [w for w in ("manifest", "format_artifact", "read_manifest") if w in p.read_text()]
+             for p in sorted((ROOT / "toma_export" / "graph").rglob("*.py"))}
+    assert not any(named.values()), {k: v for k, v in named.items() if v}
 
 
 def _module_name(path: Path) -> str:

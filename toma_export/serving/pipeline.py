@@ -148,10 +148,9 @@ def generator_for_source(
         shapes = loaded.manifest.shapes
         pipe = pipeline_for(loaded, seed=seed)
         pipe.set_progress_bar_config(disable=True)
-        if shapes.get("dynamic_batch"):
-            return BatchedGenerator(pipe, int(shapes["height"]), int(shapes["width"]), max_images=shapes.get("batch_max"))
-        return BatchedGenerator(pipe, int(shapes["height"]), int(shapes["width"]),
-                                fixed_denoiser_batch=int(shapes["batch"]), exact=True)
+        if shapes.dynamic_batch:
+            return BatchedGenerator(pipe, shapes.height, shapes.width, max_images=shapes.batch_max)
+        return BatchedGenerator(pipe, shapes.height, shapes.width, fixed_denoiser_batch=shapes.batch, exact=True)
     import toma_export
     from toma_export.config import ToMAConfig
     from toma_export.models.pipelines import build_pipeline
