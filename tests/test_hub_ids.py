@@ -184,7 +184,7 @@ def test_manifest_naming_an_uncached_hub_id_is_refused_at_once(no_network: None)
     import time
 
     from toma_export.config import ToMAConfig
-    from toma_export.engines.artifact import BuildDetails, Manifest, ModelRecord, Shapes
+    from toma_export.engines.manifest import BuildDetails, Manifest, ModelRecord, Shapes
     from toma_export.engines.model_source import source_shell
     from toma_export.models.spec import UNET
 

@@ -22,24 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from toma_export.engines.manifest import (
-    MANIFEST,
-    REBUILD,
-    ArtifactError,
-    BuildDetails,
-    Manifest,
-    ModelRecord,
-    Shapes,
-    SiteRecord,
-    bad_entry,
-    loads,
-    parse_manifest,
-)
+from toma_export.engines.manifest import MANIFEST, REBUILD, ArtifactError, Manifest, bad_entry, loads, parse_manifest
 from toma_export.fsutil import PublishError, atomic_folder, atomic_write_text
 
 __all__ = [
-    "MANIFEST", "ArtifactError", "BuildDetails", "Manifest", "ModelRecord", "Shapes", "SiteRecord", "artifact_folder",
-    "library_versions", "read_manifest", "replace_refusal", "sha256_file", "write_manifest",
+    "MANIFEST", "ArtifactError", "Manifest", "artifact_folder", "library_versions", "read_manifest", "replace_refusal",
+    "sha256_file", "write_manifest",
 ]
 
 #: manifest.json larger than this is refused before it is read (a real one is a few KiB).

@@ -25,16 +25,8 @@ import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.dtypes import precision_dtype
 from toma_export.engines import BACKENDS
-from toma_export.engines.artifact import (
-    BuildDetails,
-    Manifest,
-    ModelRecord,
-    Shapes,
-    SiteRecord,
-    artifact_folder,
-    library_versions,
-    write_manifest,
-)
+from toma_export.engines.artifact import artifact_folder, library_versions, write_manifest
+from toma_export.engines.manifest import BuildDetails, Manifest, ModelRecord, Shapes, SiteRecord
 from toma_export.engines.signature import dump_spec
 from toma_export.errors import ToMAConfigError, ToMAError, ToMATypeError
 from toma_export.graph import Captured, capture

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from toma_export.dtypes import DTYPES
-from toma_export.engines.artifact import ArtifactError, Manifest
+from toma_export.engines.manifest import ArtifactError, Manifest
 
 __all__ = ["check_engine_files", "check_shapes_fit_model"]
 

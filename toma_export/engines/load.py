@@ -9,7 +9,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from toma_export.dtypes import DTYPES
-from toma_export.engines.artifact import ArtifactError, Manifest, Shapes, read_manifest
+from toma_export.engines.artifact import read_manifest
+from toma_export.engines.manifest import ArtifactError, Manifest, Shapes
 from toma_export.engines.consistency import check_engine_files
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError

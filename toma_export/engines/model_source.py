@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from toma_export.engines.artifact import ArtifactError, Manifest, ModelRecord
+from toma_export.engines.manifest import ArtifactError, Manifest, ModelRecord
 from toma_export.errors import ToMAError
 from toma_export.models.identity import config_hash
 from toma_export.models.registry import EMBEDDED_MODELS, is_hub_id, model_shell, resolve_model

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from toma_export.engines.artifact import ModelRecord
+from toma_export.engines.manifest import ModelRecord
 from toma_export.engines.load import LoadedArtifact, load_artifact
 from toma_export.errors import ToMAError
 from toma_export.input_rules import check_guidance, check_path, check_text

@@ -128,8 +128,9 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     setattr(pipe, model_spec.denoiser_attribute, denoiser)
     pipe.set_progress_bar_config(disable=True)
     if shapes.dynamic_batch:
-        return BatchedGenerator(pipe, shapes.height, shapes.width, max_images=shapes.batch_max)
-    return BatchedGenerator(pipe, shapes.height, shapes.width, fixed_denoiser_batch=shapes.batch, exact=True)
+        return BatchedGenerator(pipe, shapes.height, shapes.width, max_images=shapes.batch_max, spec=model_spec)
+    return BatchedGenerator(pipe, shapes.height, shapes.width, fixed_denoiser_batch=shapes.batch, exact=True,
+                            spec=model_spec)
 
 
 class TritonPythonModel:
