@@ -2,8 +2,9 @@
 
 One real ``sdxl-tiny`` build per module (``--force`` onto an artifact of another version, so the
 replacement path is exercised end to end); tests that corrupt it work on a ``shutil.copytree`` copy.
-Publishing tests drive :func:`atomic_folder` directly with a few small files (what ``build_artifact``
-does around its export stages), so they take milliseconds.
+Publishing tests drive :func:`artifact_folder` (``fsutil.atomic_folder`` with the artifact's replacement
+rule) directly with a few small files (what ``build_artifact`` does around its export stages), so they
+take milliseconds.
 """
 
 from __future__ import annotations
@@ -26,17 +27,15 @@ import pytest
 from toma_export import ToMAError
 from toma_export.engines.artifact import (
     MAX_MANIFEST_BYTES,
-    OWNER,
     ArtifactError,
     Manifest,
-    atomic_folder,
-    clean_stale_partials,
+    artifact_folder,
     read_manifest,
     write_manifest,
 )
 from toma_export.engines.build import BuildRequest, build_artifact
 from toma_export.engines.load import load_artifact
-from toma_export.fsutil import atomic_write_text, current_umask, rename_noreplace
+from toma_export.fsutil import OWNER, PublishError, atomic_folder, atomic_write_text, clean_stale_partials, current_umask, rename_noreplace
 
 from toma_export.engines.verify import verify_artifact
 
@@ -153,7 +152,7 @@ def test_existing_path_is_never_overwritten_without_force(make: Callable[[Path],
 def test_folder_created_at_out_during_the_build_is_kept(content: dict[str, str], artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(ArtifactError, match=re.escape(f"{out} appeared while this build ran")):
-        with atomic_folder(out) as tmp:
+        with artifact_folder(out) as tmp:
             _fill(tmp, artifact)
             out.mkdir()  # e.g. the user, or another tool, creates it meanwhile
             for name, text in content.items():
@@ -165,8 +164,8 @@ def test_folder_created_at_out_during_the_build_is_kept(content: dict[str, str],
 def test_two_concurrent_builds_into_one_out_one_wins(artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with contextlib.ExitStack() as first, contextlib.ExitStack() as second:
-        tmp_a = first.enter_context(atomic_folder(out))  # both start while --out does not exist
-        tmp_b = second.enter_context(atomic_folder(out))
+        tmp_a = first.enter_context(artifact_folder(out))  # both start while --out does not exist
+        tmp_b = second.enter_context(artifact_folder(out))
         _fill(tmp_a, artifact, "A")
         _fill(tmp_b, artifact, "B")
         first.close()  # A finishes first and wins
@@ -178,17 +177,34 @@ def test_two_concurrent_builds_into_one_out_one_wins(artifact: Path, tmp_path: P
 
 def test_force_replacement_keeps_the_old_artifact_when_the_build_fails(artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with atomic_folder(out) as tmp:
+    with artifact_folder(out) as tmp:
         _fill(tmp, artifact, "old")
     with pytest.raises(RuntimeError, match="export failed"):
-        with atomic_folder(out, overwrite=True) as tmp:
+        with artifact_folder(out, overwrite=True) as tmp:
             _fill(tmp, artifact, "new")
             raise RuntimeError("export failed")
     assert (out / "select.onnx").read_bytes() == b"selectold" and read_manifest(out)
-    with atomic_folder(out, overwrite=True) as tmp:
+    with artifact_folder(out, overwrite=True) as tmp:
         _fill(tmp, artifact, "new")
     assert (out / "select.onnx").read_bytes() == b"selectnew" and read_manifest(out)
     assert _listing(tmp_path) == ["out"]
+
+
+def test_atomic_folder_without_a_replacement_rule_replaces_nothing(tmp_path: Path) -> None:
+    """The one folder publisher, as export-triton uses it: no rule, so nothing existing is ever replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(PublishError, match=re.escape(f"{out} already exists; choose another --out")):
+        with atomic_folder(out):
+            pass
+    with pytest.raises(ValueError, match="needs a replaceable rule"):
+        with atomic_folder(out, overwrite=True):
+            pass
+    assert _listing(tmp_path) == ["out"] and (out / "mine.txt").read_text() == "keep"
+    with atomic_folder(tmp_path / "new") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (tmp_path / "new" / "a.txt").read_text() == "a" and _listing(tmp_path) == ["new", "out"]
 
 
 # --- partial folders of killed builds ------------------------------------------------------------------
@@ -216,7 +232,7 @@ def test_stale_partials_of_dead_builds_are_removed(artifact: Path, tmp_path: Pat
     live = _partial(tmp_path, "live", "out", os.getpid())  # a build running in this process
     unknown = _partial(tmp_path, "noowner", "out", None)  # just being created, or not ours
     other = _partial(tmp_path, "x", "out.x", dead)  # .out.x.partial of --out out.x: not ours to judge
-    with atomic_folder(tmp_path / "out") as tmp:
+    with artifact_folder(tmp_path / "out") as tmp:
         _fill(tmp, artifact)
     assert not stale.exists() and live.exists() and unknown.exists()
     assert read_manifest(tmp_path / "out")
@@ -237,7 +253,7 @@ def test_artifacts_get_the_users_umask(artifact: Path, tmp_path: Path) -> None:
     assert {_mode(p) for p in artifact.iterdir()} == {0o666 & ~umask}
     old = os.umask(0o027)
     try:
-        with atomic_folder(tmp_path / "out") as tmp:
+        with artifact_folder(tmp_path / "out") as tmp:
             _fill(tmp, artifact)
     finally:
         os.umask(old)
@@ -431,6 +447,22 @@ SCHEMA_CASES: list[tuple[str, Any, str]] = [
     ("config-unknown-key", _set(1, "config", "speed"), r"'config' is not a valid ToMAConfig .*speed"),
     ("unknown-key", _set(1, "signature"), r"'signature' is not a manifest key"),
     ("variants-names", _set({"fast": "select.onnx"}, "extra", "variants"), r"'extra\.variants' must name the variants"),
+    ("precision-unknown", _set("fp8", "extra", "precision"), r"'extra\.precision' must be one of fp32, fp16, bf16, not 'fp8'"),
+    ("selection-unknown", _set("fast", "extra", "selection"), r"'extra\.selection' must be one of unrolled, plugin"),
+    ("input-dtypes-type", _set("float32", "extra", "input_dtypes"), r"'extra\.input_dtypes' must be a list, not str"),
+    ("missing-extra.seed", _drop("extra", "seed"), r"'extra\.seed' is missing"),
+    ("extra-unknown-key", _set(1, "extra", "speed"), r"'extra\.speed' is not a manifest key"),
+    ("site-tokens-type", _set("3", "extra", "sites", 0, "tokens"), r"'extra\.sites\.0\.tokens' must be an int, not str"),
+    ("batch-0", _set(0, "shapes", "height"), r"'shapes\.height' must be an int >= 1, not 0"),
+    ("batch-dims-not-dynamic", _set([0, 0, 0, 0, 0], "shapes", "batch_dims"), r"'shapes\.batch_dims' is set, but 'dynamic_batch'"),
+    ("missing-model.class", _drop("model", "class"), r"'model\.class' is missing"),
+    ("model-hash-type", _set(7, "model", "weights_hash"), r"'model\.weights_hash' must be a string, not int"),
+    ("model-source", _set("ftp", "model", "source"), r"'model\.source' must be one of embedded, local, hub, not 'ftp'"),
+    ("missing-model.spec", _drop("model", "spec"), r"'model\.spec' is missing"),
+    ("missing-model.spec.kind", _drop("model", "spec", "kind"), r"'model\.spec\.kind' is missing"),
+    ("spec-unknown-family", _set("sdxl-turbo", "model", "spec", "family"), r"'model\.spec' records a model family this "
+     r"toma-export does not know \('sdxl-turbo', kind 'unet'"),
+    ("spec-edited-fact", _set(["sample"], "model", "spec", "float32_inputs"), r"'model\.spec' records a model family"),
 ]
 
 
@@ -443,6 +475,35 @@ def test_manifest_schema_errors_name_the_key_and_the_fix(case: str, edit: Any, m
     with pytest.raises(ArtifactError, match=re.escape(str(folder / "manifest.json")) + ".*" + message + ".*rebuild the artifact"):
         load_artifact(folder)
     assert issubclass(ArtifactError, ToMAError)
+
+
+def test_manifest_of_another_format_is_refused_with_its_version(artifact: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from toma_export.cli import main
+    from toma_export.engines.manifest import FORMAT_VERSION
+
+    folder = _copy(artifact, tmp_path / "art")
+    _write(folder, _set(FORMAT_VERSION - 1, "format_version")(_manifest(folder)))
+    message = f"written in artifact format {FORMAT_VERSION - 1}; this toma-export reads format {FORMAT_VERSION}. Rebuild it"
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        load_artifact(folder)
+    assert main(["inspect", str(folder)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_manifest_round_trip_gives_equal_records(artifact: Path) -> None:
+    """Written -> read -> written again: equal typed records and the same JSON; the model's spec is recorded
+    as the family's own record, and the config as the ToMAConfig that was built."""
+    from toma_export.config import ToMAConfig
+    from toma_export.models.spec import UNET
+
+    m = read_manifest(artifact)
+    assert Manifest.from_json(m.to_json()) == m
+    assert m.to_json() == json.dumps(_manifest(artifact), indent=2, sort_keys=True)
+    assert m.model.spec is UNET and m.model.class_name == "UNet2DConditionModel" and m.model.source == "embedded"
+    assert m.config == ToMAConfig(recompute_every=2) and (m.shapes.batch, m.shapes.height) == (2, SIZE)
+    assert m.extra.groups and all(isinstance(g, tuple) and len(g) == 2 for g in m.extra.groups)
+    assert {s.kind for s in m.extra.sites} <= {"attn", "cross", "mlp"} and m.extra.sites
 
 
 # --- kept behaviour ----------------------------------------------------------------------------------
@@ -493,7 +554,6 @@ INCONSISTENT: list[tuple[str, Callable[[dict[str, Any], Path], Any], str]] = [
     ("precision-fp16", _edit("extra", "precision", value="fp16"), r"precision says fp16.*precision mismatch"),
     ("precision-and-dtypes-fp16", lambda m, f: (_set("fp16", "extra", "precision")(m), _set(["float16"] * 5, "extra", "input_dtypes")(m)),
      r"precision mismatch: extra\.precision fp16 / input_dtypes say float16, but (select|reuse)\.onnx takes float32"),
-    ("precision-unknown", _edit("extra", "precision", value="fp8"), r"extra\.precision 'fp8' is not one of"),
     ("backend-inductor", _edit("backend", value="inductor"), r"backend 'inductor' writes \.pt2 files"),
     ("backend-tensorrt", _edit("backend", value="tensorrt"), r"backend 'tensorrt' writes \.plan files"),
     ("backend-unknown", _edit("backend", value="tvm"), r"backend 'tvm' is not one this runtime loads"),

@@ -138,11 +138,14 @@ def test_hub_options_on_names_and_folders_are_refused(tmp_path: Path) -> None:
 
 def test_run_loads_a_hub_pipelines_components() -> None:
     """What ``run`` does for an artifact built from a Hub pipeline id: that pipeline, from the cache."""
+    from toma_export.engines.manifest import ModelRecord
     from toma_export.engines.run import _load_source_pipeline
+    from toma_export.models.spec import spec_for
 
-    ident = model_identity(load_model("toma-test/tiny-pipe"), "toma-test/tiny-pipe")
-    shell = model_shell("toma-test/tiny-pipe", revision=ident["commit"], subfolder=ident["subfolder"])
-    pipe = _load_source_pipeline(ident, shell)
+    model = load_model("toma-test/tiny-pipe")
+    record = ModelRecord.from_identity(model_identity(model, "toma-test/tiny-pipe"), spec_for(model))
+    shell = model_shell("toma-test/tiny-pipe", revision=record.commit, subfolder=record.subfolder)
+    pipe = _load_source_pipeline(record, shell)
     assert type(pipe).__name__ == "StableDiffusionXLPipeline" and pipe.unet is shell
     assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection" and pipe.tokenizer is not None
 
@@ -180,11 +183,14 @@ def test_uncached_id_without_network_is_refused_in_under_2_s(no_network: None, t
 def test_manifest_naming_an_uncached_hub_id_is_refused_at_once(no_network: None) -> None:
     import time
 
-    from toma_export.engines.artifact import Manifest
+    from toma_export.config import ToMAConfig
+    from toma_export.engines.manifest import BuildDetails, Manifest, ModelRecord, Shapes
     from toma_export.engines.model_source import source_shell
+    from toma_export.models.spec import UNET
 
-    manifest = Manifest(model={"name": "toma-test/not-cached", "source": "hub", "class": "UNet2DConditionModel"},
-                        config={}, backend="onnxruntime", shapes={})
+    model = ModelRecord("toma-test/not-cached", "UNet2DConditionModel", "0" * 16, "0" * 16, UNET, source="hub")
+    manifest = Manifest(model=model, config=ToMAConfig(), backend="onnxruntime", shapes=Shapes(1, 64, 64, []),
+                        extra=BuildDetails({"single": "single.onnx"}, [], "", "fp32", "unrolled", [], 0))
     start = time.perf_counter()
     with pytest.raises(UnsupportedModelError, match="records \\(toma-test/not-cached\\).*no network.*--model"):
         source_shell(manifest)

@@ -4,7 +4,8 @@
   ``toma_export.core`` and ``toma_export.errors``.
 - The library never imports the command line (``toma_export.cli``); the command line sits on top.
 - The method capability table (``toma_export.methods``) never imports the eager code (the mergers live
-  there, ``eager/mergers.py``), and the graph pass never imports engines or eager code.
+  there, ``eager/mergers.py``), and the graph pass never imports engines or eager code, nor names
+  artifacts (manifests are engine-side).
 - The model records (``toma_export.models``: specs, configs, example inputs) import only leaf modules
   (``errors``, ``quiet``) from the rest of the library; scripts construct no diffusers model classes
   (model configs live in ``toma_export/models``, e.g. the trial table ``trial_configs.py``).
@@ -111,6 +112,13 @@ def test_scripts_construct_no_diffusers_models() -> None:
         if names:
             bad[str(path.relative_to(ROOT))] = sorted(names)
     assert not bad, f"scripts that build their own diffusers models (move the configs to toma_export/models): {bad}"
+
+
+def test_graph_knows_no_artifacts() -> None:
+    """Artifacts (manifests, their formatting) are engine-side: the graph pass neither imports nor names them."""
+    named = {str(p.relative_to(ROOT)): [w for w in ("manifest", "format_artifact", "read_manifest") if w in p.read_text()]
+             for p in sorted((ROOT / "toma_export" / "graph").rglob("*.py"))}
+    assert not any(named.values()), {k: v for k, v in named.items() if v}
 
 
 def _module_name(path: Path) -> str:

@@ -259,7 +259,7 @@ def test_onnxruntime_artifact_verifies_against_eager_todo(tmp_path: Path) -> Non
     out = build_artifact(BuildRequest("wan-tiny", method="todo", ratio=RATIO, height=h, width=w, frames=frames,
                                       out=tmp_path / "a"), progress=False)
     m = read_manifest(out)
-    assert list(m.extra["variants"]) == ["single"] and len(m.extra["sites"]) == n_sites
+    assert list(m.extra.variants) == ["single"] and len(m.extra.sites) == n_sites
     ok, rows = verify_artifact(out, steps=2)
     assert ok, rows
     assert all(r["max_vs_unmerged"] > 10 * r["max_vs_eager"] for r in rows)  # ToDo told apart from no merging

@@ -78,8 +78,8 @@ def eager_toma(pipeline_folder: Path) -> torch.Tensor:
 
 def test_manifest_names_the_pipeline(artifact: Path, pipeline_folder: Path) -> None:
     model = load_artifact(artifact).manifest.model
-    assert model["name"] == str(pipeline_folder)
-    assert (model["source"], model["component"], model["subfolder"]) == ("local", "unet", "unet")
+    assert model.name == str(pipeline_folder)
+    assert (model.source, model.component, model.subfolder) == ("local", "unet", "unet")
 
 
 def test_run_loads_the_saved_pipelines_components(artifact: Path, pipeline_folder: Path, eager_toma: torch.Tensor) -> None:

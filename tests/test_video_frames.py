@@ -97,17 +97,14 @@ def test_inspect_reports_the_video_grid(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_manifest_frames_schema() -> None:
-    from toma_export.engines.artifact import ArtifactError, Manifest, _parse
+    from toma_export.engines.manifest import ArtifactError, Shapes
 
-    base = dict(model={"name": "m"}, config={}, backend="onnxruntime", files={"single.onnx": "0" * 64}, versions={},
-                extra={"variants": {"single": "single.onnx"}, "groups": [], "input_spec": ""},
-                format_version=Manifest.format_version)
-    old = dict(base, shapes={"batch": 1, "height": 64, "width": 64, "inputs": [[1, 4, 1, 8, 8]]})
-    assert _parse(old, "m").frames == 1  # manifests from before `frames`: one frame
-    assert _parse(dict(base, shapes={**old["shapes"], "frames": 5}), "m").frames == 5
+    shapes = {"batch": 1, "height": 64, "width": 64, "inputs": [[1, 4, 1, 8, 8]]}
+    assert Shapes.from_json(shapes, "m").frames == 1  # absent: one frame (an image)
+    assert Shapes.from_json({**shapes, "frames": 5}, "m").frames == 5
     for bad in (0, "5", True):
         with pytest.raises(ArtifactError, match="shapes.frames"):
-            _parse(dict(base, shapes={**old["shapes"], "frames": bad}), "m")
+            Shapes.from_json({**shapes, "frames": bad}, "m")
 
 
 @pytest.mark.slow
@@ -124,9 +121,9 @@ def test_wan_clip_artifact_builds_and_verifies_against_eager(tmp_path: Path,
     out = build_artifact(BuildRequest("wan-tiny", ratio=0.5, height=64, width=64, frames=5, batch=1,
                                       out=tmp_path / "wan", recompute_every=2), progress=False)
     m = read_manifest(out)
-    assert m.shapes["frames"] == 5 and m.frames == 5
-    assert m.shapes["inputs"][0] == [1, 4, 2, 8, 8]  # (B, C, 2 latent frames, 64/8, 64/8)
-    assert set(m.extra["variants"]) == {"select", "reuse"}
+    assert m.shapes.frames == 5 and m.frames == 5 and m.model.spec.video
+    assert m.shapes.inputs[0] == [1, 4, 2, 8, 8]  # (B, C, 2 latent frames, 64/8, 64/8)
+    assert set(m.extra.variants) == {"select", "reuse"}
 
     ok, rows = verify_artifact(out, steps=3)
     assert ok, rows

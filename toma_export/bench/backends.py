@@ -175,6 +175,7 @@ def _engine_backend(
 
         from toma_export.engines.build import _variants
         from toma_export.engines.load import make_runner
+        from toma_export.engines.manifest import Shapes
         from toma_export.engines.signature import dump_spec
 
         cfg = config or ToMAConfig(ratio=0.0, method="none")
@@ -184,10 +185,9 @@ def _engine_backend(
         engines = {v: build_variant(ep, Path(folder.name) / v) for v, ep in variants.items()}
         leaves = [t for t in torch.utils._pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
         runner = make_runner(
-            engines,
-            {"input_spec": dump_spec(example), "num_groups": n_groups,
-             "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in leaves]},
-            {"inputs": [list(t.shape) for t in leaves], "batch": int(leaves[0].shape[0]), "height": "?", "width": "?"},
+            engines, input_spec=dump_spec(example), num_groups=n_groups,
+            input_dtypes=[str(t.dtype).removeprefix("torch.") for t in leaves],
+            shapes=Shapes(batch=int(leaves[0].shape[0]), height=0, width=0, inputs=[list(t.shape) for t in leaves]),
         )
         schedule = StepSchedule(cfg.recompute_every)
 

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +25,8 @@ import toma_export
 from toma_export.config import ToMAConfig
 from toma_export.dtypes import precision_dtype
 from toma_export.engines import BACKENDS
-from toma_export.engines.artifact import Manifest, atomic_folder, library_versions, write_manifest
+from toma_export.engines.artifact import artifact_folder, library_versions, write_manifest
+from toma_export.engines.manifest import BuildDetails, Manifest, ModelRecord, Shapes, SiteRecord
 from toma_export.engines.signature import dump_spec
 from toma_export.errors import ToMAConfigError, ToMAError, ToMATypeError
 from toma_export.graph import Captured, capture
@@ -36,7 +37,7 @@ from toma_export.methods import get as get_method
 from toma_export.methods.route import Route, check_backend, route
 from toma_export.models.registry import load_model
 from toma_export.models.spec import VAE_FACTOR, ModelSpec, spec_for, spec_for_config
-from toma_export.vocabulary import SELECTIONS, Selection
+from toma_export.vocabulary import SELECTIONS, Precision, Selection
 
 #: The largest image side ``build`` accepts, in pixels (checked before the model is loaded).
 MAX_SIDE = 4096
@@ -255,7 +256,7 @@ def _validate(req: BuildRequest) -> ToMAConfig:
 
 def _variants(
     model: torch.nn.Module, kwargs: dict[str, Any], config: ToMAConfig, dynamic_batch: bool = False, *,
-    backend: str = "onnxruntime",
+    backend: str = "onnxruntime", spec: ModelSpec | None = None,
 ) -> tuple[dict[str, Any], int, Any]:
     """Exported programs by variant name, the number of destination groups, and the program, on the
     route (:func:`toma_export.methods.route`) ``config`` takes on ``model`` for ``backend``.
@@ -264,7 +265,7 @@ def _variants(
     and the destinations), so one artifact serves any batch at the built resolution.
     """
     # ToMA's graph pass; ToDo's key/value pass where eager apply runs it (one stateless variant, no groups)
-    if route(spec_for(model), config, backend, name=type(model).__name__) in (Route.GRAPH_PASS, Route.KV_PASS):
+    if route(spec or spec_for(model), config, backend, name=type(model).__name__) in (Route.GRAPH_PASS, Route.KV_PASS):
         program = toma_export.rewrite(model, kwargs, config, dynamic_batch=dynamic_batch)  # refuses 0 merged sites
         _require_one_output(model, program.captured.ep)
         if program.groups:
@@ -374,7 +375,7 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
 
     with contextlib.ExitStack() as stack:
         try:
-            tmp = stack.enter_context(atomic_folder(Path(req.out), overwrite=req.force))
+            tmp = stack.enter_context(artifact_folder(Path(req.out), overwrite=req.force))
         except OSError as err:
             raise ToMAError(
                 f"cannot create the artifact at {req.out} ({err.strerror or err}); choose an --out in a folder you "
@@ -389,9 +390,10 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
             raise  # names its own fix (e.g. --frames)
         except ValueError as err:
             raise ToMAConfigError(f"{err}; pick --height/--width the model accepts.") from None
+        spec = spec_for(model)  # resolved once: the route, and the manifest's model record
         variants, n_groups, program = stage(
             "capture + rewrite (torch.export)",
-            lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch, backend=req.backend),
+            lambda: _variants(model, kwargs, config, dynamic_batch=req.dynamic_batch, backend=req.backend, spec=spec),
         )
         bar.total = 3 + len(variants) * _ENGINE_PHASES.get(req.backend, 1)
         bar.refresh()
@@ -402,26 +404,24 @@ def build_artifact(req: BuildRequest, *, progress: bool = True) -> Path:
         start = time.perf_counter()
         files = export_all(variants, tmp)
         timings["export engines"] = round(time.perf_counter() - start, 2)
-        flat_shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
-        groups = [[g.layout.num_tiles, g.k] for g in program.groups] if program is not None else []
+        leaves = [t for t in torch.utils._pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
         manifest = Manifest(
-            model=model_identity(model, str(req.model)),
-            config=config.to_dict(),
+            model=ModelRecord.from_identity(model_identity(model, str(req.model)), spec),
+            config=config,
             backend=req.backend,
-            shapes=_shapes(req, flat_shapes, batch_dims, batch_range),
+            shapes=_shapes(req, [list(t.shape) for t in leaves], batch_dims, batch_range),
             versions=library_versions(),
-            extra={
-                "variants": files,
-                "groups": groups,
-                "input_spec": dump_spec(kwargs),
-                "selection": req.selection if req.backend == "onnxruntime" else "plugin",
-                "precision": req.precision,
-                "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in torch.utils._pytree.tree_leaves(kwargs)
-                                 if isinstance(t, torch.Tensor)],
-                "sites": [dataclasses.asdict(s) for s in program.sites] if program is not None else [],
-                "build_seconds": timings,
-                "seed": req.seed,
-            },
+            extra=BuildDetails(
+                variants=files,
+                groups=[(g.layout.num_tiles, g.k) for g in program.groups] if program is not None else [],
+                input_spec=dump_spec(kwargs),
+                selection=req.selection if req.backend == "onnxruntime" else "plugin",
+                precision=cast(Precision, req.precision),  # a PRECISIONS name (checked by _validate)
+                input_dtypes=[str(t.dtype).removeprefix("torch.") for t in leaves],
+                sites=[SiteRecord.of(s) for s in program.sites] if program is not None else [],
+                build_seconds=timings,
+                seed=req.seed,
+            ),
         )
         stage("manifest", lambda: write_manifest(tmp, manifest))
     bar.close()
@@ -441,25 +441,21 @@ def _batch_dims(ep: Any) -> list[int | None]:
 
 def _shapes(
     req: BuildRequest, flat_shapes: list[list[int]], batch_dims: list[int | None], batch_range: tuple[int, int | None] | None
-) -> dict[str, Any]:
-    """Manifest shapes: the example batch, resolution and pixel frames (``frames``; manifests from before
-    it mean 1), per-input shapes; with a dynamic batch also
-    ``dynamic_batch``, which dim of each input is the batch and the largest batch the exported program
-    is valid for (``batch_max``, None: unbounded; e.g. 63 for UNets, whose upsampler branches at 64)."""
-    shapes: dict[str, Any] = {"batch": req.batch, "height": req.height, "width": req.width, "frames": req.frames,
-                              "inputs": flat_shapes}
-    if req.dynamic_batch:
-        shapes.update(dynamic_batch=True, batch_dims=batch_dims[: len(flat_shapes)],
-                      batch_max=batch_range[1] if batch_range else None)
-    return shapes
+) -> Shapes:
+    """Manifest shapes: the example batch, resolution and pixel frames, per-input shapes; with a dynamic
+    batch also which dim of each input is the batch and the largest batch the exported program is valid
+    for (``batch_max``, None: unbounded; e.g. 63 for UNets, whose upsampler branches at 64)."""
+    if not req.dynamic_batch:
+        return Shapes(req.batch, req.height, req.width, flat_shapes, req.frames)
+    return Shapes(req.batch, req.height, req.width, flat_shapes, req.frames, dynamic_batch=True,
+                  batch_dims=batch_dims[: len(flat_shapes)], batch_max=batch_range[1] if batch_range else None)
 
 
 def require_same_model(manifest: Manifest, model: torch.nn.Module) -> None:
     """Refuse to pair an artifact with a model other than the one it was built from."""
-    ident = model_identity(model, manifest.model["name"])
-    for key in ("class", "config_hash", "weights_hash"):
-        if ident[key] != manifest.model.get(key):
-            raise ToMAError(
-                f"the artifact was built from another model ({key} {manifest.model.get(key)} != {ident[key]}); "
-                "rebuild it for this model."
-            )
+    got = ModelRecord.from_identity(model_identity(model, manifest.model.name), manifest.model.spec)
+    for key in ("class_name", "config_hash", "weights_hash"):
+        want, have = getattr(manifest.model, key), getattr(got, key)
+        if have != want:
+            name = "class" if key == "class_name" else key
+            raise ToMAError(f"the artifact was built from another model ({name} {want} != {have}); rebuild it for this model.")

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from toma_export.dtypes import DTYPES
-from toma_export.engines.artifact import ArtifactError, Manifest
-from toma_export.vocabulary import PRECISIONS
+from toma_export.engines.manifest import ArtifactError, Manifest
 
 __all__ = ["check_engine_files", "check_shapes_fit_model"]
 
@@ -43,37 +42,32 @@ def _dtype(name: Any) -> torch.dtype | None:
     return d if isinstance(d, torch.dtype) else None
 
 
-def recorded_dtypes(folder: Path, manifest: Manifest) -> list[torch.dtype] | None:
-    """``extra.precision`` and ``extra.input_dtypes`` checked against each other; the per-input dtypes
-    (None for artifacts that do not record them)."""
-    extra = manifest.extra
-    precision = extra.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise _inconsistent(folder, f"extra.precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    names = extra.get("input_dtypes")
-    if names is None:
-        return None
-    n = len(manifest.shapes["inputs"])
-    if not isinstance(names, list) or len(names) != n:
+def recorded_dtypes(folder: Path, manifest: Manifest) -> list[torch.dtype]:
+    """``extra.input_dtypes`` as torch dtypes, one per input, checked against ``extra.precision`` (the
+    schema has checked that each is a known precision and a list of names)."""
+    names, precision = manifest.extra.input_dtypes, manifest.extra.precision
+    n = len(manifest.shapes.inputs)
+    if len(names) != n:
         raise _inconsistent(folder, f"extra.input_dtypes {names!r} must name one dtype per input ({n} inputs in "
                                     "shapes.inputs)")
-    dtypes = [_dtype(x) for x in names]
-    if not all(isinstance(d, torch.dtype) for d in dtypes):
+    found = [_dtype(x) for x in names]
+    dtypes = [d for d in found if d is not None]
+    if len(dtypes) != n:
         raise _inconsistent(folder, f"extra.input_dtypes {names!r} names dtypes torch does not have")
-    floats = {d for d in dtypes if d is not None and d.is_floating_point}
+    floats = {d for d in dtypes if d.is_floating_point}
     want = DTYPES[precision]
     if floats and want not in floats:
         shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in floats))
         raise _inconsistent(folder, f"extra.precision says {precision}, but the recorded inputs are {shown} (an {precision} "
                                     f"engine takes {str(want).removeprefix('torch.')} latents): a precision mismatch")
-    return dtypes  # type: ignore[return-value]
+    return dtypes
 
 
 def _input_spec_leaves(folder: Path, manifest: Manifest) -> None:
     """``extra.input_spec`` is a tree spec of the model's keyword arguments, with room for every input."""
     import torch.utils._pytree as pytree
 
-    text = manifest.extra["input_spec"]
+    text = manifest.extra.input_spec
     try:
         spec = pytree.treespec_loads(text)
         kwargs_spec = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]
@@ -81,9 +75,10 @@ def _input_spec_leaves(folder: Path, manifest: Manifest) -> None:
     except Exception as err:  # noqa: BLE001 - json, key and type errors of an edited spec alike
         raise _inconsistent(folder, f"extra.input_spec is not the input structure toma-export writes "
                                     f"({type(err).__name__}: {str(err)[:160]})") from None
-    if not all(isinstance(k, str) for k in keys) or spec.num_leaves < len(manifest.shapes["inputs"]):
+    n = len(manifest.shapes.inputs)
+    if not all(isinstance(k, str) for k in keys) or spec.num_leaves < n:
         raise _inconsistent(folder, f"extra.input_spec has {spec.num_leaves} inputs (keys {keys}), fewer than the "
-                                    f"{len(manifest.shapes['inputs'])} of shapes.inputs")
+                                    f"{n} of shapes.inputs")
 
 
 def _onnx_io(path: Path) -> tuple[list[tuple[int, list[int | None]]], int]:
@@ -104,15 +99,15 @@ def _onnx_io(path: Path) -> tuple[list[tuple[int, list[int | None]]], int]:
     return inputs, len(graph.output)
 
 
-def _check_onnx(folder: Path, manifest: Manifest, name: str, rel: str, dtypes: list[torch.dtype] | None) -> None:
+def _check_onnx(folder: Path, manifest: Manifest, name: str, rel: str, dtypes: list[torch.dtype]) -> None:
     path = folder / rel
     try:
         inputs, n_out = _onnx_io(path)
     except ArtifactError:
         raise _inconsistent(folder, f"{rel} (variant {name!r}) is not an ONNX model, but backend is "
                                     f"{manifest.backend!r}") from None
-    shapes = manifest.shapes["inputs"]
-    groups = len(manifest.extra["groups"])
+    shapes = manifest.shapes.inputs
+    groups = len(manifest.extra.groups)
     want_in = len(shapes) + (groups if name == "reuse" else 0)
     want_out = 1 + (groups if name == "select" else 0)
     if len(inputs) != want_in or n_out < want_out:
@@ -120,24 +115,24 @@ def _check_onnx(folder: Path, manifest: Manifest, name: str, rel: str, dtypes: l
             folder, f"{rel} takes {len(inputs)} inputs and gives {n_out} outputs, but a {name!r} variant of this manifest "
             f"takes {want_in} ({len(shapes)} model inputs" + (f" + {groups} destination groups" if name == "reuse" else "")
             + f") and gives {want_out} or more")
-    dynamic = bool(manifest.shapes.get("dynamic_batch"))
+    dynamic = manifest.shapes.dynamic_batch
     for i, ((elem, dims), want) in enumerate(zip(inputs, shapes)):
         fits = len(dims) == len(want) and all(d is None and dynamic or d == w for d, w in zip(dims, want))
         if not fits:
             shown = [d if d is not None else "?" for d in dims]
             raise _inconsistent(folder, f"{rel} input {i} has shape {shown}, but shapes.inputs[{i}] records {want}")
-        if dtypes is not None and _ONNX_ELEM.get(dtypes[i]) not in (None, elem):
+        if _ONNX_ELEM.get(dtypes[i]) not in (None, elem):
             got = next((str(d).removeprefix("torch.") for d, e in _ONNX_ELEM.items() if e == elem), f"type {elem}")
             claim = str(dtypes[i]).removeprefix("torch.")
-            what = (f"a precision mismatch: extra.precision {manifest.extra.get('precision', 'fp32')} / input_dtypes "
+            what = (f"a precision mismatch: extra.precision {manifest.extra.precision} / input_dtypes "
                     f"say {claim}, but {rel} takes {got} at input {i}" if dtypes[i].is_floating_point
                     else f"{rel} takes {got} at input {i}, but extra.input_dtypes records {claim}")
             raise _inconsistent(folder, what)
 
 
-def check_engine_files(folder: str | Path, manifest: Manifest) -> list[torch.dtype] | None:
+def check_engine_files(folder: str | Path, manifest: Manifest) -> list[torch.dtype]:
     """Refuse a manifest that does not describe its engine files (see the module doc); returns the
-    per-input dtypes as recorded (None when not recorded). Reads no weights."""
+    per-input dtypes as recorded. Reads no weights."""
     folder = Path(folder)
     dtypes = recorded_dtypes(folder, manifest)
     _input_spec_leaves(folder, manifest)
@@ -145,7 +140,7 @@ def check_engine_files(folder: str | Path, manifest: Manifest) -> list[torch.dty
     if suffix is None:
         raise _inconsistent(folder, f"backend {manifest.backend!r} is not one this runtime loads "
                                     f"({', '.join(SUFFIXES)})")
-    for name, rel in manifest.extra["variants"].items():
+    for name, rel in manifest.extra.variants.items():
         if not rel.endswith(suffix):
             raise _inconsistent(folder, f"variant {name!r} is {rel}, but backend {manifest.backend!r} writes {suffix} "
                                         "files")
@@ -159,22 +154,20 @@ def check_engine_files(folder: str | Path, manifest: Manifest) -> list[torch.dty
 def check_shapes_fit_model(folder: str | Path, manifest: Manifest, shell: torch.nn.Module) -> None:
     """The recorded batch, resolution and frames give the recorded input structure and shapes on the
     model's weightless shell (``shapes.height`` edited to another size is refused here, not deep in a run)."""
-    from toma_export.engines.artifact import shape_frames
     from toma_export.models.inputs import example_inputs
 
     s = manifest.shapes
     try:
-        kwargs = example_inputs(shell, batch=s["batch"], height=s["height"], width=s["width"],
-                                frames=shape_frames(s), device="meta")
+        kwargs = example_inputs(shell, batch=s.batch, height=s.height, width=s.width, frames=s.frames, device="meta")
     except (ValueError, TypeError) as err:
-        raise _inconsistent(Path(folder), f"shapes (batch {s['batch']}, {s['height']}x{s['width']}) do not fit the "
+        raise _inconsistent(Path(folder), f"shapes (batch {s.batch}, {s.height}x{s.width}) do not fit the "
                                           f"model ({str(err)[:200]})") from None
     from toma_export.engines.signature import dump_spec
 
-    if dump_spec(kwargs) != manifest.extra["input_spec"]:
-        raise _inconsistent(Path(folder), f"extra.input_spec is not the input structure of {manifest.model.get('class')} "
+    if dump_spec(kwargs) != manifest.extra.input_spec:
+        raise _inconsistent(Path(folder), f"extra.input_spec is not the input structure of {manifest.model.class_name} "
                                           f"(its keyword arguments are {', '.join(kwargs)})")
     got = [list(t.shape) for t in torch.utils._pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
-    if got != s["inputs"]:
-        raise _inconsistent(Path(folder), f"shapes says batch {s['batch']} at {s['height']}x{s['width']}, which gives "
-                                          f"inputs {got}, but shapes.inputs records {s['inputs']}")
+    if got != s.inputs:
+        raise _inconsistent(Path(folder), f"shapes says batch {s.batch} at {s.height}x{s.width}, which gives "
+                                          f"inputs {got}, but shapes.inputs records {s.inputs}")

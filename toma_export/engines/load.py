@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from toma_export import dtypes
-from toma_export.engines.artifact import ArtifactError, Manifest, read_manifest, shape_frames
+from toma_export.dtypes import DTYPES
+from toma_export.engines.artifact import read_manifest
+from toma_export.engines.manifest import ArtifactError, Manifest, Shapes
 from toma_export.engines.consistency import check_engine_files
 from toma_export.engines.signature import flatten_inputs
 from toma_export.errors import ToMAError
@@ -57,14 +58,17 @@ class ProgramRunner:
 
     variants: dict[str, Variant]
     input_spec: str
-    input_shapes: list[list[int]]
     num_groups: int
-    shapes: dict[str, Any]
+    shapes: Shapes
     selections: int = 0
     #: Per flat input, the dtype the engine takes (manifest ``extra.input_dtypes``; None: as given).
     #: Floating inputs in another floating dtype are converted (e.g. fp32 latents into an fp16
     #: artifact); outputs come back in the artifact's precision.
     input_dtypes: list[torch.dtype] | None = None
+
+    @property
+    def input_shapes(self) -> list[list[int]]:
+        return self.shapes.inputs
 
     def flatten(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
         flat = flatten_inputs(inputs, self.input_spec)
@@ -72,11 +76,11 @@ class ProgramRunner:
             flat = [t.to(d) if t.dtype != d and t.is_floating_point() and d.is_floating_point else t
                     for t, d in zip(flat, self.input_dtypes)]
         got = [list(t.shape) for t in flat]
-        if self.shapes.get("dynamic_batch"):
+        if self.shapes.dynamic_batch:
             if not self._fits_dynamic(got):
                 raise ShapeMismatchError(
                     f"inputs of shapes {got} do not fit this artifact, built for any batch "
-                    f"({self._batches()}, one for all inputs; built at batch {self.shapes['batch']}) at "
+                    f"({self._batches()}, one for all inputs; built at batch {self.shapes.batch}) at "
                     f"{self._size()} "
                     f"(input shapes {self.input_shapes}, dim 0 free where the batch is). Build an artifact for "
                     f"this resolution (toma-export build --height/--width{self._frames_flag()} --dynamic-batch)."
@@ -84,7 +88,7 @@ class ProgramRunner:
             return flat
         if got != self.input_shapes:
             raise ShapeMismatchError(
-                f"inputs of shapes {got} do not fit this artifact, built for batch {self.shapes['batch']} at "
+                f"inputs of shapes {got} do not fit this artifact, built for batch {self.shapes.batch} at "
                 f"{self._size()} (input shapes {self.input_shapes}). Build an artifact for this batch size and "
                 f"resolution (toma-export build --batch/--height/--width{self._frames_flag()})."
             )
@@ -92,15 +96,16 @@ class ProgramRunner:
 
     def _size(self) -> str:
         """``HxW`` and, for a clip, its pixel frames."""
-        frames = shape_frames(self.shapes)
-        return f"{self.shapes['height']}x{self.shapes['width']}" + (f" x {frames} frames" if frames > 1 else "")
+        s = self.shapes
+        size = f"{s.height}x{s.width}" if s.height else "?x?"  # bench rows: pixel size not known
+        return size + (f" x {s.frames} frames" if s.frames > 1 else "")
 
     def _frames_flag(self) -> str:
-        return "/--frames" if shape_frames(self.shapes) > 1 else ""
+        return "/--frames" if self.shapes.frames > 1 else ""
 
     def _fits_dynamic(self, got: list[list[int]]) -> bool:
         """Same shapes as built, except dim 0 of the batch-leading inputs: any batch >= 1, one for all."""
-        dims = self.shapes.get("batch_dims") or [None] * len(self.input_shapes)
+        dims = self.shapes.batch_dims or [None] * len(self.input_shapes)
         if len(got) != len(self.input_shapes) or len(dims) != len(got):
             return False
         batches: set[int] = set()
@@ -112,17 +117,17 @@ class ProgramRunner:
             if len(g) != len(e) or g[:d] + g[d + 1 :] != e[:d] + e[d + 1 :]:
                 return False
             batches.add(g[d])
-        top = self.shapes.get("batch_max")
+        top = self.shapes.batch_max
         return len(batches) == 1 and min(batches) >= 1 and (top is None or max(batches) <= top)
 
     def _batches(self) -> str:
-        top = self.shapes.get("batch_max")
+        top = self.shapes.batch_max
         return "1 or more" if top is None else f"1 to {top}"
 
     def _batch(self, flat: list[torch.Tensor]) -> int:
-        dims = self.shapes.get("batch_dims") or [0]
+        dims = self.shapes.batch_dims or [0]
         found = next((int(t.shape[d]) for t, d in zip(flat, dims) if d is not None), None)
-        return found if found is not None else int(self.shapes["batch"])
+        return found if found is not None else self.shapes.batch
 
     def __call__(self, inputs: dict[str, Any], schedule: StepSchedule) -> torch.Tensor:
         """One step: the select variant when ``schedule`` says so (or carries nothing for this batch),
@@ -138,41 +143,38 @@ class ProgramRunner:
         return out[0]
 
 
-def make_runner(variants: Mapping[str, Variant], extra: Mapping[str, Any], shapes: Mapping[str, Any]) -> ProgramRunner:
-    """The one way a :class:`ProgramRunner` is made: ``extra`` as an artifact's manifest has it
-    (``input_spec``, ``groups`` or ``num_groups``, ``input_dtypes``), ``shapes`` its ``shapes``
-    (``inputs``, ``batch``, ``height``, ``width``, dynamic-batch fields)."""
-    groups = extra["num_groups"] if "num_groups" in extra else len(extra["groups"])
+def make_runner(
+    variants: Mapping[str, Variant], *, input_spec: str, num_groups: int, shapes: Shapes,
+    input_dtypes: Sequence[str] | None = None,
+) -> ProgramRunner:
+    """The one way a :class:`ProgramRunner` is made: ``input_spec``, ``num_groups`` (destination groups) and
+    ``input_dtypes`` (per flat input, its dtype name) as an artifact's manifest records them
+    (:class:`~toma_export.engines.manifest.BuildDetails`), ``shapes`` its shapes."""
     return ProgramRunner(
-        variants=dict(variants),
-        input_spec=extra["input_spec"],
-        input_shapes=[list(s) for s in shapes["inputs"]],
-        num_groups=int(groups),
-        shapes=dict(shapes),
-        input_dtypes=parse_input_dtypes(extra.get("input_dtypes")),
+        variants=dict(variants), input_spec=input_spec, num_groups=num_groups, shapes=shapes,
+        input_dtypes=parse_input_dtypes(input_dtypes),
     )
 
 
 def precision_dtype(manifest: Manifest) -> torch.dtype:
-    """The artifact's floating dtype (``extra.precision``, fp32 when absent; the map:
-    :data:`toma_export.dtypes.DTYPES`); an unknown one is refused."""
-    return dtypes.precision_dtype(manifest.extra.get("precision", "fp32"), ArtifactError, "manifest extra.precision",
-                                  "rebuild the artifact")
+    """The artifact's floating dtype (``extra.precision``; the map: :data:`toma_export.dtypes.DTYPES`)."""
+    return DTYPES[manifest.extra.precision]
 
 
 def input_dtypes(manifest: Manifest) -> list[torch.dtype] | None:
-    """Per flat input, its dtype as built (``extra.input_dtypes``), or None for artifacts without it."""
-    return parse_input_dtypes(manifest.extra.get("input_dtypes"))
+    """Per flat input, its dtype as built (``extra.input_dtypes``)."""
+    return parse_input_dtypes(manifest.extra.input_dtypes)
 
 
-def parse_input_dtypes(names: Any) -> list[torch.dtype] | None:
+def parse_input_dtypes(names: Sequence[str] | None) -> list[torch.dtype] | None:
     """``["float16", "int64", ...]`` as dtypes; None stays None; unknown names are refused."""
     if names is None:
         return None
-    dtypes = [getattr(torch, str(n).removeprefix("torch."), None) for n in names] if isinstance(names, list) else [None]
-    if not all(isinstance(d, torch.dtype) for d in dtypes):
-        raise ArtifactError(f"manifest extra.input_dtypes {names!r} names unknown dtypes; rebuild the artifact.")
-    return dtypes  # type: ignore[return-value]
+    found = [getattr(torch, str(n).removeprefix("torch."), None) for n in names]
+    dtypes = [d for d in found if isinstance(d, torch.dtype)]
+    if len(dtypes) != len(found):
+        raise ArtifactError(f"manifest extra.input_dtypes {list(names)!r} names unknown dtypes; rebuild the artifact.")
+    return dtypes
 
 
 @dataclass
@@ -196,7 +198,7 @@ def load_artifact(folder: str | Path, *, cuda_graphs: bool = False) -> LoadedArt
     manifest = read_manifest(folder, expect_version=__version__)
     check_engine_files(folder, manifest)  # the manifest describes these engine files, before anything opens
     extra = manifest.extra
-    variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra["variants"].items()}
+    variants = {name: _open_variant(folder, manifest.backend, file) for name, file in extra.variants.items()}
     if cuda_graphs:
         if manifest.backend != "inductor":
             raise ArtifactError(f"{folder}: cuda_graphs=True replays torch variants (AOTInductor, backend 'inductor'); "
@@ -204,5 +206,6 @@ def load_artifact(folder: str | Path, *, cuda_graphs: bool = False) -> LoadedArt
         from toma_export.runtime.cudagraph import graphed_variants
 
         variants = dict(graphed_variants(variants))
-    runner = make_runner(variants, extra, manifest.shapes)
+    runner = make_runner(variants, input_spec=extra.input_spec, num_groups=len(extra.groups), shapes=manifest.shapes,
+                         input_dtypes=extra.input_dtypes)
     return LoadedArtifact(folder, manifest, runner)

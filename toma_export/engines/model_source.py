@@ -12,12 +12,12 @@ then also compares the weights hash of what it loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from toma_export.engines.artifact import ArtifactError, Manifest
+from toma_export.engines.manifest import ArtifactError, Manifest, ModelRecord
 from toma_export.errors import ToMAError
 from toma_export.models.identity import config_hash
 from toma_export.models.registry import EMBEDDED_MODELS, is_hub_id, model_shell, resolve_model
@@ -27,7 +27,7 @@ __all__ = ["model_source", "require_recorded_model", "source_shell"]
 _REBUILD = "rebuild the artifact (toma-export build ... --force --out FOLDER)"
 
 
-def model_source(manifest: Manifest, model: str | Path | None = None) -> dict[str, Any]:
+def model_source(manifest: Manifest, model: str | Path | None = None) -> ModelRecord:
     """The manifest's ``model`` record, or the one ``model`` (named by the user) stands for.
 
     The recorded source must be consistent: an ``embedded`` source names an embedded model, a
@@ -35,51 +35,48 @@ def model_source(manifest: Manifest, model: str | Path | None = None) -> dict[st
     """
     recorded = manifest.model
     if model is not None:
-        source, _ = resolve_model(str(model), variant=recorded.get("variant"))
-        return {**recorded, "name": str(model), "source": source.kind, "revision": None, "commit": None,
-                "subfolder": source.subfolder, "component": source.component, "given": True}
-    name, kind = recorded.get("name"), recorded.get("source")
+        source, _ = resolve_model(str(model), variant=recorded.variant)
+        return dataclasses.replace(recorded, name=str(model), source=source.kind, revision=None, commit=None,
+                                   subfolder=source.subfolder, component=source.component)
+    name, kind = recorded.name, recorded.source
     fits = {
         "embedded": lambda: name in EMBEDDED_MODELS,
         "local": lambda: name not in EMBEDDED_MODELS,  # a path (it may have moved: --model names it then)
-        "hub": lambda: name not in EMBEDDED_MODELS and is_hub_id(str(name)),
+        "hub": lambda: name not in EMBEDDED_MODELS and is_hub_id(name),
         None: lambda: name in EMBEDDED_MODELS,  # artifacts recorded without a kind: embedded models only
     }
-    check = fits.get(kind)
-    if not isinstance(name, str) or check is None or not check():
+    if not fits[kind]():
         raise ArtifactError(
             f"the manifest's model record is inconsistent: source {kind!r} with name {name!r} (an artifact built "
             f"from an embedded model names it, one built from a folder or Hub id records that): the manifest was "
             f"edited. Nothing was loaded from {name!r}; {_REBUILD}, or name the model yourself with --model."
         )
-    return dict(recorded)
+    return recorded
 
 
-def require_recorded_model(manifest: Manifest, shell: torch.nn.Module, source: dict[str, Any]) -> None:
+def require_recorded_model(manifest: Manifest, shell: torch.nn.Module, source: ModelRecord, *, given: bool) -> None:
     """``shell`` (the source's denoiser on the meta device) has the class and config the manifest
-    records, before anything else of that source is loaded."""
-    want_class, want_hash = manifest.model.get("class"), manifest.model.get("config_hash")
+    records, before anything else of that source is loaded. ``given``: the user named the source (--model)."""
+    want_class, want_hash = manifest.model.class_name, manifest.model.config_hash
     got_class, got_hash = type(shell).__name__, config_hash(shell)
     if (got_class, got_hash) != (want_class, want_hash):
-        given = source.get("given")
         fix = ("name the model the artifact was built from with --model, or rebuild the artifact for this one"
                if given else f"pass --model with the model it was built from, or {_REBUILD}")
         raise ToMAError(
-            f"{source['name']} holds a {got_class} (config hash {got_hash}), but the artifact was built from a "
+            f"{source.name} holds a {got_class} (config hash {got_hash}), but the artifact was built from a "
             f"{want_class} (config hash {want_hash}); nothing else was loaded from it. {fix[0].upper()}{fix[1:]}."
         )
 
 
-def source_shell(manifest: Manifest, model: str | Path | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def source_shell(manifest: Manifest, model: str | Path | None = None) -> tuple[torch.nn.Module, ModelRecord]:
     """The checked source (:func:`model_source`) and its denoiser's shell, identity-checked."""
     source = model_source(manifest, model)
     try:
-        shell = model_shell(source["name"], revision=source.get("commit") or source.get("revision"),
-                            variant=source.get("variant"), subfolder=source.get("subfolder"))
+        shell = model_shell(source.name, revision=source.load_revision, variant=source.variant, subfolder=source.subfolder)
     except ToMAError as err:
-        if source.get("given"):
+        if model is not None:
             raise
-        raise type(err)(f"the model this artifact records ({source['name']}) cannot be used: {err} If it moved, "
+        raise type(err)(f"the model this artifact records ({source.name}) cannot be used: {err} If it moved, "
                         "name it with --model.") from None
-    require_recorded_model(manifest, shell, source)
+    require_recorded_model(manifest, shell, source, given=model is not None)
     return shell, source

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from toma_export.engines.manifest import ModelRecord
 from toma_export.engines.load import LoadedArtifact, load_artifact
 from toma_export.errors import ToMAError
 from toma_export.input_rules import check_guidance, check_path, check_text
-from toma_export.models.spec import spec_for
+from toma_export.models.spec import ModelSpec, spec_for
 
 __all__ = ["RunResult", "generate", "pipeline_for", "run_artifact", "save_png"]
 
@@ -31,19 +32,19 @@ __all__ = ["RunResult", "generate", "pipeline_for", "run_artifact", "save_png"]
 SDXL_GUIDANCE = 5.0
 
 
-def _load_source_pipeline(model: dict[str, Any], shell: torch.nn.Module) -> Any:
-    """The pipeline the artifact's model came from, with ``shell`` (weightless) as its denoiser."""
+def _load_source_pipeline(model: ModelRecord, shell: torch.nn.Module) -> Any:
+    """The pipeline the artifact's model came from (it has a ``component``), with ``shell`` (weightless) as
+    that denoiser."""
     from diffusers import DiffusionPipeline
 
     from toma_export.models.registry import _Hub
 
-    component = model["component"]
-    kwargs: dict[str, Any] = {component: shell}
-    if model.get("variant"):
-        kwargs["variant"] = model["variant"]
-    root = model["name"]
-    if model.get("source") == "hub":
-        revision = model.get("commit") or model.get("revision")
+    kwargs: dict[str, Any] = {str(model.component): shell}
+    if model.variant:
+        kwargs["variant"] = model.variant
+    root = model.name
+    if model.source == "hub":
+        revision = model.load_revision
         hub = _Hub(root, revision)
         kwargs.update(revision=revision, cache_dir=hub.cache_dir, local_files_only=hub.local_files_only)
     else:
@@ -75,7 +76,7 @@ def pipeline_for(loaded: LoadedArtifact, *, seed: int = 0, model: str | Path | N
 
     shell, m = source_shell(loaded.manifest, model)
     check_shapes_fit_model(loaded.folder, loaded.manifest, shell)
-    pipe = _load_source_pipeline(m, shell) if m.get("component") else build_pipeline(shell, seed=seed)
+    pipe = _load_source_pipeline(m, shell) if m.component else build_pipeline(shell, seed=seed)
     return swap_denoiser(pipe, loaded, check=True)
 
 
@@ -90,6 +91,7 @@ def generate(
     prompt: str | None = None,
     negative_prompt: str | None = None,
     guidance_scale: float | None = None,
+    spec: ModelSpec | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Run ``pipe`` once: ``batch`` images at ``height x width``, ``steps`` steps, generator seeded ``seed``.
 
@@ -98,10 +100,11 @@ def generate(
     encoder-free pipelines); without one, a pipeline with text encoders gets the empty prompt and an
     encoder-free one random embeddings seeded with ``seed``. ``guidance_scale``: the pipeline's
     (SDXL: classifier-free guidance, default 5.0; Flux: distilled guidance, default 1.0 here).
+    ``spec``: the denoiser's family (an artifact's manifest records it; default: the pipeline's).
     """
     from toma_export.models.pipelines import has_text_encoders, prompt_embeddings, prompt_embeddings_for
 
-    spec = spec_for(pipe)
+    spec = spec or spec_for(pipe)
 
     if prompt is None and not has_text_encoders(pipe):
         if negative_prompt is not None:
@@ -183,27 +186,27 @@ def run_artifact(
             check_text(text, flag)
     check_path(str(out), "--out", "image.png")
     loaded = load_artifact(folder)
-    shapes = loaded.manifest.shapes
-    if loaded.manifest.frames > 1:
+    shapes, spec = loaded.manifest.shapes, loaded.manifest.model.spec
+    if shapes.frames > 1:
         raise ToMAError(
-            f"{folder} was built for a {loaded.manifest.frames}-frame clip (a video denoiser); `toma-export run` "
+            f"{folder} was built for a {shapes.frames}-frame clip (a video denoiser); `toma-export run` "
             f"generates images (SDXL and Flux pipelines) and has no video pipeline. Check the artifact with "
             f"`toma-export verify {folder}` instead."
         )
     pipe = pipeline_for(loaded, seed=seed, model=model)
     pipe.set_progress_bar_config(desc="denoising")
     # CFG doubles the batch inside SDXL pipelines: the artifact's batch is the denoiser's batch.
-    cfg_factor = 2 if spec_for(pipe).cfg_doubles_batch and (SDXL_GUIDANCE if guidance_scale is None else guidance_scale) > 1 else 1
-    if shapes["batch"] % cfg_factor:
+    cfg_factor = 2 if spec.cfg_doubles_batch and (SDXL_GUIDANCE if guidance_scale is None else guidance_scale) > 1 else 1
+    if shapes.batch % cfg_factor:
         raise ToMAError(
-            f"this SDXL artifact was built for denoiser batch {shapes['batch']}, but classifier-free guidance "
+            f"this SDXL artifact was built for denoiser batch {shapes.batch}, but classifier-free guidance "
             "runs the denoiser on 2 x images; build with --batch 2 (one image) or another even batch, or "
             "run with --guidance-scale 1 (no guidance)."
         )
     images, seconds = generate(
-        pipe, steps=steps, seed=seed, height=shapes["height"], width=shapes["width"],
-        batch=shapes["batch"] // cfg_factor, prompt=prompt, negative_prompt=negative_prompt,
-        guidance_scale=guidance_scale,
+        pipe, steps=steps, seed=seed, height=shapes.height, width=shapes.width,
+        batch=shapes.batch // cfg_factor, prompt=prompt, negative_prompt=negative_prompt,
+        guidance_scale=guidance_scale, spec=spec,
     )
     path = Path(out)
     save_png(images[0], path)

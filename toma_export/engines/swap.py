@@ -39,27 +39,27 @@ def _check_model(model: torch.nn.Module, loaded: LoadedArtifact, attr: str, chec
     from toma_export.models.identity import config_hash, weights_hash
 
     want = loaded.manifest.model
-    where = f"the artifact at {loaded.folder} was built from {want.get('name')!r}"
+    where = f"the artifact at {loaded.folder} was built from {want.name!r}"
     got_class = type(model).__name__
-    if got_class != want.get("class"):
+    if got_class != want.class_name:
         raise ToMAError(
-            f"pipe.{attr} is a {got_class}, but {where}, a {want.get('class')}. Use a pipeline of that model, "
+            f"pipe.{attr} is a {got_class}, but {where}, a {want.class_name}. Use a pipeline of that model, "
             "or build an artifact for this one (toma-export build)."
         )
     got_config = config_hash(model)
-    if got_config != want.get("config_hash"):
+    if got_config != want.config_hash:
         raise ToMAError(
             f"pipe.{attr} is a {got_class} with another config (config hash {got_config}, the artifact's "
-            f"{want.get('config_hash')}): {where}. Use the pipeline of that model, or build an artifact for "
+            f"{want.config_hash}): {where}. Use the pipeline of that model, or build an artifact for "
             "this one (toma-export build)."
         )
     if check_weights:
         if model.device.type == "meta":
             raise ToMAError(f"pipe.{attr} has no weights (meta device) to compare; pass check_weights=False.")
         got_weights = weights_hash(model)
-        if got_weights != want.get("weights_hash"):
+        if got_weights != want.weights_hash:
             raise ToMAError(
-                f"pipe.{attr} has other weights (hash {got_weights}, the artifact's {want.get('weights_hash')}; "
+                f"pipe.{attr} has other weights (hash {got_weights}, the artifact's {want.weights_hash}; "
                 f"hashes are over the weights in the dtype they were built in): {where}. Build an artifact "
                 "from these weights, or pass check_weights=False to run the artifact's own weights."
             )
@@ -90,10 +90,11 @@ def swap_denoiser(pipe: Any, loaded: LoadedArtifact, *, check: bool = True, chec
     denoiser = ToMADenoiser(
         loaded.runner,
         model,
-        recompute_every=int(loaded.manifest.config["recompute_every"]),
+        recompute_every=loaded.manifest.config.recompute_every,
         dtype=dtype,
         device=device,
         engine_dtype=precision_dtype(loaded.manifest),
+        spec=loaded.manifest.model.spec,
     )
     # Assigning a registered component re-registers it in the pipeline's config, as diffusers does.
     setattr(pipe, attr, denoiser)

@@ -43,7 +43,7 @@ def verify_artifact(
 ) -> tuple[bool, list[dict[str, Any]]]:
     """Engine vs eager ToMA and vs the unmerged model over ``steps`` steps of fresh inputs, both in the
     artifact's dtype (``extra.precision``): the model is cast to it as ``build`` cast it. Inputs have the
-    artifact's batch, resolution and frames (``shapes``; older manifests without ``frames``: 1).
+    artifact's batch, resolution and frames (``shapes``).
 
     Each step gets new random inputs, so reuse steps run the engine's reuse variant on features
     the destinations were not selected from, exactly as eager does. ``tol`` (max abs against eager
@@ -66,22 +66,16 @@ def verify_artifact(
     loaded = load_artifact(folder)
     m = loaded.manifest
     dtype = precision_dtype(m)
-    tol = VERIFY_TOLERANCES[m.extra.get("precision", "fp32")] if tol is None else float(tol)
+    tol = VERIFY_TOLERANCES[m.extra.precision] if tol is None else float(tol)
     shell, source = source_shell(m, model)  # class and config match before any weights are read
     check_shapes_fit_model(folder, m, shell)
-    net = load_model(
-        source["name"],
-        revision=source.get("commit") or source.get("revision"),
-        variant=source.get("variant"),
-        subfolder=source.get("subfolder"),
-        seed=int(m.extra.get("seed", 0)),
-    )
+    net = load_model(source.name, revision=source.load_revision, variant=source.variant, subfolder=source.subfolder,
+                     seed=m.extra.seed)
     net = cast_model(net, dtype)
     require_same_model(m, net)
-    config = ToMAConfig.from_dict(m.config)
-    shapes = m.shapes
+    config, shapes = m.config, m.shapes
     inputs = [
-        example_inputs(net, batch=shapes["batch"], height=shapes["height"], width=shapes["width"], frames=m.frames,
+        example_inputs(net, batch=shapes.batch, height=shapes.height, width=shapes.width, frames=shapes.frames,
                        seed=seed + i, dtype=dtype)
         for i in range(steps)
     ]

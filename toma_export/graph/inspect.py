@@ -163,7 +163,7 @@ def _kv_pass(model: torch.nn.Module, config: ToMAConfig) -> bool:
 
 
 def format_config(config: dict[str, Any]) -> str:
-    """A config dict as one line (``tile 4x4``, ``max_downsample auto``), for reports and artifact listings."""
+    """A config dict as one line (``tile 4x4``, ``max_downsample auto``): the config line of every report."""
 
     def show(k: str, v: Any) -> str:
         if isinstance(v, (list, tuple)) and len(v) == 2:

@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from toma_export.models.spec import spec_for
-
 
 def config_hash(model: torch.nn.Module) -> str:
     cfg = dict(getattr(model, "config", {}) or {})
@@ -35,7 +33,8 @@ def model_identity(
     variant: str | None = None,
     subfolder: str | None = None,
 ) -> dict[str, Any]:
-    """What a manifest records about the model: name, class, hashes, and where it came from.
+    """What a manifest records about the model: name, class, hashes, and where it came from (its family
+    facts are its :class:`~toma_export.models.spec.ModelSpec`, recorded beside these).
 
     ``source`` (``embedded``/``local``/``hub``), ``revision``, ``variant``, ``subfolder`` and ``commit``
     (the Hub snapshot) come from the model's :class:`~toma_export.models.registry.ModelSource` when
@@ -46,7 +45,6 @@ def model_identity(
     src = getattr(model, "_toma_source", None)
     return {
         "name": name,
-        "family": spec_for(model).kind,
         "class": type(model).__name__,
         "config_hash": config_hash(model),
         "weights_hash": weights_hash(model),

@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from toma_export.models.spec import spec_for
+from toma_export.models.spec import ModelSpec, spec_for
 from toma_export.schedule import StepSchedule
 
 
@@ -77,9 +77,11 @@ class ToMADenoiser(torch.nn.Module):
         device: torch.device | str = "cpu",
         output_class: Callable[..., Any] | None = None,
         engine_dtype: torch.dtype = torch.float32,
+        spec: ModelSpec | None = None,
     ):
         """``dtype``/``device``: the pipeline's (what the pipeline reads and gets back); ``engine_dtype``:
-        the artifact's precision (what the engine is fed)."""
+        the artifact's precision (what the engine is fed); ``spec``: the model's family facts as the
+        artifact's manifest records them (default: resolved from ``model``)."""
         super().__init__()
         self.runner = runner
         self.schedule = StepSchedule(recompute_every)
@@ -89,7 +91,7 @@ class ToMADenoiser(torch.nn.Module):
         self._device = torch.device(device)
         self._output_class = output_class
         self.engine_dtype = engine_dtype
-        self.spec = spec_for(self._shell)
+        self.spec = spec if spec is not None else spec_for(self._shell)
         self._float32_inputs = self.spec.float32_inputs
 
     # What pipelines read off the model ------------------------------------------------------

@@ -111,24 +111,26 @@ def bls_generator(spec: Mapping[str, Any], variant: Callable[..., Callable[[list
     denoiser models (``spec``: the ``pipeline.json`` export-triton writes). ``variant`` builds one
     variant's call (BLS inside Triton; tests pass one that runs the ONNX file directly)."""
     from toma_export.engines.load import make_runner
+    from toma_export.engines.manifest import Shapes, spec_from_json
     from toma_export.models.pipelines import build_pipeline
     from toma_export.models.registry import model_shell
-    from toma_export.models.spec import spec_for
     from toma_export.runtime.wrapper import ToMADenoiser
     from toma_export.serving.pipeline import BatchedGenerator
 
-    shapes = spec["shapes"]
+    where = "pipeline.json"  # the artifact's records, copied by export-triton: parsed as the manifest's are
+    shapes, model_spec = Shapes.from_json(spec["shapes"], where), spec_from_json(spec["model_spec"], where, "model_spec")
     runner = make_runner(
-        {name: variant(v["model"], v["inputs"], v["outputs"]) for name, v in spec["variants"].items()}, spec, shapes)
+        {name: variant(v["model"], v["inputs"], v["outputs"]) for name, v in spec["variants"].items()},
+        input_spec=spec["input_spec"], num_groups=int(spec["num_groups"]), shapes=shapes, input_dtypes=spec["input_dtypes"])
     shell = model_shell(spec["model"])
     pipe = build_pipeline(shell, seed=0)
-    denoiser = ToMADenoiser(runner, shell, recompute_every=int(spec["recompute_every"]))
-    setattr(pipe, spec_for(shell).denoiser_attribute, denoiser)
+    denoiser = ToMADenoiser(runner, shell, recompute_every=int(spec["recompute_every"]), spec=model_spec)
+    setattr(pipe, model_spec.denoiser_attribute, denoiser)
     pipe.set_progress_bar_config(disable=True)
-    h, w = int(shapes["height"]), int(shapes["width"])
-    if shapes.get("dynamic_batch"):
-        return BatchedGenerator(pipe, h, w, max_images=shapes.get("batch_max"))
-    return BatchedGenerator(pipe, h, w, fixed_denoiser_batch=int(shapes["batch"]), exact=True)
+    if shapes.dynamic_batch:
+        return BatchedGenerator(pipe, shapes.height, shapes.width, max_images=shapes.batch_max, spec=model_spec)
+    return BatchedGenerator(pipe, shapes.height, shapes.width, fixed_denoiser_batch=shapes.batch, exact=True,
+                            spec=model_spec)
 
 
 class TritonPythonModel:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from toma_export.errors import ToMAError
-from toma_export.models.spec import spec_for
+from toma_export.models.spec import ModelSpec, spec_for
 from toma_export.serving.contract import GenerationRequest, Limits
 
 __all__ = ["BatchedGenerator", "generator_for_source", "to_uint8"]
@@ -54,19 +54,30 @@ class BatchedGenerator:
     exact: bool = False
     #: Denoiser batch the engine was built for (fixed-batch artifacts), to refuse what cannot fit.
     fixed_denoiser_batch: int | None = None
+    #: The denoiser's family facts: an artifact's manifest records them; default: resolved from ``pipe`` once.
+    spec: ModelSpec | None = None
     calls: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = spec_for(self.pipe)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        assert self.spec is not None  # set in __post_init__
+        return self.spec
 
     @property
     def family(self) -> str:
         """The pipeline's denoiser kind (``unet``: SDXL; ``flux``): default guidance, negative prompts."""
-        return spec_for(self.pipe).kind
+        return self.model_spec.kind
 
     def limits(self, max_steps: int, max_prompt_bytes: int) -> Limits:
         return Limits(max_steps=max_steps, max_prompt_bytes=max_prompt_bytes, family=self.family)
 
     def _cfg_factor(self, guidance: float) -> int:
         """Denoiser rows per image: SDXL runs classifier-free guidance as a batch of 2 when guidance > 1."""
-        spec = spec_for(self.pipe)
+        spec = self.model_spec
         if not spec.cfg_doubles_batch:
             return 1
         unet = getattr(self.pipe, spec.denoiser_attribute)
@@ -103,7 +114,7 @@ class BatchedGenerator:
             num_inference_steps=rows[0].steps, guidance_scale=rows[0].guidance_scale, height=self.height,
             width=self.width, output_type="pt", generator=[torch.Generator().manual_seed(r.seed) for r in rows],
         )
-        denoiser = getattr(self.pipe, spec_for(self.pipe).denoiser_attribute)
+        denoiser = getattr(self.pipe, self.model_spec.denoiser_attribute)
         if hasattr(denoiser, "reset"):
             denoiser.reset()  # a fresh destination schedule for this call (also reset after every pipeline call)
         with torch.no_grad():
@@ -145,13 +156,13 @@ def generator_for_source(
         from toma_export.engines.run import pipeline_for
 
         loaded = load_artifact(path)
-        shapes = loaded.manifest.shapes
+        shapes, spec = loaded.manifest.shapes, loaded.manifest.model.spec
         pipe = pipeline_for(loaded, seed=seed)
         pipe.set_progress_bar_config(disable=True)
-        if shapes.get("dynamic_batch"):
-            return BatchedGenerator(pipe, int(shapes["height"]), int(shapes["width"]), max_images=shapes.get("batch_max"))
-        return BatchedGenerator(pipe, int(shapes["height"]), int(shapes["width"]),
-                                fixed_denoiser_batch=int(shapes["batch"]), exact=True)
+        if shapes.dynamic_batch:
+            return BatchedGenerator(pipe, shapes.height, shapes.width, max_images=shapes.batch_max, spec=spec)
+        return BatchedGenerator(pipe, shapes.height, shapes.width, fixed_denoiser_batch=shapes.batch, exact=True,
+                                spec=spec)
     import toma_export
     from toma_export.config import ToMAConfig
     from toma_export.models.pipelines import build_pipeline

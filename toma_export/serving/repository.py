@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -146,7 +145,8 @@ def export_triton(
     one raises its :class:`~toma_export.engines.artifact.ArtifactError` and nothing is written.
     """
     from toma_export.engines.artifact import read_manifest
-    from toma_export.fsutil import apply_umask, atomic_write_text, rename_noreplace
+    from toma_export.engines.manifest import spec_to_json
+    from toma_export.fsutil import atomic_folder, atomic_write_text
     from toma_export import __version__
 
     artifact, out = Path(artifact), Path(out)
@@ -159,11 +159,9 @@ def export_triton(
             "Build with --backend onnxruntime (TensorRT plans: see README 'Serving', not done yet)."
         )
     extra, shapes = manifest.extra, manifest.shapes
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         variants: dict[str, Any] = {}
-        for name, file in extra["variants"].items():
+        for name, file in extra.variants.items():
             model_name = f"toma_denoiser_{name}"
             (tmp / model_name / "1").mkdir(parents=True)
             shutil.copyfile(artifact / file, tmp / model_name / "1" / "model.onnx")
@@ -172,9 +170,9 @@ def export_triton(
                               _denoiser_config(model_name, "onnxruntime_onnx", ins, outs, instances, device_kind))
             variants[name] = {"model": model_name, "inputs": ins, "outputs": [o["name"] for o in outs]}
         spec = {
-            "model": manifest.model["name"], "recompute_every": int(manifest.config["recompute_every"]),
-            "input_spec": extra["input_spec"], "num_groups": len(extra["groups"]), "shapes": shapes,
-            "input_dtypes": extra.get("input_dtypes"),
+            "model": manifest.model.name, "model_spec": spec_to_json(manifest.model.spec),
+            "recompute_every": manifest.config.recompute_every, "input_spec": extra.input_spec,
+            "num_groups": len(extra.groups), "shapes": shapes.to_json(), "input_dtypes": extra.input_dtypes,
             "variants": variants, "toma_export_version": __version__,
         }
         pipe_dir = tmp / MODEL_NAME
@@ -182,12 +180,7 @@ def export_triton(
         atomic_write_text(pipe_dir / "1" / "model.py", MODEL_PY)
         atomic_write_text(pipe_dir / "1" / "pipeline.json", json.dumps(spec, indent=2, sort_keys=True) + "\n")
         atomic_write_text(pipe_dir / "config.pbtxt", pipeline_config(
-            height=int(shapes["height"]), width=int(shapes["width"]), max_batch=max_batch,
+            height=shapes.height, width=shapes.width, max_batch=max_batch,
             max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size, instances=instances,
             kind="KIND_CPU", parameters=dict(mode="bls", max_steps=max_steps, max_prompt_bytes=max_prompt_bytes)))
-        apply_umask(tmp)
-        rename_noreplace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -100,7 +100,7 @@ def validate_source(source: str) -> tuple[str, int | None, int | None]:
         from toma_export.engines.artifact import read_manifest
 
         manifest = read_manifest(path, expect_version=__version__)
-        return str(path.resolve()), int(manifest.shapes["height"]), int(manifest.shapes["width"])
+        return str(path.resolve()), manifest.shapes.height, manifest.shapes.width
     from toma_export.models.registry import EMBEDDED_MODELS
 
     if source in EMBEDDED_MODELS:
