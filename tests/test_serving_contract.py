@@ -195,3 +195,19 @@ def test_integers_are_checked_before_conversion_not_wrapped() -> None:
     for steps in (2**32 + 2, 2**64 + 2, -(2**32) + 2):  # each would become 2 as INT32
         with pytest.raises(RequestError, match="outside the INT32 range"):
             parse_json_request(_json(steps=steps), LIMITS)
+
+
+@pytest.mark.parametrize(("model", "negatives", "guidance"), [("sdxl-tiny", True, 5.0), ("flux-tiny", False, 3.5)])
+def test_limits_come_from_the_served_pipeline(model: str, negatives: bool, guidance: float) -> None:
+    """Negative prompts only where the pipeline runs true classifier-free guidance (its spec); the default
+    guidance is the pipeline's own ``__call__`` default (diffusers: SDXL 5.0, Flux 3.5)."""
+    from toma_export.models.pipelines import build_pipeline
+    from toma_export.serving.pipeline import BatchedGenerator
+
+    limits = BatchedGenerator(build_pipeline(model), 64, 64).limits(10, 64)
+    assert (limits.negative_prompts, limits.default_guidance) == (negatives, guidance)
+    (r,) = parse_rows(_req(), limits)
+    assert r.guidance_scale == guidance
+    if not negatives:
+        with pytest.raises(RequestError, match="negative_prompt is not supported by this pipeline"):
+            parse_rows(_req(negative_prompt=np.array([[b"blurry"]], dtype=object)), limits)

@@ -56,7 +56,8 @@ __all__ = [
 
 MODEL_NAME = "toma_pipeline"
 DEFAULT_MAX_STEPS = 50
-DEFAULT_GUIDANCE = {"unet": 5.0, "flux": 3.5}
+#: guidance_scale when a request names none and the served pipeline declares no default of its own.
+DEFAULT_GUIDANCE = 5.0
 #: Largest JSON request body the HTTP front reads (a request is a few hundred bytes of prompt and ints).
 MAX_REQUEST_BYTES = 1 << 20
 #: Largest number of rows (generations) one request may carry.
@@ -100,7 +101,10 @@ class RequestError(ToMAError):
 class Limits:
     max_steps: int = DEFAULT_MAX_STEPS
     max_prompt_bytes: int = MAX_PROMPT_BYTES
-    family: str = "unet"  # "unet" (SDXL) or "flux": default guidance, negative prompts
+    #: The served pipeline runs true classifier-free guidance, so a negative prompt means something.
+    negative_prompts: bool = True
+    #: guidance_scale of a request that names none (the served pipeline's own default).
+    default_guidance: float = DEFAULT_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -170,13 +174,14 @@ def parse_rows(inputs: Mapping[str, np.ndarray | None], limits: Limits) -> list[
         prompt = _text(arrays["prompt"][i, 0], "prompt", limits, allow_empty=False)
         negative = None
         if "negative_prompt" in arrays:
-            if limits.family == "flux":
-                raise RequestError("negative_prompt is not supported for Flux pipelines (they run without true CFG here).")
+            if not limits.negative_prompts:
+                raise RequestError("negative_prompt is not supported by this pipeline (it runs without true "
+                                   "classifier-free guidance); leave it out.")
             negative = _text(arrays["negative_prompt"][i, 0], "negative_prompt", limits, allow_empty=True)
         steps = int(arrays["steps"][i, 0])
         if not 1 <= steps <= limits.max_steps:
             raise RequestError(f"steps={steps} is outside 1..{limits.max_steps} (the server's --max-steps).")
-        guidance = DEFAULT_GUIDANCE.get(limits.family, 5.0)
+        guidance = limits.default_guidance
         if "guidance_scale" in arrays:
             guidance = float(arrays["guidance_scale"][i, 0])
             try:

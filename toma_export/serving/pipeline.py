@@ -23,6 +23,7 @@ elsewhere (the exported repository's BLS denoiser).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +33,7 @@ import torch
 
 from toma_export.errors import ToMAError
 from toma_export.models.spec import ModelSpec, spec_for
-from toma_export.serving.contract import GenerationRequest, Limits
+from toma_export.serving.contract import DEFAULT_GUIDANCE, GenerationRequest, Limits
 
 __all__ = ["BatchedGenerator", "generator_for_source", "to_uint8"]
 
@@ -67,13 +68,13 @@ class BatchedGenerator:
         assert self.spec is not None  # set in __post_init__
         return self.spec
 
-    @property
-    def family(self) -> str:
-        """The pipeline's denoiser kind (``unet``: SDXL; ``flux``): default guidance, negative prompts."""
-        return self.model_spec.kind
-
     def limits(self, max_steps: int, max_prompt_bytes: int) -> Limits:
-        return Limits(max_steps=max_steps, max_prompt_bytes=max_prompt_bytes, family=self.family)
+        """The request limits of this pipeline: negative prompts where it runs true classifier-free
+        guidance, and its own ``__call__``'s default guidance scale."""
+        default = inspect.signature(self.pipe.__call__).parameters.get("guidance_scale")
+        guidance = default.default if default is not None and isinstance(default.default, (int, float)) else DEFAULT_GUIDANCE
+        return Limits(max_steps=max_steps, max_prompt_bytes=max_prompt_bytes,
+                      negative_prompts=self.model_spec.cfg_doubles_batch, default_guidance=float(guidance))
 
     def _cfg_factor(self, guidance: float) -> int:
         """Denoiser rows per image: SDXL runs classifier-free guidance as a batch of 2 when guidance > 1."""
