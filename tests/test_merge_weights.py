@@ -91,16 +91,15 @@ def test_period_equals_group_on_select_steps_of_a_generation(model_name: str, re
 
 def test_launches_fall_with_shared_and_kept_weights() -> None:
     """Counted on meta (tiny SDXL UNet): on the torch path group weights drop the 11 weight ops of
-    every later site of a group, kept weights those of the first site too on reuse steps (a selecting
-    step writes two buffers per group); on the kernel path a merge is one launch whatever its weights."""
+    every later site of a group, kept weights those of the first site too on reuse steps; on the
+    kernel path a merge is one launch whatever its weights."""
     n = {w: forward_launches("sdxl-tiny-unet", ToMAConfig(ratio=0.5, weights=w)) for w in ("site", "group", "period")}
     sites, odd = divmod(n["site"]["kernels reuse"] - n["site"]["unmerged"], 2)
-    groups = n["period"]["kernels select"] - n["site"]["kernels select"]  # one kept-weights copy per group
-    assert not odd and sites > groups >= 1, n
+    groups, rest = divmod(n["group"]["torch reuse"] - n["period"]["torch reuse"], 11)
+    assert not odd and not rest and sites > groups >= 1, n
     assert n["site"]["torch reuse"] - n["group"]["torch reuse"] == 11 * (sites - groups), n
-    assert n["group"]["torch reuse"] - n["period"]["torch reuse"] == 11 * groups, n
-    assert n["period"]["torch select"] - n["group"]["torch select"] == 2 * groups, n  # weights and merge matrix
     assert n["site"]["kernels reuse"] == n["group"]["kernels reuse"] == n["period"]["kernels reuse"], n
+    assert n["period"]["kernels select"] > n["site"]["kernels select"], n  # a select step writes the kept weights
 
 
 def test_weights_field_checks_and_reads_configs_written_before_it() -> None:

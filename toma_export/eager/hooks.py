@@ -95,7 +95,7 @@ class StepHook(ModelHook):
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         grids = self.grids(ctx) if self.grids is not None and self.method.tile_destinations else []
         if isinstance(x, torch.Tensor) and grids:
-            ctx.prepare(grids, int(x.shape[0]), x.device)
+            ctx.prepare(grids, int(x.shape[0]), x.device, x.dtype)
         else:
             ctx.schedule.begin()
         return args, kwargs

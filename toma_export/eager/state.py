@@ -58,9 +58,11 @@ class MergeContext(BaseState):
         self._step_weights.clear()
         self._step_rows.clear()
 
-    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device) -> None:
+    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device,
+                dtype: torch.dtype | None = None) -> None:
         """Host, before the step's computation: reserve the destination buffer of every layout the
-        call may merge (``grids``) and decide select or reuse, so traced sites only read the bool
+        call may merge (``grids``), and with ``weights="period"`` the kept weights' buffers (in
+        ``dtype``, the tokens'), and decide select or reuse, so traced sites only read the bool
         and write in place (:class:`~toma_export.schedule.StepSchedule`)."""
         keys = []
         for h, w in grids:
@@ -70,12 +72,21 @@ class MergeContext(BaseState):
                 continue  # the site that meets this grid raises it
             if self.merges(layout):
                 key = _key(layout, batch)
-                self.schedule.reserve(key, (batch, layout.num_tiles, tokens_kept(layout.tile_size, self.config.ratio)), device)
+                k = tokens_kept(layout.tile_size, self.config.ratio)
+                self.schedule.reserve(key, (batch, layout.num_tiles, k), device)
+                if self.config.weights == "period" and dtype is not None:
+                    self._reserve_weights(key, (batch, layout.num_tiles, k, layout.tile_size), device, dtype)
                 keys.append(key)
         if not self.schedule.begin(keys):
             # A reuse step's sites all read the carried buffers from the step's table, as a select
             # step's later sites do: one traced variant for both (regional compilation).
             self._step_idx.update(zip(keys, self.schedule.read(keys)))
+            if self.config.weights == "period":  # and the kept weights, as a select step's later sites do
+                for key in keys:
+                    kept = self.kept_weights.get(key)
+                    if kept is not None and key in self.schedule.valid:
+                        h, w, th, tw, frames, _ = key
+                        self._step_weights[key] = MergeMap(TileLayout(h, w, th, tw, frames), self._step_idx[key], *kept)
 
     def end_step(self) -> None:
         # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
@@ -164,6 +175,17 @@ class MergeContext(BaseState):
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm
+
+    def _reserve_weights(self, key: Hashable, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> None:
+        """Allocate ``key``'s kept-weights buffers before a traced select step writes them (host), so
+        every select step writes in place and traces the same graph (the torch path keeps ``M`` too)."""
+        kept = self.kept_weights.get(key)
+        if kept is not None and (tuple(kept[0].shape), kept[0].device, kept[0].dtype) == (shape, torch.device(device), dtype):
+            return
+        with torch.inference_mode(False):
+            a = torch.zeros(shape, device=device, dtype=dtype)
+            m = None if uses_kernels(a) else torch.zeros(shape, device=device, dtype=dtype)
+        self.kept_weights[key] = (a, m)
 
     def _keep_weights(self, key: Hashable, mm: MergeMap) -> None:
         """Write a selecting step's weights into ``key``'s persistent buffers (made on first use)."""
