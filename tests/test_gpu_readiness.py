@@ -202,7 +202,8 @@ def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str
 
 
 @pytest.mark.parametrize(("script", "bad"), [("count_launches.py", "--targets=sdxl,nope"),
-                                              ("compile_probe.py", "--modes=partial")])
+                                              ("compile_probe.py", "--modes=partial"),
+                                              ("host_time.py", "--rows=unmerged,nope")])
 def test_scripts_answer_help_without_torch_and_refuse_unknown_names(script: str, bad: str) -> None:
     import subprocess
     import sys
