@@ -172,7 +172,8 @@ def test_regional_sdxl_compiles_one_selecting_and_one_plain_graph_per_level() ->
 
 
 @pytest.mark.parametrize(("model_name", "config"),
-                         [pytest.param("sdxl_tiny", FAST, marks=pytest.mark.slow), ("flux_tiny", ToMAConfig())])
+                         [pytest.param("sdxl_tiny", FAST, marks=pytest.mark.slow), ("flux_tiny", ToMAConfig()),
+                          ("flux_tiny", ToMAConfig(weights="period"))])  # kept weights: buffers written in place
 def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str, config: ToMAConfig,
                                                                 request: pytest.FixtureRequest) -> None:
     """Blocks of one class share graphs under regional compilation: each block's own hook state
