@@ -185,6 +185,10 @@ class MergeContext(BaseState):
         with torch.inference_mode(False):
             a = torch.zeros(shape, device=device, dtype=dtype)
             m = None if uses_kernels(a) else torch.zeros(shape, device=device, dtype=dtype)
+        if a.device.type == "cuda":  # static inputs of inductor's CUDA-graph trees, as the destinations are
+            for t in (a, m):
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
         self.kept_weights[key] = (a, m)
 
     def _keep_weights(self, key: Hashable, mm: MergeMap) -> None:
