@@ -40,6 +40,18 @@ def configs(methods: list[str], ratios: list[float], sublayers: bool,
     return out
 
 
+def weight_configs(weights: list[str], ratios: list[float], preset: str | None, tile: tuple[int, int],
+                   max_downsample: int | None) -> list[tuple[str, ToMAConfig]]:
+    """``name[weights=W]`` rows: ``preset`` (or the defaults) with each merge-weight sharing ``W``."""
+    from toma_export.presets import preset as preset_fields
+
+    base = dict(tile=tile, max_downsample=max_downsample) | (preset_fields(preset) if preset else {})
+    if preset:
+        ratios = [base.pop("ratio")]
+    name = preset or "toma"
+    return [(f"{name}[weights={w}]", ToMAConfig(**(base | dict(ratio=r, weights=w)))) for r in ratios for w in weights]
+
+
 def _tile(s: str) -> tuple[int, int]:
     try:
         r, c = (int(x) for x in s.lower().split("x"))
@@ -76,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sublayers", action="store_true", help="also ToMA with attn / attn+mlp / attn+cross+mlp")
     p.add_argument("--cuts", action="store_true", help="also ToMA with each overhead cut (bench/variants.py)")
     p.add_argument("--max-downsample", type=int, help="UNet levels merged, e.g. 4 = both SDXL attention levels")
+    p.add_argument("--weights", help="also ToMA with each merge-weight sharing of this list (site,group,period), "
+                   "on --preset's fields (default: the ToMA defaults) at each ratio")
+    p.add_argument("--preset", help="the base of the --weights rows (quality, balanced, fast; its ratio wins)")
+    p.add_argument("--trajectory", action="store_true", help="one generation per image: its timesteps run as "
+                   "consecutive steps (reuse steps between selections), not each a fresh generation")
     p.add_argument("--bench", type=Path, help="a bench JSON whose speed-ups are joined in (frontier)")
     p.add_argument("--bench-workload", help="which workload of --bench (default: its first)")
     p.add_argument("--bench-backend", default="eager")
@@ -94,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     inputs = samples(model, _csv(args.images), [int(t) for t in _csv(args.timesteps)], h, w, frames=args.frames)
     cfgs = configs(_csv(args.methods), [float(r) for r in _csv(args.ratios)], args.sublayers, args.tile, args.cuts,
                    args.max_downsample)
+    if args.weights:
+        cfgs += weight_configs(_csv(args.weights), [float(r) for r in _csv(args.ratios)], args.preset, args.tile,
+                               args.max_downsample)
     with tqdm(total=len(inputs) * (1 + len(cfgs)), disable=args.quiet, desc="fidelity", unit="fwd") as bar:
-        rows = evaluate(model, cfgs, inputs, progress=bar.update)
+        rows = evaluate(model, cfgs, inputs, progress=bar.update, trajectory=args.trajectory)
     if args.bench:
         bench = load_json(args.bench)["results"]
         points = frontier_points(rows, bench, args.bench_workload, args.bench_backend)
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
             frontier_plot(points, args.frontier, f"{args.model} {h}x{w}: speed vs fidelity")
             print(f"wrote {args.frontier}", file=sys.stderr)
-    meta = dict(model=args.model, height=h, width=w, frames=args.frames, tile=list(args.tile),
+    meta = dict(model=args.model, height=h, width=w, frames=args.frames, tile=list(args.tile), trajectory=args.trajectory,
                 max_downsample=args.max_downsample, images=_csv(args.images), timesteps=_csv(args.timesteps),
                 encoding="avg-pool 8 + fixed seeded 3->C unit-row projection, standardised; random text embedding",
                 bench=str(args.bench) if args.bench else None)

@@ -32,11 +32,11 @@ def test_the_options_mirror_every_config_field() -> None:
 
 def test_flags_build_the_full_config() -> None:
     args = _args("--ratio", "0.3", "--method", "todo", "--tile", "2x2", "--temperature", "500", "--merge", "attn,cross",
-                 "--max-downsample", "4", "--recompute-every", "3", "--share-weights", "--remainder", "error",
+                 "--max-downsample", "4", "--recompute-every", "3", "--weights", "group", "--remainder", "error",
                  "--threshold", "0.5", "--merge-seed", "7")
     assert config_from_args(args) == ToMAConfig(
         ratio=0.3, method="todo", tile=(2, 2), temperature=500.0, merge_attn=True, merge_cross=True, merge_mlp=False,
-        max_downsample=4, recompute_every=3, share_weights=True, remainder="error", threshold=0.5, seed=7)
+        max_downsample=4, recompute_every=3, weights="group", remainder="error", threshold=0.5, seed=7)
     assert config_from_args(_args()) == ToMAConfig()
     assert config_from_args(_args("--max-downsample", "auto")).max_downsample is None
 

@@ -172,7 +172,8 @@ def test_regional_sdxl_compiles_one_selecting_and_one_plain_graph_per_level() ->
 
 
 @pytest.mark.parametrize(("model_name", "config"),
-                         [pytest.param("sdxl_tiny", FAST, marks=pytest.mark.slow), ("flux_tiny", ToMAConfig())])
+                         [pytest.param("sdxl_tiny", FAST, marks=pytest.mark.slow), ("flux_tiny", ToMAConfig()),
+                          ("flux_tiny", ToMAConfig(weights="period"))])  # kept weights: buffers written in place
 def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str, config: ToMAConfig,
                                                                 request: pytest.FixtureRequest) -> None:
     """Blocks of one class share graphs under regional compilation: each block's own hook state
@@ -202,7 +203,8 @@ def test_regional_compile_equals_eager_on_select_and_reuse_steps(model_name: str
 
 
 @pytest.mark.parametrize(("script", "bad"), [("count_launches.py", "--targets=sdxl,nope"),
-                                              ("compile_probe.py", "--modes=partial")])
+                                              ("compile_probe.py", "--modes=partial"),
+                                              ("host_time.py", "--rows=unmerged,nope")])
 def test_scripts_answer_help_without_torch_and_refuse_unknown_names(script: str, bad: str) -> None:
     import subprocess
     import sys

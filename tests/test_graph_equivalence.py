@@ -68,8 +68,8 @@ def test_ratio_zero_is_the_original_model(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(RESOLUTIONS))
 def test_options_match_eager(name: str) -> None:
-    """share_weights, kind switches and an explicit max_downsample follow the eager semantics too."""
-    cfg = toma_export.ToMAConfig(ratio=0.75, share_weights=True, merge_cross=False, max_downsample=4, recompute_every=1)
+    """Group-shared weights, kind switches and an explicit max_downsample follow the eager semantics too."""
+    cfg = toma_export.ToMAConfig(ratio=0.75, weights="group", merge_cross=False, max_downsample=4, recompute_every=1)
     model = load_model(name)
     kw = example_inputs(model, batch=1, height=128, width=192)
     program = toma_export.rewrite(model, kw, cfg)

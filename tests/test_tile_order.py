@@ -60,12 +60,12 @@ def _generation(model: torch.nn.Module, config: ToMAConfig, kw: dict, steps: int
         toma_export.remove(model)
 
 
-@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("weights", ["site", "group", "period"])
 @pytest.mark.parametrize("size", [(256, 256), (264, 200)])  # 264x200: both levels leave a border
-def test_unet_generation_equals_the_per_site_path(sdxl_tiny: torch.nn.Module, size, share: bool) -> None:
+def test_unet_generation_equals_the_per_site_path(sdxl_tiny: torch.nn.Module, size, weights: str) -> None:
     """Both attention levels, batch 2, select and reuse steps, with and without a border."""
     kw = example_inputs(sdxl_tiny, batch=2, height=size[0], width=size[1], seed=5)
-    base = dict(ratio=0.5, max_downsample=4, recompute_every=2, share_weights=share, merge_cross=True)
+    base = dict(ratio=0.5, max_downsample=4, recompute_every=2, weights=weights, merge_cross=True)
     per_site = _generation(sdxl_tiny, ToMAConfig(**base, keep_tile_order=False), kw, 3)
     kept = _generation(sdxl_tiny, ToMAConfig(**base), kw, 3)
     with torch.no_grad():

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from toma_export.errors import ToMAConfigError, ToMATypeError
-from toma_export.vocabulary import METHODS, Method, SubLayer
+from toma_export.vocabulary import METHODS, WEIGHT_SHARINGS, Method, SubLayer, WeightSharing
 
-__all__ = ["METHODS", "Method", "SubLayer", "ToMAConfig"]
+__all__ = ["METHODS", "Method", "SubLayer", "ToMAConfig", "WEIGHT_SHARINGS"]
 
 
 def _is_bool(v: Any) -> bool:
@@ -40,7 +40,7 @@ def _wrong_type(name: str, value: Any, want: str, example: str) -> ToMATypeError
 #: Fields by the type they take, each with an example value for the error message.
 _NUMBERS = (("ratio", "0.5"), ("temperature", "1000.0"), ("threshold", "0.8"))
 _INTS = (("recompute_every", "5"), ("max_downsample", "4"), ("seed", "0"))
-_BOOLS = ("merge_attn", "merge_cross", "merge_mlp", "share_weights", "keep_tile_order")
+_BOOLS = ("merge_attn", "merge_cross", "merge_mlp", "keep_tile_order")
 
 
 def _check_types(cfg: Any) -> None:
@@ -65,7 +65,7 @@ def _check_types(cfg: Any) -> None:
         if not _is_bool(v):
             raise _wrong_type(name, v, "True or False", "True")
         object.__setattr__(cfg, name, bool(v))
-    for name, choices in (("method", METHODS), ("remainder", ("keep", "error"))):
+    for name, choices in (("method", METHODS), ("remainder", ("keep", "error")), ("weights", WEIGHT_SHARINGS)):
         v = getattr(cfg, name)
         if not isinstance(v, str):
             raise _wrong_type(name, v, f"a string (one of {', '.join(choices)})", repr(choices[0]))
@@ -97,7 +97,12 @@ class ToMAConfig:
         Transformers (Flux) have one level and ignore it.
     recompute_every: destinations are selected on steps 0, n, 2n, ... of a generation and reused
         (indices only; merge weights follow each block's features) on the others.
-    share_weights: also reuse the group's first-site merge weights in every later site.
+    weights: where a site's merge weights come from (``WEIGHT_SHARINGS``). "site": its own features,
+        every step. "group": the first site of its group (sites of one token layout) each step, reused
+        by the later sites. "period": the group's first site on the selecting step, kept in a persistent
+        device buffer and reused by every site until the next selection (no weight work on reuse steps).
+        Fidelity and launches of each: BENCHMARKS.md ("Merge weights once per group and step"). The
+        graph pass knows "site" and "group"; it computes "period" as "group" (weights every step).
     keep_tile_order: eager UNet blocks run ToMA on tile-major tokens, permuting once in and once out
         instead of splitting and joining at every merged sub-layer (the same result, fewer copies).
         False keeps the per-site splits; it exists to measure the cut (BENCHMARKS.md). The graph
@@ -116,7 +121,7 @@ class ToMAConfig:
     merge_mlp: bool = True
     max_downsample: int | None = None
     recompute_every: int = 5
-    share_weights: bool = False
+    weights: WeightSharing = "site"
     keep_tile_order: bool = True
     remainder: Literal["keep", "error"] = "keep"
     threshold: float = 0.8
@@ -143,12 +148,19 @@ class ToMAConfig:
             )
         if self.max_downsample is not None and self.max_downsample < 1:
             raise ToMAConfigError(f"max_downsample={self.max_downsample!r} must be an int >= 1, or None for auto.")
+        if self.weights not in WEIGHT_SHARINGS:
+            raise ToMAConfigError(f"weights={self.weights!r} is unknown; choose one of {', '.join(WEIGHT_SHARINGS)}.")
         if self.remainder not in ("keep", "error"):
             raise ToMAConfigError(f"remainder={self.remainder!r} must be 'keep' or 'error'.")
         if not -1.0 <= self.threshold <= 1.0:
             raise ToMAConfigError(f"threshold={self.threshold!r} is a cosine similarity; use a value in [-1, 1].")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ToMAConfigError(f"seed={self.seed!r} must be an int in [0, 2**63), or None.")
+
+    @property
+    def share_weights(self) -> bool:
+        """Whether later sites of a group take the first site's merge weights ("group" or "period")."""
+        return self.weights != "site"
 
     @property
     def active(self) -> bool:
@@ -174,6 +186,11 @@ class ToMAConfig:
         if not isinstance(d, dict):
             raise ToMAConfigError(f"a ToMA config must be a mapping of field -> value, got {type(d).__name__}.")
         known = {f.name for f in fields(cls)}
+        if "share_weights" in d and "weights" not in d:  # configs written before ``weights``: a bool then
+            share = d["share_weights"]
+            if not _is_bool(share):
+                raise _wrong_type("share_weights", share, "True or False", "True")
+            d = {k: v for k, v in d.items() if k != "share_weights"} | {"weights": "group" if share else "site"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ToMAConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")

@@ -5,7 +5,8 @@ partial ``ToMAConfig`` (field -> value); the fields it does not name keep ``ToMA
 The measured points behind them are in BENCHMARKS.md ("Presets"):
 
 - ``quality``: ratio 0.25, self-attention + MLP, the default level (highest-resolution attention
-  level only). SDXL block 1.31x, fidelity error 0.046 on real photos (the lowest ToMA point).
+  level only), merge weights once per group and step (``weights="group"``). SDXL block 1.31x,
+  fidelity error 0.046 on real photos (the lowest ToMA point).
 - ``balanced``: ratio 0.5, self-attention + MLP, the default level. SDXL block 1.94x; full SDXL
   UNet at 1024² 1.08x (only the 4096-token level merges).
 - ``fast``: ratio 0.5, self-attention + cross-attention queries + MLP, both SDXL attention levels
@@ -14,6 +15,13 @@ The measured points behind them are in BENCHMARKS.md ("Presets"):
   ideal 1.60-1.62x (two runs), and 1.75x eager / 1.46x under inductor in a third; fidelity error
   0.0729 against 0.0726 on real photos (BENCHMARKS.md, "Overhead cuts", "The `fast` preset on
   every backend").
+
+Merge weights (``weights``, BENCHMARKS.md "Merge weights once per group and step"): each preset takes
+the cheapest sharing whose fidelity error stays within ``balanced``'s with per-site weights (0.0783 on
+the 5-step real-photo trajectory there) and that the graph pass computes as eager does. ``quality``
+fits with ``group`` (0.0561; ``period`` fits too, 0.0594, but the graph pass has no kept weights, so
+engines would differ from eager ToMA on reuse steps); ``balanced`` and ``fast`` keep ``site``:
+``group`` costs them 1.7-1.9 % more error (0.0798, 0.0875), above ``balanced``'s, ``period`` 6 %.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ __all__ = ["PRESETS", "preset"]
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "quality": MappingProxyType({"ratio": 0.25, "merge_attn": True, "merge_cross": False, "merge_mlp": True,
-                                 "max_downsample": None}),
+                                 "max_downsample": None, "weights": "group"}),
     "balanced": MappingProxyType({"ratio": 0.5, "merge_attn": True, "merge_cross": False, "merge_mlp": True,
                                   "max_downsample": None}),
     "fast": MappingProxyType({"ratio": 0.5, "merge_attn": True, "merge_cross": True, "merge_mlp": True,
@@ -34,7 +42,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 
 #: One line per preset for ``--help``.
 SUMMARY: Mapping[str, str] = MappingProxyType({
-    "quality": "ratio 0.25, attn+mlp, default level (SDXL block 1.31x)",
+    "quality": "ratio 0.25, attn+mlp, default level, group-shared weights (SDXL block 1.31x)",
     "balanced": "ratio 0.5, attn+mlp, default level (SDXL block 1.94x, full UNet 1.08x)",
     "fast": "ratio 0.5, attn+cross+mlp, all SDXL attention levels (full UNet 1.60-1.75x eager)",
 })

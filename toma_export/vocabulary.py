@@ -18,6 +18,12 @@ from toma_export.errors import ToMAConfigError
 Method = Literal["toma", "tomesd", "todo", "catome", "none"]
 METHODS: Final[tuple[Method, ...]] = get_args(Method)
 
+#: Where a ToMA site's merge weights come from: its own features every step (``site``), the first site
+#: of its group every step (``group``), or the group's first site on the selecting step, kept in a
+#: persistent device buffer for the whole recompute period (``period``).
+WeightSharing = Literal["site", "group", "period"]
+WEIGHT_SHARINGS: Final[tuple[WeightSharing, ...]] = get_args(WeightSharing)
+
 #: Artifact precisions (``build --dtype``, manifest ``extra.precision``); torch dtypes: :mod:`toma_export.dtypes`.
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: Final[tuple[Precision, ...]] = get_args(Precision)

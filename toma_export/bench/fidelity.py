@@ -271,13 +271,19 @@ def evaluate(
     configs: Iterable[tuple[str, ToMAConfig]],
     inputs: Sequence[Sample],
     progress: Callable[[int], None] | None = None,
+    trajectory: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows per config: mean/std/max relative error and mean/min cosine over ``inputs``.
+
+    ``trajectory``: one generation per image instead of per input: an image's inputs run as
+    consecutive steps in the order given (timesteps descending, as a sampler runs them), so steps
+    after the first reuse destinations (and kept weights, ``weights="period"``) within the config's
+    ``recompute_every``. Each step is still compared with the unmerged model on the same input.
 
     Outputs are compared by :func:`~toma_export.models.outputs.first_output`: for a per-sample list
     output (Z-Image) that is the first sample's tensor, which is the whole output since :func:`samples`
     builds batch 1. The reference is ``model`` unpatched. Each merged forward is a fresh generation (state reset),
-    so selection runs on that input. ``model`` is left unpatched. A config ``apply`` refuses (a
+    so selection runs on that input, unless ``trajectory``. ``model`` is left unpatched. A config ``apply`` refuses (a
     method without an adapter for this family, no matched site) gets a row with ``refused``: why.
     """
     with torch.inference_mode():
@@ -300,8 +306,9 @@ def evaluate(
             continue
         try:
             with torch.inference_mode():
-                for s, ref in zip(inputs, refs):
-                    toma_export.reset(model)
+                for i, (s, ref) in enumerate(zip(inputs, refs)):
+                    if not trajectory or i == 0 or inputs[i - 1].image != s.image:
+                        toma_export.reset(model)
                     rel, cos = compare(first(model(**s.kwargs)), ref)
                     errs.append(rel)
                     coss.append(cos)

@@ -59,7 +59,7 @@ def site_launches(site: Site, device: str, ratio: float = 0.5, temperature: floa
 
     ``weights`` builds the merge map, ``merge`` merges the features it was built from, ``unmerge``
     maps the sub-layer's output back; ``shared merge`` merges other features with these weights
-    (``share_weights``), ``unmerge + residual`` adds the block's residual to the unmerged output.
+    (a later site of a group, ``weights="group"``), ``unmerge + residual`` adds the block's residual to the unmerged output.
     """
     layout = TileLayout.create(site.h, site.w, (4, 4), tile_major=site.tile_major)
     k = tokens_kept(layout.tile_size, ratio)
@@ -141,11 +141,14 @@ def forward_launches(
     return out
 
 
-#: Per-forward rows: (label, workload, model, preset or None for the default config).
-FORWARDS = (
-    ("SDXL-base UNet 1024², fast", "sdxl-unet", None, "fast"),
-    ("SDXL-base UNet 1024², balanced", "sdxl-unet", None, "balanced"),
-    ("Flux.1 full depth 1024², default", "flux", "flux-full", None),
+#: Per-forward rows: (label, workload, model, preset or None for the default config, other fields).
+FORWARDS: tuple[tuple[str, str, str | None, str | None, dict[str, Any]], ...] = (
+    ("SDXL-base UNet 1024², fast", "sdxl-unet", None, "fast", {}),
+    ("SDXL-base UNet 1024², fast, weights=group", "sdxl-unet", None, "fast", {"weights": "group"}),
+    ("SDXL-base UNet 1024², fast, weights=period", "sdxl-unet", None, "fast", {"weights": "period"}),
+    ("SDXL-base UNet 1024², balanced", "sdxl-unet", None, "balanced", {}),
+    ("Flux.1 full depth 1024², default", "flux", "flux-full", None, {}),
+    ("Flux.1 full depth 1024², weights=period", "flux", "flux-full", None, {"weights": "period"}),
 )
 
 
@@ -157,8 +160,8 @@ def forward_table() -> str:
         "| forward | unmerged | torch path select / reuse | kernels select / reuse |",
         "|---|---:|---:|---:|",
     ]
-    for label, workload, model, preset in FORWARDS:
-        config = ToMAConfig(**dict(PRESETS[preset])) if preset else ToMAConfig()
+    for label, workload, model, preset, extra in FORWARDS:
+        config = ToMAConfig(**(dict(PRESETS[preset]) if preset else {}), **extra)
         n = forward_launches(workload, config, model)
         u = n["unmerged"]
         cell = {

@@ -24,9 +24,9 @@ SUBLAYERS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 CUTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "toma[per-site order]": MappingProxyType(dict(keep_tile_order=False)),
     "toma[tile order]": MappingProxyType(dict(keep_tile_order=True)),
-    "toma[tile order, shared weights]": MappingProxyType(dict(share_weights=True)),
+    "toma[tile order, shared weights]": MappingProxyType(dict(weights="group")),
     "toma[tile order, +cross]": MappingProxyType(dict(merge_cross=True)),
-    "toma[tile order, +cross, shared weights]": MappingProxyType(dict(merge_cross=True, share_weights=True)),
+    "toma[tile order, +cross, shared weights]": MappingProxyType(dict(merge_cross=True, weights="group")),
 })
 
 

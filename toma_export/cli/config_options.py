@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from toma_export.cli.argtypes import path_arg
 from toma_export.presets import PRESETS, SUMMARY
-from toma_export.vocabulary import METHODS, SUBLAYERS
+from toma_export.vocabulary import METHODS, SUBLAYERS, WEIGHT_SHARINGS
 
 __all__ = ["DEFAULTS", "OPTIONS", "add_config_options", "config_dict_from_args", "config_from_args",
            "load_config_file"]
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "merge_mlp": True,
     "max_downsample": None,
     "recompute_every": 5,
-    "share_weights": False,
+    "weights": "site",
     "keep_tile_order": True,
     "remainder": "keep",
     "threshold": 0.8,
@@ -125,8 +125,9 @@ OPTIONS: tuple[Option, ...] = (
            _max_downsample, metavar="N|auto"),
     Option("--recompute-every", ("recompute_every",), "denoising steps between destination selections, >= 1 "
            "(default 5)", _int, metavar="N"),
-    Option("--share-weights", ("share_weights",), "reuse the first site's merge weights in every later site of "
-           "its group (default off)", boolean=True),
+    Option("--weights", ("weights",), "merge weights per site every step (site), from the group's first site every "
+           "step (group), or kept from the selecting step for the recompute period (period) (default site)",
+           choices=WEIGHT_SHARINGS),
     Option("--keep-tile-order", ("keep_tile_order",), "eager UNet blocks run on tile-major tokens: one permutation "
            "per block instead of a split and join per merged sub-layer; the same result (default on)", boolean=True),
     Option("--remainder", ("remainder",), "grids the tile does not divide: keep the border unmerged, or error "

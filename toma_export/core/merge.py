@@ -154,4 +154,4 @@ def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:
     tile_index, rest_index = layout.token_index_on(idx.device)
     b = idx.shape[0]
     dest = torch.gather(tile_index.expand(b, -1, -1), -1, idx).flatten(1)
-    return torch.cat([dest, rest_index.expand(b, -1)], dim=1)
+    return torch.cat([dest, rest_index.expand(b, -1)], dim=1) if layout.num_rest else dest

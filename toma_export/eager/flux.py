@@ -22,6 +22,7 @@ import torch
 from toma_export.config import SubLayer, ToMAConfig
 from toma_export.eager.hooks import (
     ATTENTION_HOOK,
+    ROPE_TABLE_HOOK,
     SITE_HOOK,
     SPAN_MERGE_HOOK,
     SPAN_UNMERGE_HOOK,
@@ -29,6 +30,7 @@ from toma_export.eager.hooks import (
     BlockSite,
     Installed,
     RopeAttentionHook,
+    RopeTableHook,
     SiteHook,
     SpanMergeHook,
     SpanUnmergeHook,
@@ -146,6 +148,9 @@ def install(model: torch.nn.Module, config: ToMAConfig) -> Installed:
         return inst
     grid_of = lambda ctx, n: ctx.image_grid(n)  # noqa: E731
     keys_only = root.method.keys_only
+    pos_embed = getattr(model, "pos_embed", None)
+    if isinstance(pos_embed, torch.nn.Module) and root.method.merger is not None and not keys_only:
+        inst.add(pos_embed, RopeTableHook(root), ROPE_TABLE_HOOK)  # a reuse step's merged RoPE rows, once
     for i, block in enumerate(double):
         site = BlockSite(root, f"double.{i}", grid_of)
         if config.merge_attn or keys_only:

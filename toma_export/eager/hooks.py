@@ -11,7 +11,9 @@
 - :class:`RopeAttentionHook` on an attention module whose image tokens arrive merged: RoPE rows
   follow the destinations. Positions differ per batch element while diffusers' processors take
   one ``(S, D)`` table, so the module's own forward (processor and attention backend) runs once
-  per batch element with that element's rows.
+  per batch element with that element's rows (gathered once per group and step).
+- :class:`RopeTableHook` on the module that makes the RoPE tables: a reuse step's merged rows,
+  gathered once for all blocks.
 - :class:`SpanMergeHook` / :class:`SpanUnmergeHook`: merge the image span of a module's output and
   unmerge it after a later module (single-stream blocks: norm -> attention + MLP -> projection).
 
@@ -32,7 +34,7 @@ from diffusers.hooks.hooks import StateManager
 
 from toma_export.baselines.todo import downsample_index, downsample_tokens
 from toma_export.config import SubLayer, ToMAConfig
-from toma_export.core.profiling import region
+from toma_export.core.merge import uses_kernels
 from toma_export.core.tiles import TileLayout
 from toma_export.eager.state import MergeContext
 from toma_export.eager.mergers import EagerMethod, Merger, eager_method
@@ -41,6 +43,7 @@ STEP_HOOK = "toma_step"
 SITE_HOOK = "toma_site"
 TILE_ORDER_HOOK = "toma_tile_order"
 ATTENTION_HOOK = "toma_rope_attention"
+ROPE_TABLE_HOOK = "toma_rope_table"
 SPAN_MERGE_HOOK = "toma_span_merge"
 SPAN_UNMERGE_HOOK = "toma_span_unmerge"
 
@@ -92,7 +95,7 @@ class StepHook(ModelHook):
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         grids = self.grids(ctx) if self.grids is not None and self.method.tile_destinations else []
         if isinstance(x, torch.Tensor) and grids:
-            ctx.prepare(grids, int(x.shape[0]), x.device)
+            ctx.prepare(grids, int(x.shape[0]), x.device, x.dtype)
         else:
             ctx.schedule.begin()
         return args, kwargs
@@ -151,7 +154,8 @@ class TileOrderHook(ModelHook):
     Exact: a block whose sub-layers act per token or attend without positions (self-attention without
     a mask, cross-attention queries, norms, the MLP) gives the same tokens in any order. Blocks with a
     positional embedding are not given this hook; calls with a self-attention mask or a grid that is
-    not merged run as they come.
+    not merged run as they come, and so do tokens on the fused kernels' devices (CUDA): the kernels
+    address row-major tiles themselves, so the two permuting copies would buy nothing.
     """
 
     def __init__(self, site: BlockSite):
@@ -162,7 +166,7 @@ class TileOrderHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         self._order = None
         x = _hidden(args, kwargs)
-        if x is None or len(args) > 1 or kwargs.get("attention_mask") is not None:
+        if x is None or uses_kernels(x) or len(args) > 1 or kwargs.get("attention_mask") is not None:
             return args, kwargs
         ctx = self.site.ctx
         grid = self.site.grid_of(ctx, x.shape[1])
@@ -211,13 +215,6 @@ class SiteHook(ModelHook):
         return output if merger is None else _map_first(output, merger.unmerge)
 
 
-def _rope_rows(rope: tuple[torch.Tensor, torch.Tensor], text: int, positions: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
-    """Rows of ``(S, D)`` RoPE tables for batch element ``b``: text rows, then merged image rows."""
-    with region("rope_rows"):
-        index = torch.cat([torch.arange(text, device=positions.device), positions[b] + text])
-        return tuple(t[index.to(t.device)] for t in rope)
-
-
 class RopeAttentionHook(ModelHook):
     """Attention over ``[text; image]`` with RoPE, on merged image tokens.
 
@@ -248,21 +245,19 @@ class RopeAttentionHook(ModelHook):
             merger = self.site.merger(x, grid, self.first)
             if merger is None:
                 return forward(**kwargs)
-            text = int(text_states.shape[1])
-            out = self._per_batch(forward, dict(kwargs, hidden_states=merger.merge(x)), merger, text)
+            rows = self.site.ctx.rope_rows(merger, rope, int(text_states.shape[1]))
+            out = self._per_batch(forward, dict(kwargs, hidden_states=merger.merge(x)), rows)
             return _map_first(out, merger.unmerge)
         merger = self.site.pending.get("span")
         if merger is None:
             return forward(**kwargs)
-        return self._per_batch(forward, kwargs, merger, int(self.site.pending["text"]))
+        return self._per_batch(forward, kwargs, self.site.ctx.rope_rows(merger, rope, int(self.site.pending["text"])))
 
-    def _per_batch(self, forward: Callable[..., Any], kwargs: dict, merger: Merger, text: int) -> Any:
-        positions = merger.positions()
-        rope = kwargs["image_rotary_emb"]
+    def _per_batch(self, forward: Callable[..., Any], kwargs: dict, rows: list[tuple[torch.Tensor, ...]]) -> Any:
         outs = []
-        for b in range(positions.shape[0]):
+        for b, rope_b in enumerate(rows):
             one = {k: (v[b : b + 1] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-            one["image_rotary_emb"] = _rope_rows(rope, text, positions, b)
+            one["image_rotary_emb"] = rope_b
             outs.append(forward(**one))
         if len(outs) == 1:
             return outs[0]
@@ -282,6 +277,22 @@ class RopeAttentionHook(ModelHook):
         keep[:start] = True
         keep[downsample_index(grid[0], grid[1], self.site.ctx.config.ratio, device) + start] = True
         return forward(**dict(kwargs, attention_mask=keep.view(1, 1, 1, seq)))
+
+
+class RopeTableHook(ModelHook):
+    """On the module that makes the RoPE tables (Flux's ``pos_embed``): on a reuse step the carried
+    destinations are known before any block runs, so the merged rows are gathered here once for
+    every block (:meth:`MergeContext.rope_rows`), and every block's sites read them, as a select
+    step's later sites do (one traced variant for all of them under regional compilation)."""
+
+    def __init__(self, root: StepHook):
+        super().__init__()
+        self.root = root
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        if isinstance(output, tuple) and all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in output):
+            self.root.active.carried_rope_rows(output)
+        return output
 
 
 class SpanMergeHook(ModelHook):

@@ -5,7 +5,9 @@ recompute decision, destinations carried between steps), the token grid of the c
 per-step scratch: which destination groups already ran this step, block-level matchings of the
 baselines. A forward pass is one denoising step. Sites of the same token layout form a group:
 the group's first site in a step selects (scheduled steps) or takes the carried destinations,
-later sites reuse them; merge weights are rebuilt per site unless ``share_weights`` is set.
+later sites reuse them. Merge weights follow ``config.weights``: rebuilt per site (``site``), built at
+the group's first site each step (``group``), or kept from the selecting step's first site for the
+recompute period in persistent device buffers, as the destinations are (``period``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from diffusers.hooks.hooks import BaseState
 
 from toma_export.config import ToMAConfig
 from toma_export.errors import ToMAConfigError
-from toma_export.core.merge import MergeMap, uses_kernels
+from toma_export.core.merge import MergeMap, merged_positions, uses_kernels
+from toma_export.core.profiling import region
 from toma_export.core.selection import tokens_kept
 from toma_export.core.tiles import TileLayout, unet_level
 from toma_export.ops import facility_location as select_op  # the op: CUDA selects with the Triton kernel
@@ -37,6 +40,10 @@ class MergeContext(BaseState):
         self.blocks: dict[Hashable, Any] = {}  # block-level matchings (ToMeSD, CA-ToMe), carried across steps
         self._step_idx: dict[Hashable, torch.Tensor] = {}
         self._step_weights: dict[Hashable, MergeMap] = {}
+        self._step_rows: dict[Hashable, list[tuple[torch.Tensor, ...]]] = {}
+        #: ``weights="period"``: per group key, the selecting step's weights and merge matrix, persistent
+        #: device buffers written in place (like the destinations) and read by every site of a reuse step.
+        self.kept_weights: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = {}
         #: The running block's tokens are in tile-major order (``TileOrderHook``, during its forward).
         self.tile_major = False
 
@@ -49,10 +56,13 @@ class MergeContext(BaseState):
         self.tile_major = False  # a block that raised mid-forward leaves no order behind
         self._step_idx.clear()
         self._step_weights.clear()
+        self._step_rows.clear()
 
-    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device) -> None:
+    def prepare(self, grids: list[tuple[int, int]], batch: int, device: torch.device,
+                dtype: torch.dtype | None = None) -> None:
         """Host, before the step's computation: reserve the destination buffer of every layout the
-        call may merge (``grids``) and decide select or reuse, so traced sites only read the bool
+        call may merge (``grids``), and with ``weights="period"`` the kept weights' buffers (in
+        ``dtype``, the tokens'), and decide select or reuse, so traced sites only read the bool
         and write in place (:class:`~toma_export.schedule.StepSchedule`)."""
         keys = []
         for h, w in grids:
@@ -62,17 +72,27 @@ class MergeContext(BaseState):
                 continue  # the site that meets this grid raises it
             if self.merges(layout):
                 key = _key(layout, batch)
-                self.schedule.reserve(key, (batch, layout.num_tiles, tokens_kept(layout.tile_size, self.config.ratio)), device)
+                k = tokens_kept(layout.tile_size, self.config.ratio)
+                self.schedule.reserve(key, (batch, layout.num_tiles, k), device)
+                if self.config.weights == "period" and dtype is not None:
+                    self._reserve_weights(key, (batch, layout.num_tiles, k, layout.tile_size), device, dtype)
                 keys.append(key)
         if not self.schedule.begin(keys):
             # A reuse step's sites all read the carried buffers from the step's table, as a select
             # step's later sites do: one traced variant for both (regional compilation).
             self._step_idx.update(zip(keys, self.schedule.read(keys)))
+            if self.config.weights == "period":  # and the kept weights, as a select step's later sites do
+                for key in keys:
+                    kept = self.kept_weights.get(key)
+                    if kept is not None and key in self.schedule.valid:
+                        h, w, th, tw, frames, _ = key
+                        self._step_weights[key] = MergeMap(TileLayout(h, w, th, tw, frames), self._step_idx[key], *kept)
 
     def end_step(self) -> None:
         # Nothing built inside a (possibly traced) step may outlive it but tensors and plain keys.
         self._step_idx.clear()
         self._step_weights.clear()
+        self._step_rows.clear()
         self.schedule.advance()
 
     @property
@@ -120,7 +140,8 @@ class MergeContext(BaseState):
         return layout.num_tiles > 0 and tokens_kept(layout.tile_size, self.config.ratio) < layout.tile_size
 
     def merge_map(self, layout: TileLayout, features: torch.Tensor) -> MergeMap:
-        """One site's merge map: the group's destinations this step, weights from ``features``."""
+        """One site's merge map: the group's destinations this step, weights from ``features`` or
+        shared within the group (``config.weights``)."""
         key = _key(layout, features.shape[0])
         if self.config.share_weights and key in self._step_weights:
             return self._step_weights[key].on(layout)
@@ -132,15 +153,106 @@ class MergeContext(BaseState):
                 parts.append(layout.split(features))
             return parts[0]
 
+        selected: list[bool] = []
+
+        def select() -> torch.Tensor:
+            selected.append(True)
+            return select_op(split()[0], tokens_kept(layout.tile_size, self.config.ratio))
+
         idx = self._step_idx.get(key)
         if idx is None:
-            k = tokens_kept(layout.tile_size, self.config.ratio)
-            idx = self.schedule.carry(key, lambda: select_op(split()[0], k))
+            idx = self.schedule.carry(key, select)
             self._step_idx[key] = idx
-        mm = MergeMap.build(layout, features, idx, self.config.temperature, None if uses_kernels(features) else split())
+        period = self.config.weights == "period"
+        kept = self.kept_weights.get(key)
+        if period and not selected and kept is not None and key in self.schedule.valid:
+            # carried destinations: the weights kept with them at the step that selected them
+            mm = MergeMap(layout, idx, kept[0], kept[1])
+        else:
+            mm = MergeMap.build(layout, features, idx, self.config.temperature, None if uses_kernels(features) else split())
+            if period and selected:
+                self._keep_weights(key, mm)
         if self.config.share_weights:
             self._step_weights[key] = mm
         return mm
+
+    def _reserve_weights(self, key: Hashable, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> None:
+        """Allocate ``key``'s kept-weights buffers before a traced select step writes them (host), so
+        every select step writes in place and traces the same graph (the torch path keeps ``M`` too)."""
+        kept = self.kept_weights.get(key)
+        if kept is not None and (tuple(kept[0].shape), kept[0].device, kept[0].dtype) == (shape, torch.device(device), dtype):
+            return
+        with torch.inference_mode(False):
+            a = torch.zeros(shape, device=device, dtype=dtype)
+            m = None if uses_kernels(a) else torch.zeros(shape, device=device, dtype=dtype)
+        if a.device.type == "cuda":  # static inputs of inductor's CUDA-graph trees, as the destinations are
+            for t in (a, m):
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
+        self.kept_weights[key] = (a, m)
+
+    def _keep_weights(self, key: Hashable, mm: MergeMap) -> None:
+        """Write a selecting step's weights into ``key``'s persistent buffers (made on first use)."""
+        fresh = (mm.weights, mm.merge_matrix)
+        kept = self.kept_weights.get(key)
+        if kept is not None and all(_same(b, f) for b, f in zip(kept, fresh)):
+            for b, f in zip(kept, fresh):
+                if b is not None and f is not None:
+                    b.copy_(f)
+            return
+        if torch.compiler.is_compiling():
+            self.kept_weights[key] = tuple(None if f is None else f.clone() for f in fresh)  # type: ignore[assignment]
+            return
+        with torch.inference_mode(False):  # made in an inference-mode call, written in place outside one
+            self.kept_weights[key] = tuple(None if f is None else f.detach().clone() for f in fresh)  # type: ignore[assignment]
+
+
+    # -- RoPE rows of merged tokens (transformers) ---------------------------------------------------
+    def rope_rows(self, merger: Any, rope: tuple[torch.Tensor, ...], text: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per batch element, the rows of the ``(S, D)`` RoPE tables ``rope`` for ``[text; merged image]``.
+
+        A merged token takes its destination's row. The rows depend only on the group's destinations
+        and the tables, which every block of a forward shares, so a ToMA group gathers them once per
+        step (its first site, or :meth:`carried_rope_rows` on a reuse step) and later sites read them.
+        """
+        key = _rows_key(_key(merger.layout, merger.idx.shape[0]), rope, text) if isinstance(merger, MergeMap) else None
+        rows = self._step_rows.get(key) if key is not None else None
+        if rows is None:
+            rows = _gather_rows(rope, text, merger.positions())
+            if key is not None:
+                self._step_rows[key] = rows
+        return rows
+
+    def carried_rope_rows(self, rope: tuple[torch.Tensor, ...]) -> None:
+        """On a reuse step, gather the merged rows of the tables ``rope`` just made for the image grid
+        of this call, from the carried destinations (nothing on a select step: selection has not run)."""
+        grid = self.grid
+        if self.schedule.selecting or grid is None or rope[0].shape[0] < grid[0] * grid[1]:
+            return
+        text = rope[0].shape[0] - grid[0] * grid[1]
+        for key, idx in self._step_idx.items():
+            if key[:2] == grid:
+                layout = TileLayout.create(*grid, self.config.tile, self.config.remainder)
+                rows_key = _rows_key(key, rope, text)
+                if rows_key not in self._step_rows:
+                    self._step_rows[rows_key] = _gather_rows(rope, text, merged_positions(layout, idx))
+
+
+def _same(buf: torch.Tensor | None, fresh: torch.Tensor | None) -> bool:
+    if buf is None or fresh is None:
+        return buf is None and fresh is None
+    return buf.shape == fresh.shape and buf.dtype == fresh.dtype and buf.device == fresh.device
+
+
+def _rows_key(group: tuple[int, ...], rope: tuple[torch.Tensor, ...], text: int) -> tuple:
+    return (group, text, tuple(rope[0].shape), str(rope[0].dtype))
+
+
+def _gather_rows(rope: tuple[torch.Tensor, ...], text: int, positions: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Rows of every table in ``rope`` per batch element: the text rows, then each merged token's row."""
+    with region("rope_rows"):
+        index = torch.cat([torch.arange(text, device=positions.device).expand(positions.shape[0], -1), positions + text], 1)
+        return [tuple(t[index[b].to(t.device)] for t in rope) for b in range(positions.shape[0])]
 
 
 def _key(layout: TileLayout, batch: int) -> tuple[int, ...]:
