@@ -124,6 +124,22 @@ def test_toma_sdxl_compiles_to_select_and_reuse_graphs_without_host_nodes(sdxl_w
 
 
 # -- regional compilation (issue 26 deliverable 4) ------------------------------------------------
+def test_whole_model_fullgraph_names_the_way_out(flux_tiny: torch.nn.Module) -> None:
+    """The step hook is host code outside the graph: ``fullgraph=True`` on a whole applied model fails,
+    and dynamo's error carries our reason (what to compile instead)."""
+    from toma_export.models.inputs import example_inputs
+
+    model = shared_clone(flux_tiny)
+    toma_export.apply(model, ToMAConfig())
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), pytest.raises(Exception, match="without fullgraph=True.*compile_repeated_blocks"):
+            torch.compile(model, fullgraph=True, backend="eager")(**example_inputs(model, height=64, width=64))
+    finally:
+        torch._dynamo.reset()
+        toma_export.remove(model)
+
+
 def test_hooked_forwards_are_shared_code_and_removed_exactly(flux_tiny: torch.nn.Module) -> None:
     """Each hooked module's forward is a bound method of one function per hook chain shape (dynamo
     matches it by code), with the module's own signature; remove leaves no instance forward."""

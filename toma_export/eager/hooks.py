@@ -63,6 +63,12 @@ class _Contexts(StateManager):
         self._context = None
 
 
+#: The step hook's host code, skipped by dynamo; the reason is what ``fullgraph=True`` reports.
+_host_code = torch.compiler.disable(
+    reason="toma_export's step hook runs on the host between compiled graphs (the select/reuse schedule); "
+           "compile the applied model without fullgraph=True, or its repeated blocks (compile_repeated_blocks)")
+
+
 class StepHook(ModelHook):
     """Step boundaries and the per-generation state of the model it sits on.
 
@@ -87,7 +93,7 @@ class StepHook(ModelHook):
     def current(self) -> MergeContext:
         return self.default if self.contexts._context is None else self.contexts.get_state()
 
-    @torch.compiler.disable
+    @_host_code
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         ctx = self.active = self.current()
         ctx.begin_step()
@@ -100,7 +106,7 @@ class StepHook(ModelHook):
             ctx.schedule.begin()
         return args, kwargs
 
-    @torch.compiler.disable
+    @_host_code
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         self.active.end_step()
         return output

@@ -231,7 +231,7 @@ class MergeContext(BaseState):
             return
         text = rope[0].shape[0] - grid[0] * grid[1]
         for key, idx in self._step_idx.items():
-            if key[:2] == grid:
+            if isinstance(key, tuple) and key[:2] == grid:
                 layout = TileLayout.create(*grid, self.config.tile, self.config.remainder)
                 rows_key = _rows_key(key, rope, text)
                 if rows_key not in self._step_rows:
