@@ -50,16 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from toma_export.bench.workloads import shared_clone
     from toma_export.config import ToMAConfig
     from toma_export.models.inputs import example_inputs
-    from toma_export.models.registry import SDXL, SDXL_TINY
+    from toma_export.models.registry import load_model
     from toma_export.presets import preset
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    from diffusers import UNet2DConditionModel
-
-    cfg = dict(SDXL_TINY, layers_per_block=SDXL["layers_per_block"],
-               transformer_layers_per_block=SDXL["transformer_layers_per_block"])
-    base = UNet2DConditionModel(**cfg).eval()
+    base = load_model("sdxl-deep-tiny", seed=0)
     kw = example_inputs(base, batch=2, height=args.size, width=args.size, seed=0)  # batch 2: guidance
     models = {}
     for name in rows:

@@ -64,6 +64,12 @@ SDXL: dict[str, Any] = dict(
     norm_num_groups=32,
 )
 
+#: SDXL-base's depth (blocks and transformer layers) at SDXL-tiny's width: every op costs about what
+#: dispatching it costs, so a forward's CPU time is the host time a GPU run pays (scripts/host_time.py).
+SDXL_DEEP_TINY: dict[str, Any] = dict(
+    SDXL_TINY, layers_per_block=SDXL["layers_per_block"], transformer_layers_per_block=SDXL["transformer_layers_per_block"]
+)
+
 #: SDXL widths and token counts with 2 transformer layers at each attention level (SDXL: 1, 2, 10):
 #: 0.9 B parameters, so compiled engines (ONNX export, ONNX Runtime sessions) fit in 24 GiB.
 SDXL_LITE: dict[str, Any] = dict(SDXL, transformer_layers_per_block=(1, 2, 2))
@@ -136,6 +142,7 @@ def _flux(cfg: dict[str, Any]) -> Callable[[], torch.nn.Module]:
 #: :func:`embedded_config` gives :func:`toma_export.models.spec.spec_for_config` before anything is built.
 EMBEDDED_MODELS: dict[str, tuple[str, dict[str, Any], Callable[[], torch.nn.Module]]] = {
     "sdxl-tiny": ("UNet2DConditionModel", SDXL_TINY, _unet(SDXL_TINY)),
+    "sdxl-deep-tiny": ("UNet2DConditionModel", SDXL_DEEP_TINY, _unet(SDXL_DEEP_TINY)),
     "sdxl": ("UNet2DConditionModel", SDXL, _unet(SDXL)),
     "sdxl-lite": ("UNet2DConditionModel", SDXL_LITE, _unet(SDXL_LITE)),
     "sd15-tiny": ("UNet2DConditionModel", SD15_TINY, _unet(SD15_TINY)),
