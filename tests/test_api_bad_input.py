@@ -145,3 +145,17 @@ def test_build_request_fields_of_the_wrong_type(tmp_path: Path) -> None:
     with pytest.raises(ToMATypeError, match="must be a ToMAConfig"):
         build_artifact(BuildRequest("sdxl-tiny", out=tmp_path / "a", config={"ratio": 0.5}), progress=False)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model_name", ["flux_tiny", "wan"])
+def test_unet_options_on_a_transformer_are_refused_and_nothing_stays(model_name: str,
+                                                                      request: pytest.FixtureRequest) -> None:
+    """UNet-only installer options (``max_downsample``) on the Flux adapter or the graph-pass route: an
+    error naming them, and no hook left on the model (the Flux adapter used to drop them silently)."""
+    from toma_export.eager.api import install
+    from toma_export.models.registry import load_model
+
+    model = request.getfixturevalue(model_name) if model_name.endswith("_tiny") else load_model(f"{model_name}-tiny")
+    with pytest.raises(TypeError, match=r"\['max_downsample'\] apply to UNets only"):
+        install(model, ToMAConfig(), max_downsample=1)
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())

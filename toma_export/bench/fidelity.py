@@ -97,13 +97,6 @@ Latents = torch.Tensor | list[torch.Tensor]
 #: Names a denoiser's forward gives its timestep (diffusers: ``timestep``; Z-Image: ``t``).
 TIMESTEP_KEYS = ("timestep", "t")
 
-#: Family (:attr:`~toma_export.models.spec.ModelSpec.family`) -> the model's timestep for noise
-#: level s (0 clean, 1 pure noise), where the example timestep's magnitude cannot tell the convention.
-#: ZImagePipeline passes ``t = (1000 - timestep) / 1000`` of its flow-matching scheduler's ``timestep = 1000 s``,
-#: so t = 1 is the clean image.
-TIMESTEP_OF_NOISE: dict[str, Callable[[float], float]] = {"z-image": lambda s: 1.0 - s}
-
-
 def _layout(shape: tuple[int, ...], height: int, width: int) -> str | None:
     """How a batched latent of ``shape`` carries a ``height x width`` image: ``"image"`` ``(B, C, H/8, W/8)``,
     ``"video"`` ``(B, C, F, H/8, W/8)``, ``"packed"`` ``(B, (H/16)(W/16), 4C)`` (2x2 per token), else None."""
@@ -209,17 +202,16 @@ def photo_latents(pixels: torch.Tensor, like: Latents, height: int, width: int) 
 
 
 def model_timestep(model: torch.nn.Module, example: torch.Tensor, t: int) -> float:
-    """Step ``t`` of 1000 on ``model``'s own timestep scale. UNets: ``t`` (DDPM). Flow-matching
-    transformers: noise level s = t/1000, mapped by :data:`TIMESTEP_OF_NOISE` for the family where the
-    convention is not the usual one, else s itself where the example timestep is at most 1 (Flux, FLUX.2,
-    Qwen-Image pipelines pass it so) and 1000 s otherwise (SD3, Wan)."""
-    spec = spec_for(model)
-    if spec.kind == "unet":
+    """Step ``t`` of 1000 on ``model``'s own timestep scale (:attr:`ModelSpec.timestep`). DDPM (UNets):
+    ``t``. Flow matching: noise level s = t/1000, reversed where the spec says so (Z-Image), else s itself
+    where the example timestep is at most 1 (Flux, FLUX.2, Qwen-Image pipelines pass it so) and 1000 s
+    otherwise (SD3, Wan)."""
+    convention = spec_for(model).timestep
+    if convention == "ddpm":
         return float(t)
     s = t / 1000
-    convert = TIMESTEP_OF_NOISE.get(spec.family)
-    if convert is not None:
-        return convert(s)
+    if convention == "flow-reversed":
+        return 1.0 - s
     return s if float(example.max()) <= 1.0 else 1000.0 * s
 
 
@@ -236,7 +228,7 @@ def samples(
 
     UNets get DDPM noise; transformers are flow-matching models, ``(1-s)·x0 + s·eps`` with s = t/1000.
     The timestep reaches the model on its own scale (:func:`model_timestep`)."""
-    unet = spec_for(model).kind == "unet"
+    unet = spec_for(model).timestep == "ddpm"
     base = example_inputs(model, batch=1, height=height, width=width, seed=seed, frames=frames)
     key = latent_key(base, height, width, getattr(model.config, "in_channels", None))
     tkey = timestep_key(base)

@@ -8,7 +8,7 @@ next call at step 0 in every pipeline that shares the model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -57,22 +57,36 @@ def uses_graph_hook(model: torch.nn.Module) -> bool:
     return spec_for(model).adapter is None
 
 
+def _graph_pass_hook(model: torch.nn.Module, config: ToMAConfig) -> Installed:
+    """Models without a hand-written adapter: the graph pass behind one hook on the root."""
+    route(spec_for(model), config, name=type(model).__name__)  # refuses methods no graph pass implements
+    hook = GraphPassHook(config)
+    installed = Installed(model, hook)  # type: ignore[arg-type]  # its root has reset_state/active too
+    installed.add(model, hook, GRAPH_HOOK)
+    return installed
+
+
+def _no_options(installer: Callable[[torch.nn.Module, ToMAConfig], Installed]) -> Callable[..., Installed]:
+    def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
+        if options:
+            raise TypeError(f"options {sorted(options)} apply to UNets only (the attention levels of a UNet)")
+        return installer(model, config)
+    return install
+
+
+#: :attr:`ModelSpec.adapter` -> what installs ToMA's hooks on such a model (None: no adapter).
+INSTALLERS: dict[str | None, Callable[..., Installed]] = {
+    "unet": unet.install,
+    "flux": _no_options(flux.install),
+    None: _no_options(_graph_pass_hook),
+}
+
+
 def install(model: torch.nn.Module, config: ToMAConfig, **options: Any) -> Installed:
     """Register the hooks for ``model``'s route (:func:`toma_export.methods.route`); nothing stays
     registered when this raises."""
-    spec = spec_for(model)
     try:
-        if spec.adapter == "unet":
-            installed = unet.install(model, config, **options)
-        elif spec.adapter == "flux":
-            installed = flux.install(model, config)
-        else:
-            if options:
-                raise TypeError(f"options {sorted(options)} apply to UNets only")
-            route(spec, config, name=type(model).__name__)  # refuses methods no graph pass implements
-            hook = GraphPassHook(config)
-            installed = Installed(model, hook)  # type: ignore[arg-type]  # its root has reset_state/active too
-            installed.add(model, hook, GRAPH_HOOK)
+        installed = INSTALLERS[spec_for(model).adapter](model, config, **options)
     except BaseException:
         _strip(model)
         raise

@@ -54,6 +54,10 @@ class ModelSpec:
     #: The encoder-free pipeline :func:`toma_export.models.pipelines.build_pipeline` builds around it (None:
     #: none; a local pipeline folder brings its own).
     embedded_pipeline: Literal["sdxl", "flux"] | None = None
+    #: What its timestep means: ``"ddpm"`` (step of 1000 of a DDPM schedule), ``"flow"`` (flow-matching
+    #: noise level s, on the scale its pipeline passes: s, or 1000 s), ``"flow-reversed"`` (1 - s: Z-Image's
+    #: pipeline passes ``(1000 - timestep) / 1000``, so 1 is the clean image).
+    timestep: Literal["ddpm", "flow", "flow-reversed"] = "flow"
 
     @property
     def packed(self) -> bool:
@@ -74,7 +78,8 @@ class ModelSpec:
 _FLUX_IDS = frozenset({"img_ids", "txt_ids"})
 
 UNET = ModelSpec("unet", "unet", "unet", "unet", "latent-map", text_len=77, float32_inputs=frozenset({"timestep"}),
-                 output_class="UNet2DConditionOutput", cfg_doubles_batch=True, embedded_pipeline="sdxl")
+                 output_class="UNet2DConditionOutput", cfg_doubles_batch=True, embedded_pipeline="sdxl",
+                 timestep="ddpm")
 FLUX = ModelSpec("flux", "flux", "flux", "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS,
                  embedded_pipeline="flux")
 #: Flux.1-style blocks in another class (Chroma, ...): Flux's inputs, but the blocks differ inside, so
@@ -85,7 +90,7 @@ FLUX2 = ModelSpec("flux2", "transformer", None, "transformer", "packed", float32
 QWEN_IMAGE = ModelSpec("qwen-image", "transformer", None, "transformer", "packed")
 SD35 = ModelSpec("sd35", "transformer", None, "transformer", "patched")
 WAN = ModelSpec("wan", "transformer", None, "transformer", "patched-video")
-Z_IMAGE = ModelSpec("z-image", "transformer", None, "transformer", "per-sample")
+Z_IMAGE = ModelSpec("z-image", "transformer", None, "transformer", "per-sample", timestep="flow-reversed")
 #: Any other diffusers denoiser: the graph pass takes it where its sites match; inputs as Flux's.
 TRANSFORMER = ModelSpec("flux", "transformer", None, "transformer", "packed", text_len=16, float32_inputs=_FLUX_IDS)
 
