@@ -32,6 +32,9 @@ LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # versions without torchvision; the embedded pipelines use no image processor.
     ("transformers.utils.import_utils",
      r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+ImageProcessorPil`"),
+    # diffusers' ModelMixin.to(dtype) warns whenever the class lists float32 modules, even when it lists none
+    # (the empty list): only that empty case is hidden.
+    ("diffusers.models.modeling_utils", r"There are modules in \w+ that should be kept in float32: \[\]\."),
 )
 
 _SHOWN: ContextVar[bool] = ContextVar("toma_export_library_noise_shown", default=False)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from toma_export.errors import UnsupportedModelError
+from toma_export.quiet import library_noise
 from toma_export.models.spec import DENOISER_ATTRIBUTES
 
 SDXL_TINY: dict[str, Any] = dict(
@@ -460,7 +461,8 @@ def load_model(
         with torch.random.fork_rng(devices=cuda), target:
             torch.manual_seed(seed)
             model = build()
-        model = (model if dtype == torch.float32 else model.to(dtype)).eval()
+        with library_noise():
+            model = (model if dtype == torch.float32 else model.to(dtype)).eval()
     elif source.kind == "local":
         folder = Path(source.root) / source.subfolder if source.subfolder else Path(source.root)
         model = _load_local(folder, dtype, config or {}, variant=variant)
