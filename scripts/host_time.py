@@ -8,6 +8,10 @@ machinery. Each round runs every row once in a rotating order (``bench.timing``)
 generation of ``--steps`` forwards (a select step, then reuse steps) timed per forward.
 
     python scripts/host_time.py [--size 128] [--rounds 7] [--steps 5] [--rows unmerged,fast,fast[weights=period]]
+
+``--meta`` times the real SDXL-base UNet (fp16, 1024² by default) on the ``meta`` device instead: no op
+computes anything there, so a forward's time is host time alone (Python, hooks and ATen dispatch), and
+the ToMA rows take the fused-kernel ops as CUDA tensors do (``--torch-path`` keeps the torch path).
 """
 
 from __future__ import annotations
@@ -27,12 +31,19 @@ ROWS = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=128, help="image side in pixels (latent side / 8; default 128: 8x8 and 4x4 merged grids)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="image side in pixels (default 128: 8x8 and 4x4 merged grids; 1024 with --meta)")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7; one more untimed first)")
     ap.add_argument("--steps", type=int, default=5, help="forwards per ToMA generation (default 5 = one period)")
     ap.add_argument("--rows", default="unmerged,fast", help="rows, comma-separated, of " + ", ".join(ROWS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: host time, not parallel ops)")
+    ap.add_argument("--meta", action="store_true",
+                    help="the real SDXL-base UNet on the meta device (host time only; --size default 1024)")
+    ap.add_argument("--torch-path", action="store_true", help="with --meta: the torch merge path, not the fused ops")
     args = ap.parse_args(argv)
+    args.size = args.size or (1024 if args.meta else 128)
+    if args.torch_path and not args.meta:
+        ap.error("--torch-path applies with --meta (on the CPU the torch path is the only one)")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -41,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"rows {rows} lack 'unmerged', the row the others are compared with")
     if args.size % 64 or args.size < 128 or args.rounds < 1 or args.steps < 1:
         ap.error("--size must be a multiple of 64 and >= 128 (4x4 tiles on the 1/4 level); --rounds, --steps >= 1")
+    import contextlib
     import statistics
 
     import torch
@@ -53,9 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     from toma_export.models.registry import load_model
     from toma_export.presets import preset
 
+    from toma_export.bench.kernel_launches import kernel_path_on_meta
+
     torch.set_num_threads(args.threads)
-    base = load_model("sdxl-deep-tiny", seed=0)
-    kw = example_inputs(base, batch=2, height=args.size, width=args.size, seed=0)  # batch 2: guidance
+    if args.meta:
+        base = load_model("sdxl", dtype=torch.float16, device="meta")
+        path = contextlib.nullcontext if args.torch_path else kernel_path_on_meta
+        what = f"SDXL-base UNet on meta (fp16, {'torch path' if args.torch_path else 'fused ops'})"
+    else:
+        base, path = load_model("sdxl-deep-tiny", seed=0), contextlib.nullcontext
+        what = "SDXL-base depth, SDXL-tiny width"
+    kw = example_inputs(base, batch=2, height=args.size, width=args.size, seed=0,
+                        dtype=next(base.parameters()).dtype, device=next(base.parameters()).device)  # batch 2: guidance
     models = {}
     for name in rows:
         spec = ROWS[name]
@@ -68,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         model = models[name]
         if ROWS[name] is not None:
             toma_export.reset(model)
-        with torch.no_grad():
+        with torch.no_grad(), path():
             return [time_call(lambda: model(**kw)) for _ in range(args.steps)]
 
     times: dict[str, list[float]] = {r: [] for r in rows}
@@ -78,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             if i:  # round 0 warms up
                 times[rows[j]].extend(t)
     ref = statistics.median(times["unmerged"])
-    print(f"SDXL-base depth, SDXL-tiny width, {args.size}x{args.size}, batch 2, {args.threads} thread(s), "
+    print(f"{what}, {args.size}x{args.size}, batch 2, {args.threads} thread(s), "
           f"{args.rounds} rounds x {args.steps} forwards, rows interleaved")
     print("| row | median ms per forward | min ms | vs unmerged |")
     print("|---|---:|---:|---:|")
