@@ -256,7 +256,9 @@ class GraphProgram(abc.ABC):
         is the merged sequence's own (the first flat input may not lead with it: Z-Image takes lists of
         per-sample ``(C, F, H, W)`` latents)."""
         flat = self.captured.flatten(self.captured.example_kwargs)
-        return [torch.arange(g.k).expand(self._batch(g, flat), g.layout.num_tiles, g.k).contiguous() for g in self.groups]
+        device = next((t.device for t in flat if isinstance(t, torch.Tensor)), torch.device("cpu"))  # export time, once
+        return [torch.arange(g.k, device=device).expand(self._batch(g, flat), g.layout.num_tiles, g.k).contiguous()
+                for g in self.groups]
 
     def _batch(self, group: GroupInfo, flat: list[Any] | None = None) -> int:
         """The batch ``group``'s destinations are for: a dynamic-batch program's from its batch-leading
