@@ -22,6 +22,9 @@ the 5-step real-photo trajectory there) and that the graph pass computes as eage
 fits with ``group`` (0.0561; ``period`` fits too, 0.0594, but the graph pass has no kept weights, so
 engines would differ from eager ToMA on reuse steps); ``balanced`` and ``fast`` keep ``site``:
 ``group`` costs them 1.7-1.9 % more error (0.0798, 0.0875), above ``balanced``'s, ``period`` 6 %.
+For ``fast`` ``group`` would buy host time on the CPU's torch path only (1.13x unmerged per forward
+against 1.42x; on CUDA weights and merge are one launch either way) and costs regional compilation
+a variant per token count (6 graphs against 4): ``--weights group`` where the CPU is the target.
 """
 
 from __future__ import annotations

@@ -22,19 +22,20 @@ from toma_export.core.profiling import region
 from toma_export.core.tiles import TileLayout
 
 
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``idx`` ``(..., k)`` of ``x`` ``(..., S, C)`` -> ``(..., k, C)``."""
-    return torch.gather(x, -2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
-
-
 def merge_weights(tiles: torch.Tensor, idx: torch.Tensor, temperature: float) -> torch.Tensor:
     """``A`` ``(B, T, k, S)`` from tile features ``(B, T, S, C)`` and destinations ``(B, T, k)``.
 
-    Softmax in fp32 (``temperature`` x cosine reaches 1e3); returned in the features' dtype.
+    Softmax in fp32 (``temperature`` x cosine reaches 1e3); returned in the features' dtype. Batch and
+    tiles fold into one ``bmm`` batch: a 4-d ``matmul`` adds expands and reshapes at every call,
+    each a host cost where an op costs its dispatch.
     """
-    xn = F.normalize(tiles.float(), dim=-1)
-    logits = temperature * (gather_tokens(xn, idx) @ xn.transpose(-1, -2))
-    return logits.softmax(dim=-2).to(tiles.dtype)
+    b, t, s, c = tiles.shape
+    k = idx.shape[-1]
+    # normalised before folding: the fresh tensor folds as a view even where the tiles are a strided slice
+    xn = F.normalize(tiles if tiles.dtype == torch.float32 else tiles.float(), dim=-1).reshape(b * t, s, c)
+    dest = torch.gather(xn, 1, idx.reshape(b * t, k, 1).expand(b * t, k, c))
+    a = torch.bmm(dest, xn.transpose(1, 2)).mul(temperature).softmax(dim=1)
+    return (a if a.dtype == tiles.dtype else a.to(tiles.dtype)).view(b, t, k, s)
 
 
 #: Device types whose tensors merge through the fused ops (``bench.kernel_launches`` adds ``meta`` to count them).
@@ -58,16 +59,23 @@ def _layout_args(layout: TileLayout) -> tuple[int, int, int, int, int, bool]:
 
 def merge_tiles(merge_matrix: torch.Tensor, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """Merged tokens ``(B, T*k + R, C)``: ``M @ X`` per tile (tile-major), then the border ``rest``."""
-    merged = (merge_matrix.to(tiles.dtype) @ tiles).flatten(1, 2)
+    b, t, k, s = merge_matrix.shape
+    merged = _bmm_tiles(merge_matrix.reshape(b * t, k, s), tiles.reshape(b * t, s, tiles.shape[-1]))
+    merged = merged.view(b, t * k, -1)
     return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
 
 
 def unmerge_tiles(layout: TileLayout, weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Tokens ``(B, N, C)`` from merged ``y``: ``A^T @ Y`` per tile, the border copied back."""
     b, t, k, s = weights.shape
-    ym, rest = y[:, : t * k], y[:, t * k :]
-    tiles = weights.to(y.dtype).transpose(-1, -2) @ ym.reshape(b, t, k, y.shape[-1])
-    return layout.join(tiles, rest)
+    ym, rest = (y[:, : t * k], y[:, t * k :]) if layout.num_rest else (y, None)
+    tiles = _bmm_tiles(weights.reshape(b * t, k, s).transpose(1, 2), ym.reshape(b * t, k, y.shape[-1]))
+    return layout.join(tiles.view(b, t, s, -1), rest)
+
+
+def _bmm_tiles(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` over the folded batch x tiles, in ``x``'s dtype (the weights may be kept in another)."""
+    return torch.bmm(a if a.dtype == x.dtype else a.to(x.dtype), x)
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,19 @@ class MergeMap:
     source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
     # (features, their merged tokens) when the fused kernel built the map: merging them is free
     fused: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    #: torch path: ``(M, A^T)`` folded to ``(B*T, k, S)`` and ``(B*T, S, k)``, the operands of one ``bmm`` each
+    _folded: tuple[torch.Tensor, torch.Tensor] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.merge_matrix is None and not uses_kernels(self.weights):
+        if uses_kernels(self.weights):
+            return
+        b, t, k, s = self.weights.shape
+        if self.merge_matrix is None:
             object.__setattr__(self, "merge_matrix", self.weights / self.weights.sum(dim=-1, keepdim=True))
+        assert self.merge_matrix is not None
+        # M and A^T folded to (B*T, ., .) once per map: a map shared by a group's sites folds once a step
+        object.__setattr__(self, "_folded", (self.merge_matrix.reshape(b * t, k, s),
+                                             self.weights.reshape(b * t, k, s).transpose(1, 2)))
 
     @classmethod
     def build(
@@ -130,20 +147,34 @@ class MergeMap:
             return self.fused[1]
         if uses_kernels(x):
             return _ops().tile_merge(x, self.weights, *_layout_args(self.layout))
+        layout = self.layout
         if self.source is not None and x is self.source[0]:
             tiles, rest = self.source[1], self.source[2]  # the features the map came from: split once
+        elif layout.tile_major and not layout.num_rest:
+            tiles, rest = x, None  # tile-major tokens are the tiles, back to back
         else:
-            tiles, rest = self.layout.split(x)
-        assert self.merge_matrix is not None
-        return merge_tiles(self.merge_matrix, tiles, rest)
+            tiles, rest = layout.split(x)
+        m3 = self._folded[0]
+        b, c = x.shape[0], x.shape[-1]
+        merged = _bmm_tiles(m3, tiles.reshape(m3.shape[0], m3.shape[2], c)).view(b, -1, c)
+        return merged if rest is None or not rest.shape[1] else torch.cat([merged, rest], dim=1)
 
     def unmerge(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``(B, N, C)`` from merged ``y``; ``residual + unmerge(y)`` when given (fused on CUDA)."""
         with region("unmerge"):
             if uses_kernels(y):
                 return _ops().tile_unmerge(y, self.weights, residual, *_layout_args(self.layout))
-            out = unmerge_tiles(self.layout, self.weights, y)
+            out = self._unmerge(y)
             return out if residual is None else out + residual
+
+    def _unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        layout = self.layout
+        if layout.num_rest:
+            return unmerge_tiles(layout, self.weights, y)
+        at3 = self._folded[1]
+        b, c = y.shape[0], y.shape[-1]
+        tiles = _bmm_tiles(at3, y.reshape(at3.shape[0], at3.shape[2], c))
+        return tiles.view(b, -1, c) if layout.tile_major else layout.join(tiles.view(b, -1, at3.shape[1], c), None)
 
 
 def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ either side (not one whole tile fits) is always refused: it would merge nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -39,6 +39,7 @@ class TileLayout:
     tw: int
     frames: int = 1
     tile_major: bool = False
+    _counts: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -66,22 +67,29 @@ class TileLayout:
             )
         return cls(h, w, th, tw, frames, tile_major)
 
+    def __post_init__(self) -> None:
+        # The counts every split, join and merge asks for, computed once per layout (host time per site).
+        fh = self.h // self.frames
+        ty, tx = fh // self.th, self.w // self.tw
+        tiles = self.frames * ty * tx
+        object.__setattr__(self, "_counts", (fh, ty, tx, tiles, self.h * self.w - tiles * self.th * self.tw))
+
     @property
     def frame_h(self) -> int:
-        return self.h // self.frames
+        return self._counts[0]
 
     @property
     def tiles_y(self) -> int:
         """Tile rows per frame."""
-        return self.frame_h // self.th
+        return self._counts[1]
 
     @property
     def tiles_x(self) -> int:
-        return self.w // self.tw
+        return self._counts[2]
 
     @property
     def num_tiles(self) -> int:
-        return self.frames * self.tiles_y * self.tiles_x
+        return self._counts[3]
 
     @property
     def tile_size(self) -> int:
@@ -93,7 +101,7 @@ class TileLayout:
 
     @property
     def num_rest(self) -> int:
-        return self.num_tokens - self.num_tiles * self.tile_size
+        return self._counts[4]
 
     def merged_count(self, k: int) -> int:
         """Image tokens after merging with ``k`` destinations per tile (the border stays unmerged)."""
@@ -106,6 +114,8 @@ class TileLayout:
         if n != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens for a {self.h}x{self.w} grid, got {n}")
         if self.tile_major:
+            if not self.num_rest:
+                return x.unflatten(1, (self.num_tiles, self.tile_size)), x[:, :0]
             cut = self.num_tiles * self.tile_size
             return x[:, :cut].unflatten(1, (self.num_tiles, self.tile_size)), x[:, cut:]
         f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
@@ -122,20 +132,21 @@ class TileLayout:
         bottom = grid[:, :, mh:].reshape(b, -1, c)
         return tiles, torch.cat([right, bottom], dim=1)
 
-    def join(self, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`split`.
+    def join(self, tiles: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
+        """Inverse of :meth:`split` (``rest`` may be None where there is no border).
 
         The row-major result is never a view: its last op is the copying reshape or a ``cat``. A block
         output that is a view where the unmerged block's is not makes dynamo compile one more variant
         of every repeated block (it guards on the strides of an input's ``_base``)."""
         if self.tile_major:
             flat = tiles.flatten(1, 2)
-            return torch.cat([flat, rest], dim=1) if rest.shape[1] else flat
+            return torch.cat([flat, rest], dim=1) if rest is not None and rest.shape[1] else flat
         b, _, _, c = tiles.shape
         f, mh, mw = self.frames, self.tiles_y * self.th, self.tiles_x * self.tw
         grid = tiles.reshape(b, f, self.tiles_y, self.tiles_x, self.th, self.tw, c).permute(0, 1, 2, 4, 3, 5, 6)
         if not self.num_rest:
             return grid.reshape(b, self.num_tokens, c)
+        assert rest is not None, "a layout with border tokens joins its border back"
         n_right = f * mh * (self.w - mw)
         right = rest[:, :n_right].reshape(b, f, mh, self.w - mw, c)
         bottom = rest[:, n_right:].reshape(b, f, (self.frame_h - mh) * self.w, c)
@@ -145,12 +156,23 @@ class TileLayout:
     @property
     def row_major(self) -> TileLayout:
         """This layout over row-major tokens."""
-        return replace(self, tile_major=False) if self.tile_major else self
+        return self._other_order() if self.tile_major else self
 
     @property
     def in_tile_order(self) -> TileLayout:
         """This layout over tile-major tokens."""
-        return self if self.tile_major else replace(self, tile_major=True)
+        return self if self.tile_major else self._other_order()
+
+    def _other_order(self) -> TileLayout:
+        """The same layout in the other token order, made once per layout in eager calls (a block
+        asks for it twice per forward); built in-graph while tracing."""
+        if torch.compiler.is_compiling():
+            return replace(self, tile_major=not self.tile_major)
+        other = self.__dict__.get("_other")
+        if other is None:
+            other = replace(self, tile_major=not self.tile_major)
+            object.__setattr__(self, "_other", other)
+        return other
 
     def to_tile_order(self, x: torch.Tensor) -> torch.Tensor:
         """Row-major ``(B, N, C)`` -> the same tokens in tile-major order (one copy)."""

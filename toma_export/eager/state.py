@@ -46,6 +46,8 @@ class MergeContext(BaseState):
         self.kept_weights: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = {}
         #: The running block's tokens are in tile-major order (``TileOrderHook``, during its forward).
         self.tile_major = False
+        self._layouts: dict[tuple[int, int, bool], TileLayout] = {}  # eager ``layout_for`` (the config is fixed)
+        self._levels: dict[tuple[tuple[int, int], int, int], tuple[int, int] | None] = {}  # eager ``unet_grid``
 
     # -- the denoising loop (diffusers' stateful-hook reset calls ``reset``) ------------------------
     def reset(self, *args: Any, **kwargs: Any) -> None:
@@ -122,8 +124,14 @@ class MergeContext(BaseState):
         """Grid of a UNet level with ``n`` tokens when that level is merged, else None."""
         if self.latent_hw is None:
             return None
+        key = (self.latent_hw, n, max_downsample)
+        if key in self._levels and not torch.compiler.is_compiling():
+            return self._levels[key]
         level = unet_level(n, *self.latent_hw)
-        return None if level is None or level[2] > max_downsample else level[:2]
+        grid = None if level is None or level[2] > max_downsample else level[:2]
+        if not torch.compiler.is_compiling():
+            self._levels[key] = grid
+        return grid
 
     def image_grid(self, n: int) -> tuple[int, int] | None:
         """The transformer's image grid when a site sees exactly its ``n`` tokens, else None."""
@@ -132,8 +140,18 @@ class MergeContext(BaseState):
 
     # -- ToMA -----------------------------------------------------------------------------------------
     def layout_for(self, h: int, w: int) -> TileLayout:
-        """The site layout of an ``h x w`` grid, in the token order the current block runs in."""
-        return TileLayout.create(h, w, self.config.tile, self.config.remainder, tile_major=self.tile_major)
+        """The site layout of an ``h x w`` grid, in the token order the current block runs in.
+
+        Eager calls take it from a per-context cache (every merged site asks, each forward); while
+        tracing it is built in-graph, so no traced variant reads host state that outlives its step."""
+        if torch.compiler.is_compiling():
+            return TileLayout.create(h, w, self.config.tile, self.config.remainder, tile_major=self.tile_major)
+        key = (h, w, self.tile_major)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = TileLayout.create(
+                h, w, self.config.tile, self.config.remainder, tile_major=self.tile_major)
+        return layout
 
     def merges(self, layout: TileLayout) -> bool:
         """Whether a site of this layout merges anything (k < tile size and at least one tile)."""
