@@ -60,17 +60,32 @@ def _layout_args(layout: TileLayout) -> tuple[int, int, int, int, int, bool]:
 def merge_tiles(merge_matrix: torch.Tensor, tiles: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """Merged tokens ``(B, T*k + R, C)``: ``M @ X`` per tile (tile-major), then the border ``rest``."""
     b, t, k, s = merge_matrix.shape
-    merged = _bmm_tiles(merge_matrix.reshape(b * t, k, s), tiles.reshape(b * t, s, tiles.shape[-1]))
-    merged = merged.view(b, t * k, -1)
-    return torch.cat([merged, rest], dim=1) if rest.shape[1] else merged
+    return _merge_folded(merge_matrix.reshape(b * t, k, s), tiles, rest)
 
 
 def unmerge_tiles(layout: TileLayout, weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Tokens ``(B, N, C)`` from merged ``y``: ``A^T @ Y`` per tile, the border copied back."""
     b, t, k, s = weights.shape
-    ym, rest = (y[:, : t * k], y[:, t * k :]) if layout.num_rest else (y, None)
-    tiles = _bmm_tiles(weights.reshape(b * t, k, s).transpose(1, 2), ym.reshape(b * t, k, y.shape[-1]))
-    return layout.join(tiles.view(b, t, s, -1), rest)
+    return _unmerge_folded(layout, weights.reshape(b * t, k, s).transpose(1, 2), y)
+
+
+def _merge_folded(m3: torch.Tensor, tiles: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
+    """``M`` folded to ``(B*T, k, S)`` times ``tiles`` (``(B, T, S, C)``, or tile-major ``(B, T*S, C)``)."""
+    b, c = tiles.shape[0], tiles.shape[-1]
+    merged = _bmm_tiles(m3, tiles.reshape(m3.shape[0], m3.shape[2], c)).view(b, -1, c)
+    return torch.cat([merged, rest], dim=1) if rest is not None and rest.shape[1] else merged
+
+
+def _unmerge_folded(layout: TileLayout, at3: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``A^T`` folded to ``(B*T, S, k)`` times the merged tiles of ``y``, joined back with the border."""
+    b, c = y.shape[0], y.shape[-1]
+    s, k = at3.shape[1], at3.shape[2]
+    cut = layout.num_tiles * k
+    ym, rest = (y[:, :cut], y[:, cut:]) if layout.num_rest else (y, None)
+    tiles = _bmm_tiles(at3, ym.reshape(at3.shape[0], k, c))
+    if layout.tile_major and rest is None:
+        return tiles.view(b, -1, c)  # tile-major tokens are the tiles, back to back
+    return layout.join(tiles.view(b, -1, s, c), rest)
 
 
 def _bmm_tiles(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -154,27 +169,15 @@ class MergeMap:
             tiles, rest = x, None  # tile-major tokens are the tiles, back to back
         else:
             tiles, rest = layout.split(x)
-        m3 = self._folded[0]
-        b, c = x.shape[0], x.shape[-1]
-        merged = _bmm_tiles(m3, tiles.reshape(m3.shape[0], m3.shape[2], c)).view(b, -1, c)
-        return merged if rest is None or not rest.shape[1] else torch.cat([merged, rest], dim=1)
+        return _merge_folded(self._folded[0], tiles, rest)
 
     def unmerge(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``(B, N, C)`` from merged ``y``; ``residual + unmerge(y)`` when given (fused on CUDA)."""
         with region("unmerge"):
             if uses_kernels(y):
                 return _ops().tile_unmerge(y, self.weights, residual, *_layout_args(self.layout))
-            out = self._unmerge(y)
+            out = _unmerge_folded(self.layout, self._folded[1], y)
             return out if residual is None else out + residual
-
-    def _unmerge(self, y: torch.Tensor) -> torch.Tensor:
-        layout = self.layout
-        if layout.num_rest:
-            return unmerge_tiles(layout, self.weights, y)
-        at3 = self._folded[1]
-        b, c = y.shape[0], y.shape[-1]
-        tiles = _bmm_tiles(at3, y.reshape(at3.shape[0], at3.shape[2], c))
-        return tiles.view(b, -1, c) if layout.tile_major else layout.join(tiles.view(b, -1, at3.shape[1], c), None)
 
 
 def merged_positions(layout: TileLayout, idx: torch.Tensor) -> torch.Tensor:

@@ -124,14 +124,12 @@ class MergeContext(BaseState):
         """Grid of a UNet level with ``n`` tokens when that level is merged, else None."""
         if self.latent_hw is None:
             return None
+        if torch.compiler.is_compiling():
+            return _merged_level(n, self.latent_hw, max_downsample)
         key = (self.latent_hw, n, max_downsample)
-        if key in self._levels and not torch.compiler.is_compiling():
-            return self._levels[key]
-        level = unet_level(n, *self.latent_hw)
-        grid = None if level is None or level[2] > max_downsample else level[:2]
-        if not torch.compiler.is_compiling():
-            self._levels[key] = grid
-        return grid
+        if key not in self._levels:
+            self._levels[key] = _merged_level(n, self.latent_hw, max_downsample)
+        return self._levels[key]
 
     def image_grid(self, n: int) -> tuple[int, int] | None:
         """The transformer's image grid when a site sees exactly its ``n`` tokens, else None."""
@@ -254,6 +252,11 @@ class MergeContext(BaseState):
                 rows_key = _rows_key(key, rope, text)
                 if rows_key not in self._step_rows:
                     self._step_rows[rows_key] = _gather_rows(rope, text, merged_positions(layout, idx))
+
+
+def _merged_level(n: int, latent_hw: tuple[int, int], max_downsample: int) -> tuple[int, int] | None:
+    level = unet_level(n, *latent_hw)
+    return None if level is None or level[2] > max_downsample else level[:2]
 
 
 def _same(buf: torch.Tensor | None, fresh: torch.Tensor | None) -> bool:
