@@ -140,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    #: Listen backlog. socketserver's default of 5 let a burst of simultaneous clients (more than the
+    #: model's batch and queue, which Triton should refuse with 503) see some connections reset instead.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], upstream: tuple[str, int], limits: Limits):
         super().__init__(address, _Handler)
